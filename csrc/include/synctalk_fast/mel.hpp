@@ -1,0 +1,167 @@
+// Log-mel spectrogram of SPEC section 1.2-1.5 (the SyncTalk_2D / Wav2Lip
+// audio front end) in one pass per STFT frame: pre-emphasis, zero-padded
+// centring, periodic Hann, real FFT, magnitude, Slaney mel filterbank, dB,
+// normalisation. Arithmetic is double, like the reference (scipy.lfilter
+// promotes to float64); only the result is float32.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <thread>
+#include <vector>
+
+#include "synctalk_fast/fft.hpp"
+
+namespace synctalk_fast {
+namespace mel {
+
+constexpr int kSampleRate = 16000;
+constexpr int kNFFT = 800;
+constexpr int kHop = 200;
+constexpr int kBins = kNFFT / 2 + 1;  // 401
+constexpr int kMels = 80;
+constexpr double kFMin = 55.0;
+constexpr double kFMax = 7600.0;
+constexpr double kPreemphasis = 0.97;
+
+// Number of STFT frames for n samples (centred): 1 + n // hop.
+inline std::size_t num_frames(std::size_t n) { return 1 + n / kHop; }
+
+// Slaney mel scale, as librosa.hz_to_mel / mel_to_hz with htk=False.
+inline double hz_to_mel(double f) {
+    const double f_sp = 200.0 / 3, min_log_hz = 1000.0, min_log_mel = (min_log_hz - 0.0) / f_sp;
+    const double logstep = std::log(6.4) / 27.0;
+    if (f >= min_log_hz) return min_log_mel + std::log(f / min_log_hz) / logstep;
+    return (f - 0.0) / f_sp;
+}
+inline double mel_to_hz(double m) {
+    const double f_sp = 200.0 / 3, min_log_hz = 1000.0, min_log_mel = (min_log_hz - 0.0) / f_sp;
+    const double logstep = std::log(6.4) / 27.0;
+    if (m >= min_log_mel) return min_log_hz * std::exp(logstep * (m - min_log_mel));
+    return 0.0 + f_sp * m;
+}
+
+// librosa.filters.mel(sr=16000, n_fft=800, n_mels=80, fmin=55, fmax=7600):
+// row-major [80][401], the float32 values librosa returns, widened to double.
+// Follows librosa's operation order so every weight rounds to the same float.
+inline std::vector<double> filterbank() {
+    const int n_pts = kMels + 2;
+    // np.linspace(min_mel, max_mel, n_pts): arange * step + start, last = stop.
+    const double min_mel = hz_to_mel(kFMin), max_mel = hz_to_mel(kFMax);
+    const double step = (max_mel - min_mel) / (n_pts - 1);
+    std::vector<double> mel_f(n_pts);
+    for (int i = 0; i < n_pts; ++i) mel_f[i] = mel_to_hz(i == n_pts - 1 ? max_mel : i * step + min_mel);
+    // np.fft.rfftfreq(800, d=1/16000): k * (1 / (n * d)).
+    const double val = 1.0 / (kNFFT * (1.0 / kSampleRate));
+    std::vector<double> w(static_cast<std::size_t>(kMels) * kBins);
+    for (int i = 0; i < kMels; ++i) {
+        const double fdiff_lo = mel_f[i + 1] - mel_f[i], fdiff_hi = mel_f[i + 2] - mel_f[i + 1];
+        const double enorm = 2.0 / (mel_f[i + 2] - mel_f[i]);
+        for (int k = 0; k < kBins; ++k) {
+            const double f = k * val;
+            const double lower = -(mel_f[i] - f) / fdiff_lo;
+            const double upper = (mel_f[i + 2] - f) / fdiff_hi;
+            const float tri = static_cast<float>(std::max(0.0, std::min(lower, upper)));
+            w[static_cast<std::size_t>(i) * kBins + k] =
+                static_cast<float>(static_cast<double>(tri) * enorm);
+        }
+    }
+    return w;
+}
+
+// Immutable tables shared by all calls (and threads): window, FFT plan, and
+// the filterbank stored as one contiguous run of non-zero weights per mel.
+class MelPlan {
+  public:
+    MelPlan() : fft_(kNFFT), window_(kNFFT) {
+        for (int i = 0; i < kNFFT; ++i)
+            window_[i] = 0.5 - 0.5 * std::cos(2.0 * detail::kPi * i / kNFFT);
+        const std::vector<double> fb = filterbank();
+        for (int m = 0; m < kMels; ++m) {
+            const double* row = fb.data() + static_cast<std::size_t>(m) * kBins;
+            int lo = 0, hi = kBins;
+            while (lo < kBins && row[lo] == 0.0) ++lo;
+            while (hi > lo && row[hi - 1] == 0.0) --hi;
+            band_begin_.push_back(lo);
+            band_end_.push_back(hi);
+            band_ofs_.push_back(weights_.size());
+            weights_.insert(weights_.end(), row + lo, row + hi);
+        }
+    }
+
+    static const MelPlan& instance() {
+        static const MelPlan plan;  // thread-safe initialisation (C++11 magic static)
+        return plan;
+    }
+
+    // wav: n float32 samples at 16 kHz. out: [80][T] float32 with
+    // T = num_frames(n), row stride T. Frames [t0, t1) are computed.
+    void compute(const float* wav, std::size_t n, float* out, std::size_t t0, std::size_t t1) const {
+        const std::size_t T = num_frames(n);
+        std::vector<double> frame(kNFFT);
+        std::vector<cplx> spec(fft_.bins()), work(fft_.work_size());
+        std::vector<double> mag(kBins);
+        const double min_level = std::exp(-100.0 / 20 * std::log(10.0));
+        const std::ptrdiff_t pad = kNFFT / 2;
+        for (std::size_t t = t0; t < t1; ++t) {
+            // Frame t covers padded samples [t*hop, t*hop + n_fft), i.e.
+            // pre-emphasised samples j = t*hop - pad + i; zero outside [0, n).
+            const std::ptrdiff_t base = static_cast<std::ptrdiff_t>(t) * kHop - pad;
+            for (int i = 0; i < kNFFT; ++i) {
+                const std::ptrdiff_t j = base + i;
+                double y = 0.0;
+                if (j >= 0 && j < static_cast<std::ptrdiff_t>(n)) {
+                    y = static_cast<double>(wav[j]);
+                    if (j > 0) y -= kPreemphasis * static_cast<double>(wav[j - 1]);
+                }
+                frame[i] = y * window_[i];
+            }
+            fft_.forward(frame.data(), spec.data(), work.data());
+            for (int k = 0; k < kBins; ++k)  // |X| without hypot's overflow guards (|X| < 1e4 here)
+                mag[k] = std::sqrt(spec[k].real() * spec[k].real() + spec[k].imag() * spec[k].imag());
+            for (int m = 0; m < kMels; ++m) {
+                const double* w = weights_.data() + band_ofs_[m];
+                double acc = 0.0;
+                for (int k = band_begin_[m]; k < band_end_[m]; ++k) acc += *w++ * mag[k];
+                const double S = 20.0 * std::log10(std::max(min_level, acc)) - 20.0;
+                const double v = 8.0 * ((S + 100.0) / 100.0) - 4.0;
+                out[static_cast<std::size_t>(m) * T + t] = static_cast<float>(std::min(4.0, std::max(-4.0, v)));
+            }
+        }
+    }
+
+  private:
+    RealFFT fft_;
+    std::vector<double> window_;
+    std::vector<int> band_begin_, band_end_;
+    std::vector<std::size_t> band_ofs_;
+    std::vector<double> weights_;
+};
+
+// Whole spectrogram: out must hold 80 * num_frames(n) floats. Frames are
+// independent, so they are split over n_threads threads (<= 0: hardware
+// concurrency); short inputs run on the calling thread.
+inline void spectrogram(const float* wav, std::size_t n, float* out, int n_threads) {
+    const MelPlan& plan = MelPlan::instance();
+    const std::size_t T = num_frames(n);
+    std::size_t threads = n_threads > 0 ? static_cast<std::size_t>(n_threads)
+                                        : std::max(1u, std::thread::hardware_concurrency());
+    threads = std::min<std::size_t>({threads, 16, std::max<std::size_t>(1, T / 256)});
+    if (threads <= 1) {
+        plan.compute(wav, n, out, 0, T);
+        return;
+    }
+    std::vector<std::thread> pool;
+    const std::size_t chunk = (T + threads - 1) / threads;
+    for (std::size_t i = 1; i < threads; ++i) {
+        const std::size_t a = std::min(T, i * chunk), b = std::min(T, a + chunk);
+        pool.emplace_back([&plan, wav, n, out, a, b] { plan.compute(wav, n, out, a, b); });
+    }
+    plan.compute(wav, n, out, 0, std::min(T, chunk));
+    for (auto& th : pool) th.join();
+}
+
+}  // namespace mel
+}  // namespace synctalk_fast

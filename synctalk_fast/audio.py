@@ -1,0 +1,202 @@
+"""Stage 1: sound -> samples -> log-mel spectrogram -> encoder windows.
+
+SPEC section 1.1-1.6. Everything here returns C-contiguous float32 arrays
+ready for ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+
+from . import _backend
+from ._filters import HOP, N_MELS, SAMPLE_RATE
+
+__all__ = ["load_audio", "mel_spectrogram", "mel_windows", "num_mel_windows", "AudioError", "MEL_WINDOW"]
+
+MEL_WINDOW = 16  # mel frames per encoder window (0.2 s)
+AudioSource = Union[str, os.PathLike, np.ndarray]
+
+
+class AudioError(ValueError):
+    """Audio that cannot be read or is unusable (too short, not finite, ...)."""
+
+
+def _to_mono(y: np.ndarray) -> np.ndarray:
+    # Channels first, averaged as librosa.to_mono does (identical float32 sums).
+    return np.mean(y, axis=tuple(range(y.ndim - 1))) if y.ndim > 1 else y
+
+
+def _resample(y: np.ndarray, orig_sr: float, sr: int) -> np.ndarray:
+    # librosa.resample(res_type="soxr_hq"): soxr, then fixed to ceil(n * ratio).
+    if orig_sr == sr:
+        return y
+    import soxr
+
+    ratio = float(sr) / orig_sr
+    n_out = int(np.ceil(y.shape[-1] * ratio))
+    y_hat = soxr.resample(y, orig_sr, sr, quality="soxr_hq")
+    if y_hat.shape[-1] > n_out:
+        y_hat = y_hat[:n_out]
+    elif y_hat.shape[-1] < n_out:
+        y_hat = np.pad(y_hat, (0, n_out - y_hat.shape[-1]))
+    return np.asarray(y_hat, dtype=y.dtype)
+
+
+def _read_soundfile(path: str) -> tuple[np.ndarray, int]:
+    import soundfile as sf
+
+    with sf.SoundFile(path) as f:
+        return f.read(frames=-1, dtype="float32", always_2d=False).T, f.samplerate
+
+
+def _read_av(path: str) -> tuple[np.ndarray, int]:
+    import av
+
+    chunks = []
+    with av.open(path) as container:
+        if not container.streams.audio:
+            raise AudioError(f"{path}: no audio stream")
+        stream = container.streams.audio[0]
+        sr = stream.codec_context.sample_rate
+        resampler = av.AudioResampler(format="fltp", layout=stream.codec_context.layout.name, rate=sr)
+        for frame in container.decode(stream):
+            for out in resampler.resample(frame):
+                chunks.append(out.to_ndarray())
+        for out in resampler.resample(None):
+            chunks.append(out.to_ndarray())
+    if not chunks:
+        raise AudioError(f"{path}: the audio stream is empty")
+    return np.concatenate(chunks, axis=1).astype(np.float32, copy=False), sr
+
+
+def load_audio(source: AudioSource, *, sr: int = SAMPLE_RATE, orig_sr: float | None = None) -> np.ndarray:
+    """Load speech as mono float32 samples at ``sr`` Hz (SPEC 1.1).
+
+    Parameters
+    ----------
+    source : str, os.PathLike or np.ndarray
+        A sound file (WAV, FLAC, OGG, MP3 through soundfile; M4A, AAC, MP4
+        and anything else ffmpeg decodes through PyAV), or samples:
+        ``[n]`` mono or ``[channels, n]`` (librosa's layout; an
+        ``[n, channels]`` array with at most 8 channels is recognised too),
+        float in [-1, 1] or int16.
+    sr : int, keyword-only
+        Target sample rate, 16000 for every network of this package.
+    orig_sr : float, optional, keyword-only
+        Sample rate of an array ``source`` (default: already ``sr``).
+
+    Returns
+    -------
+    np.ndarray
+        float32 ``[n]``, C-contiguous. For a file read by soundfile this is
+        identical to ``librosa.load(path, sr=sr)`` (same reader, same channel
+        average, same soxr "HQ" resampler and length).
+
+    Raises
+    ------
+    AudioError
+        Missing or undecodable file, empty or non-finite samples.
+    """
+    if isinstance(source, np.ndarray):
+        y = source
+        if y.dtype == np.int16:
+            y = y.astype(np.float32) / np.float32(32768.0)
+        y = np.asarray(y, dtype=np.float32)
+        if y.ndim not in (1, 2):
+            raise AudioError(f"audio array must be [n] or [channels, n], got shape {y.shape}")
+        if y.ndim == 2 and y.shape[1] <= 8 < y.shape[0]:
+            y = y.T  # soundfile's [n, channels]
+        native = float(orig_sr) if orig_sr is not None else float(sr)
+    else:
+        path = os.fspath(source)
+        if not Path(path).is_file():
+            raise AudioError(f"audio file not found: {path}")
+        try:
+            y, native = _read_soundfile(path)
+        except Exception:  # soundfile lacks this format: let ffmpeg (PyAV) try
+            try:
+                y, native = _read_av(path)
+            except AudioError:
+                raise
+            except Exception as exc:
+                raise AudioError(f"cannot decode audio file {path}: {exc}") from exc
+    y = _to_mono(y)
+    if y.size == 0:
+        raise AudioError("audio is empty")
+    if not np.isfinite(y).all():
+        raise AudioError("audio contains NaN or infinite samples")
+    return np.ascontiguousarray(_resample(y, native, sr), dtype=np.float32)
+
+
+def mel_spectrogram(wav: np.ndarray, *, n_threads: int = 0) -> np.ndarray:
+    """Normalised log-mel spectrogram of SPEC 1.2-1.5.
+
+    Parameters
+    ----------
+    wav : np.ndarray
+        float32 ``[n]`` mono samples at 16 kHz (other float dtypes are
+        converted).
+    n_threads : int, keyword-only
+        Threads of the compiled backend (0: all cores; long audio only).
+
+    Returns
+    -------
+    np.ndarray
+        float32 ``[80, 1 + n // 200]`` in [-4, 4], C-contiguous; within 1e-4
+        of the float64 reference (librosa STFT + Slaney filterbank).
+    """
+    wav = np.asarray(wav)
+    if wav.ndim != 1:
+        raise AudioError(f"mel_spectrogram: wav must be 1-D [n], got shape {wav.shape}")
+    if not np.issubdtype(wav.dtype, np.floating):
+        raise AudioError(f"mel_spectrogram: wav must be floating point samples, got {wav.dtype}")
+    return _backend.kernels.mel_spectrogram(np.ascontiguousarray(wav, dtype=np.float32), n_threads)
+
+
+def num_mel_windows(n_mel_frames: int) -> int:
+    """Encoder windows for ``T`` mel frames: ``int((T - 16) / 80.0 * 25.0) + 2``.
+
+    Evaluated in IEEE double in exactly the reference's order (SPEC 1.6);
+    for about 0.5% of lengths this is one less than the exact rational value.
+    """
+    return int((n_mel_frames - MEL_WINDOW) / 80.0 * 25.0) + 2
+
+
+def mel_windows(mel: np.ndarray) -> np.ndarray:
+    """Cut a mel spectrogram into the audio encoder's input windows (SPEC 1.6).
+
+    Parameters
+    ----------
+    mel : np.ndarray
+        float32 ``[80, T]`` from :func:`mel_spectrogram`, ``T >= 16``.
+
+    Returns
+    -------
+    np.ndarray
+        float32 ``[n, 1, 80, 16]``, ``n = num_mel_windows(T)``; window ``i``
+        starts at mel frame ``int(80.0 * (i / 25.0))``, moved back to
+        ``T - 16`` where it would run past the end.
+
+    Raises
+    ------
+    AudioError
+        Fewer than 16 mel frames (audio shorter than about 0.19 s).
+    """
+    mel = np.asarray(mel, dtype=np.float32)
+    if mel.ndim != 2 or mel.shape[0] != N_MELS:
+        raise AudioError(f"mel_windows: mel must be [{N_MELS}, T], got shape {mel.shape}")
+    T = mel.shape[1]
+    if T < MEL_WINDOW:
+        seconds = (MEL_WINDOW - 1) * HOP / SAMPLE_RATE
+        raise AudioError(
+            f"audio too short: {T} mel frames, the encoder needs at least {MEL_WINDOW} "
+            f"(about {seconds:.2f} s of audio)"
+        )
+    n = num_mel_windows(T)
+    starts = np.array([min(int(80.0 * (i / 25.0)), T - MEL_WINDOW) for i in range(n)], dtype=np.intp)
+    view = np.lib.stride_tricks.sliding_window_view(mel, MEL_WINDOW, axis=1)  # [80, T-15, 16]
+    return np.ascontiguousarray(view[:, starts, :].transpose(1, 0, 2)[:, None, :, :])
