@@ -2,7 +2,9 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <memory>
 #include <string>
+#include <vector>
 
 #include "bindings.hpp"
 #include "synctalk_fast/fft.hpp"
@@ -20,14 +22,21 @@ py::array_t<std::complex<double>> rfft(const f64_in& x) {
     if (x.ndim() != 1) throw py::value_error("rfft: x must be 1-D, got ndim=" + std::to_string(x.ndim()));
     const std::size_t n = static_cast<std::size_t>(x.shape(0));
     if (n == 0) throw py::value_error("rfft: x must not be empty");
-    const stf::RealFFT plan(n);  // throws invalid_argument (ValueError) for other primes
-    py::array_t<std::complex<double>> out(static_cast<py::ssize_t>(plan.bins()));
+    std::unique_ptr<stf::RealFFT<double>> plan;
+    try {
+        plan = std::make_unique<stf::RealFFT<double>>(n);
+    } catch (const std::invalid_argument& e) {
+        throw py::value_error(std::string("rfft: ") + e.what());
+    }
+    const std::size_t bins = plan->bins();
+    py::array_t<std::complex<double>> out(static_cast<py::ssize_t>(bins));
     const double* src = x.data();
     auto* dst = out.mutable_data();
     {
         py::gil_scoped_release release;  // pure C++ on buffers we own or hold
-        std::vector<stf::cplx> work(plan.work_size());
-        plan.forward(src, dst, work.data());
+        std::vector<double> re(bins), im(bins), work(plan->work_size());
+        plan->forward(src, re.data(), im.data(), work.data());
+        for (std::size_t k = 0; k < bins; ++k) dst[k] = {re[k], im[k]};
     }
     return out;
 }

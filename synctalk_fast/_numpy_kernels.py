@@ -35,7 +35,7 @@ def rfft(x):
     if x.size == 0:
         raise ValueError("rfft: x must not be empty")
     if not _only_235(x.size):
-        raise ValueError(f"FFT length {x.size} has a prime factor other than 2, 3, 5")
+        raise ValueError(f"rfft: FFT length {x.size} has a prime factor other than 2, 3, 5")
     return np.fft.rfft(x)
 
 

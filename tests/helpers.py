@@ -1,0 +1,24 @@
+"""Paths of the shared test data and small helpers for the tests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("SYNCTALK_FAST_DATA", ROOT.parent / "shared" / "data"))
+TEMPLATE = DATA / "sanders"
+SPEECH = DATA / "audio" / "talk_hb.wav"
+
+needs_data = pytest.mark.skipif(not (TEMPLATE / "full_body_img" / "0.jpg").is_file(), reason=f"no test data at {DATA}")
+
+
+def read_template_frame(k: int) -> tuple[np.ndarray, np.ndarray]:
+    from synctalk_fast import load_landmarks
+
+    img = cv2.imread(str(TEMPLATE / "full_body_img" / f"{k}.jpg"))
+    return img, load_landmarks(TEMPLATE / "landmarks" / f"{k}.lms")
