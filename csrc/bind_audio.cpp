@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "bindings.hpp"
+#include "kernels.hpp"
 #include "synctalk_fast/fft.hpp"
 #include "synctalk_fast/mel.hpp"
 
@@ -51,7 +52,7 @@ py::array_t<float> mel_spectrogram(const f32_in& wav, int n_threads) {
     float* dst = out.mutable_data();
     {
         py::gil_scoped_release release;  // long pure C++ loop; buffers stay referenced by this frame
-        stf::mel::spectrogram(src, n, dst, n_threads);
+        stf::kernels().mel_spectrogram(src, n, dst, n_threads);
     }
     return out;
 }

@@ -4,8 +4,7 @@
 #include <string>
 
 #include "bindings.hpp"
-#include "synctalk_fast/frame.hpp"
-#include "synctalk_fast/resize.hpp"
+#include "kernels.hpp"
 
 namespace py = pybind11;
 namespace stf = synctalk_fast;
@@ -26,13 +25,12 @@ void check_frame(const char* fn, const py::array& f) {
         throw py::value_error(std::string(fn) + ": frame must be uint8 [H, W, 3] (BGR), got shape " + shape_str(f));
 }
 
-stf::frame::Box check_box(const char* fn, const py::array& f, int x0, int y0, int x1, int y1) {
+void check_box(const char* fn, const py::array& f, int x0, int y0, int x1, int y1) {
     const auto H = static_cast<int>(f.shape(0)), W = static_cast<int>(f.shape(1));
     if (!(0 <= x0 && x0 < x1 && x1 <= W && 0 <= y0 && y0 < y1 && y1 <= H))
         throw py::value_error(std::string(fn) + ": box (" + std::to_string(x0) + ", " + std::to_string(y0) + ", " +
                               std::to_string(x1) + ", " + std::to_string(y1) + ") is empty or not inside the " +
                               std::to_string(W) + "x" + std::to_string(H) + " frame");
-    return {x0, y0, x1, y1};
 }
 
 // Output buffers are written in place, so they must be exactly the layout
@@ -65,28 +63,28 @@ py::array_t<uint8_t> resize_cubic(const u8_in& src, int width, int height) {
     uint8_t* d = out.mutable_data();
     {
         py::gil_scoped_release release;  // pure C++ on held buffers
-        stf::resize_cubic(s, h, w, static_cast<std::ptrdiff_t>(w) * cn, cn, d, height, width,
-                          static_cast<std::ptrdiff_t>(width) * cn);
+        stf::kernels().resize_cubic(s, h, w, static_cast<std::ptrdiff_t>(w) * cn, cn, d, height, width,
+                                    static_cast<std::ptrdiff_t>(width) * cn);
     }
     return out;
 }
 
 void prepare_input(const u8_in& frame, int x0, int y0, int x1, int y1, const py::array& out) {
     check_frame("prepare_input", frame);
-    const stf::frame::Box box = check_box("prepare_input", frame, x0, y0, x1, y1);
+    check_box("prepare_input", frame, x0, y0, x1, y1);
     check_writable<float>("prepare_input", "out", out, {6, 320, 320});
     const uint8_t* src = frame.data();
     float* dst = static_cast<float*>(const_cast<void*>(out.data()));
     const std::ptrdiff_t stride = frame.strides(0);
     {
         py::gil_scoped_release release;  // frames are prepared from worker threads in parallel
-        stf::frame::prepare_input(src, stride, box, dst);
+        stf::kernels().prepare_input(src, stride, x0, y0, x1, y1, dst);
     }
 }
 
 void paste_back(const py::array& frame, int x0, int y0, int x1, int y1, const f32_in& pred, int feather) {
     check_writable<uint8_t>("paste_back", "frame", frame, {-1, -1, 3});
-    const stf::frame::Box box = check_box("paste_back", frame, x0, y0, x1, y1);
+    check_box("paste_back", frame, x0, y0, x1, y1);
     if (pred.ndim() != 3 || pred.shape(0) != 3 || pred.shape(1) != 320 || pred.shape(2) != 320)
         throw py::value_error("paste_back: pred must be float32 [3, 320, 320], got shape " + shape_str(pred));
     if (feather < 0) throw py::value_error("paste_back: feather must be >= 0");
@@ -95,7 +93,7 @@ void paste_back(const py::array& frame, int x0, int y0, int x1, int y1, const f3
     const std::ptrdiff_t stride = frame.strides(0);
     {
         py::gil_scoped_release release;  // frames are pasted from worker threads in parallel
-        stf::frame::paste_back(img, stride, box, p, feather);
+        stf::kernels().paste_back(img, stride, x0, y0, x1, y1, p, feather);
     }
 }
 

@@ -3,5 +3,6 @@
 
 #include <pybind11/pybind11.h>
 
+void bind_info(pybind11::module_& m);
 void bind_audio(pybind11::module_& m);
 void bind_image(pybind11::module_& m);

@@ -116,3 +116,41 @@ def test_kernels_release_the_gil(name):
         if ratios[-1] < 0.8:
             break
     assert min(ratios) < 0.8, f"2 threads / 1 thread time ratios {ratios}: the GIL seems held"
+
+
+def test_isa_variants_give_identical_results(tmp_path):
+    """The AVX2 build of the kernels and the baseline one agree bit for bit."""
+    core = pytest.importorskip("synctalk_fast._core")
+    if "avx2" not in core.build_info()["isa_builds"]:
+        pytest.skip("this build has only the baseline kernels")
+    code = (
+        "import sys, numpy as np\n"
+        "from synctalk_fast import _core\n"
+        "rng = np.random.default_rng(7)\n"
+        "wav = rng.uniform(-0.5, 0.5, 48000).astype(np.float32)\n"
+        "img = rng.integers(0, 256, (240, 360, 3), dtype=np.uint8)\n"
+        "inp = np.empty((6, 320, 320), np.float32); _core.prepare_input(img, 40, 30, 237, 227, inp)\n"
+        "out = img.copy(); _core.paste_back(out, 40, 30, 237, 227, rng.random((3, 320, 320), dtype=np.float32), 4)\n"
+        "np.savez(sys.argv[1], isa=_core.isa(), mel=_core.mel_spectrogram(wav), inp=inp, out=out,\n"
+        "         r=_core.resize_cubic(img, 517, 93))\n"
+    )
+    results = {}
+    for isa in ("generic", "avx2"):
+        env = dict(os.environ, SYNCTALK_FAST_ISA=isa)
+        path = tmp_path / f"{isa}.npz"
+        res = subprocess.run([sys.executable, "-c", code, str(path)], env=env, capture_output=True, text=True, timeout=300)
+        if isa == "avx2" and "no AVX2" in res.stderr:
+            pytest.skip("this CPU has no AVX2 + FMA")
+        assert res.returncode == 0, res.stderr
+        results[isa] = np.load(path)
+        assert str(results[isa]["isa"]) == isa
+    for key in ("mel", "inp", "out", "r"):
+        assert np.array_equal(results["generic"][key], results["avx2"][key]), key
+
+
+def test_unknown_isa_is_a_clear_import_error():
+    if "cpp" not in AVAILABLE:
+        pytest.skip("no compiled core")
+    env = dict(os.environ, SYNCTALK_FAST_ISA="sse9", SYNCTALK_FAST_BACKEND="cpp")
+    res = subprocess.run([sys.executable, "-c", "import synctalk_fast"], env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode != 0 and "SYNCTALK_FAST_ISA='sse9' is not one of generic, avx2" in res.stderr

@@ -3,11 +3,12 @@
 // Plain C++17, no Python: the complex transform is a Stockham autosort
 // (out-of-place, no bit reversal) on split real/imaginary arrays; the real
 // transform of an even length n packs the input into a complex transform of
-// n/2 points. The value type T is double, or f64x2: two independent
-// transforms in the two lanes of a SIMD register (SSE2 / NEON), the same
-// arithmetic per lane. Plans are immutable after construction, so one plan
+// n/2 points. The value type T is double, or f64xN: kLanes independent
+// transforms side by side in SIMD lanes, the same arithmetic per lane. Plans are immutable after construction, so one plan
 // may be shared by many threads; each call brings its own scratch buffers.
 #pragma once
+
+#include "synctalk_fast/isa.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -24,24 +25,37 @@
 #endif
 
 namespace synctalk_fast {
+inline namespace STF_ISA_NS {
 
 using cplx = std::complex<double>;
 
-// Two doubles operated on lane-wise; doubles broadcast in mixed expressions.
-#if defined(__GNUC__) || defined(__clang__)
-typedef double f64x2 __attribute__((vector_size(16)));
+// kLanes doubles operated on lane-wise (one transform per lane); doubles
+// broadcast in mixed expressions. One SIMD register: 4 lanes with AVX, 2 with
+// SSE2 / NEON (each ISA build has its own copy, see isa.hpp).
+#if defined(__AVX__)
+constexpr int kLanes = 4;
 #else
-struct f64x2 {
-    double v[2];
+constexpr int kLanes = 2;
+#endif
+#if defined(__GNUC__) || defined(__clang__)
+typedef double f64xN __attribute__((vector_size(8 * kLanes)));
+#else
+struct f64xN {
+    double v[kLanes];
     double& operator[](int i) { return v[i]; }
     double operator[](int i) const { return v[i]; }
-    friend f64x2 operator+(f64x2 a, f64x2 b) { return {{a.v[0] + b.v[0], a.v[1] + b.v[1]}}; }
-    friend f64x2 operator-(f64x2 a, f64x2 b) { return {{a.v[0] - b.v[0], a.v[1] - b.v[1]}}; }
-    friend f64x2 operator*(f64x2 a, f64x2 b) { return {{a.v[0] * b.v[0], a.v[1] * b.v[1]}}; }
-    friend f64x2 operator*(double a, f64x2 b) { return {{a * b.v[0], a * b.v[1]}}; }
-    friend f64x2 operator*(f64x2 a, double b) { return {{a.v[0] * b, a.v[1] * b}}; }
-    friend f64x2 operator-(f64x2 a) { return {{-a.v[0], -a.v[1]}}; }
-    f64x2& operator+=(f64x2 b) { return *this = *this + b; }
+#define STF_LANEWISE(expr)              \
+    f64xN r;                            \
+    for (int i = 0; i < kLanes; ++i) r.v[i] = expr; \
+    return r;
+    friend f64xN operator+(f64xN a, f64xN b) { STF_LANEWISE(a.v[i] + b.v[i]) }
+    friend f64xN operator-(f64xN a, f64xN b) { STF_LANEWISE(a.v[i] - b.v[i]) }
+    friend f64xN operator*(f64xN a, f64xN b) { STF_LANEWISE(a.v[i] * b.v[i]) }
+    friend f64xN operator*(double a, f64xN b) { STF_LANEWISE(a * b.v[i]) }
+    friend f64xN operator*(f64xN a, double b) { STF_LANEWISE(a.v[i] * b) }
+    friend f64xN operator-(f64xN a) { STF_LANEWISE(-a.v[i]) }
+#undef STF_LANEWISE
+    f64xN& operator+=(f64xN b) { return *this = *this + b; }
 };
 #endif
 
@@ -263,4 +277,5 @@ class RealFFT {
     std::vector<double> post_re_, post_im_;
 };
 
+}  // namespace STF_ISA_NS
 }  // namespace synctalk_fast

@@ -7,14 +7,18 @@
 // [x0, x1) x [y0, y1) and already clipped to the frame (callers check).
 #pragma once
 
+#include "synctalk_fast/isa.hpp"
+
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "synctalk_fast/resize.hpp"
 
 namespace synctalk_fast {
+inline namespace STF_ISA_NS {
 namespace frame {
 
 constexpr int kCrop = 328;   // side of the resized crop
@@ -65,10 +69,10 @@ inline void prepare_input(const uint8_t* img, std::ptrdiff_t stride, Box b, floa
 // (float32 product, truncation toward zero; clamped, since a network need
 // not end in a sigmoid).
 inline uint8_t pred_to_u8(float v) {
-    const float s = v * 255.0f;
-    if (!(s > 0.0f)) return 0;  // also NaN
-    if (s >= 255.0f) return 255;
-    return static_cast<uint8_t>(s);
+    float s = v * 255.0f;
+    s = s > 0.0f ? s : 0.0f;  // NaN -> 0 as well
+    s = s < 255.0f ? s : 255.0f;
+    return static_cast<uint8_t>(static_cast<int>(s));
 }
 
 // Writes the prediction into the frame at the box, in place. feather = 0 is
@@ -79,7 +83,7 @@ inline void paste_back(uint8_t* img, std::ptrdiff_t stride, Box b, const float* 
     const int w = b.width(), h = b.height();
     uint8_t* crop = img + b.y0 * stride + b.x0 * 3;
     const std::ptrdiff_t cstride = kCrop * 3;
-    std::vector<uint8_t> C(static_cast<std::size_t>(kCrop) * cstride);
+    std::unique_ptr<uint8_t[]> C(new uint8_t[static_cast<std::size_t>(kCrop) * cstride]);  // fully written below
 
     // 1. The 4-pixel ring of the 328 crop comes from resizing the original
     //    crop; only the ring is computed (rows 0-3, 324-327 fully, and
@@ -102,13 +106,16 @@ inline void paste_back(uint8_t* img, std::ptrdiff_t stride, Box b, const float* 
     // 2. The prediction fills the inner 320 x 320 (CHW -> HWC).
     for (int y = 0; y < kInner; ++y) {
         uint8_t* dst = &C[(y + kBorder) * cstride + kBorder * 3];
-        const float* p = pred + static_cast<std::size_t>(y) * kInner;
-        for (int x = 0; x < kInner; ++x)
-            for (int c = 0; c < 3; ++c) dst[3 * x + c] = pred_to_u8(p[c * kPlane + x]);
+        const float *p0 = pred + static_cast<std::size_t>(y) * kInner, *p1 = p0 + kPlane, *p2 = p1 + kPlane;
+        for (int x = 0; x < kInner; ++x) {
+            dst[3 * x] = pred_to_u8(p0[x]);
+            dst[3 * x + 1] = pred_to_u8(p1[x]);
+            dst[3 * x + 2] = pred_to_u8(p2[x]);
+        }
     }
     // 3. Resize back to the box and write (the original crop is no longer read).
     const CubicTaps tx(kCrop, w), ty(kCrop, h);
-    const HorizontalRows rows(C.data(), cstride, 3, tx, 0, w, ty.first_source(0), ty.last_source(h));
+    const HorizontalRows rows(C.get(), cstride, 3, tx, 0, w, ty.first_source(0), ty.last_source(h));
     std::vector<uint8_t> line(static_cast<std::size_t>(w) * 3);
     for (int y = 0; y < h; ++y) {
         uint8_t* dst = crop + y * stride;
@@ -129,4 +136,5 @@ inline void paste_back(uint8_t* img, std::ptrdiff_t stride, Box b, const float* 
 }
 
 }  // namespace frame
+}  // namespace STF_ISA_NS
 }  // namespace synctalk_fast

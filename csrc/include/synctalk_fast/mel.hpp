@@ -5,6 +5,8 @@
 // promotes to float64); only the result is float32.
 #pragma once
 
+#include "synctalk_fast/isa.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
@@ -15,6 +17,7 @@
 #include "synctalk_fast/fft.hpp"
 
 namespace synctalk_fast {
+inline namespace STF_ISA_NS {
 namespace mel {
 
 constexpr int kSampleRate = 16000;
@@ -96,39 +99,50 @@ class MelPlan {
         return plan;
     }
 
-    // Pre-emphasised signal with the centring zeros: n + n_fft doubles,
-    // ypad[pad + j] = y[j] (SPEC 1.2-1.3).
-    static std::vector<double> padded_preemphasis(const float* wav, std::size_t n) {
-        const std::size_t pad = kNFFT / 2;
-        std::vector<double> ypad(n + kNFFT, 0.0);
-        if (n > 0) ypad[pad] = static_cast<double>(wav[0]);
-        for (std::size_t j = 1; j < n; ++j)
-            ypad[pad + j] = static_cast<double>(wav[j]) - kPreemphasis * static_cast<double>(wav[j - 1]);
-        return ypad;
+    // Pre-emphasised samples j in [j0, j0 + len) with the centring zeros:
+    // y[j] = x[j] - 0.97 x[j - 1], y[0] = x[0], zero outside [0, n)
+    // (SPEC 1.2-1.3).
+    static std::vector<double> preemphasis(const float* wav, std::size_t n, std::ptrdiff_t j0, std::size_t len) {
+        std::vector<double> y(len, 0.0);
+        const auto sn = static_cast<std::ptrdiff_t>(n);
+        for (std::ptrdiff_t j = std::max<std::ptrdiff_t>(j0, 0); j < std::min<std::ptrdiff_t>(j0 + len, sn); ++j)
+            y[j - j0] = j == 0 ? static_cast<double>(wav[0])
+                               : static_cast<double>(wav[j]) - kPreemphasis * static_cast<double>(wav[j - 1]);
+        return y;
     }
 
-    // ypad from padded_preemphasis; out: [80][T] float32, row stride T.
-    // Frames [t0, t1) are computed, two at a time (frames t and t + 1 in the
-    // two lanes of f64x2; each lane's arithmetic is that of one frame).
-    void compute(const double* ypad, std::size_t T, float* out, std::size_t t0, std::size_t t1) const {
-        std::vector<f64x2> frame(kNFFT), spec_re(kBins), spec_im(kBins), mag(kBins), work(fft_.work_size());
-        for (std::size_t t = t0; t < t1; t += 2) {
-            const double* ya = ypad + t * kHop;
-            const double* yb = t + 1 < t1 ? ya + kHop : ya;  // odd count: the second lane repeats the first
-            for (int i = 0; i < kNFFT; ++i) frame[i] = f64x2{ya[i] * window_[i], yb[i] * window_[i]};
+    // wav: n samples; out: [80][num_frames(n)] float32. Frames [t0, t1).
+    void compute(const float* wav, std::size_t n, float* out, std::size_t t0, std::size_t t1) const {
+        if (t0 >= t1) return;
+        const std::ptrdiff_t j0 = static_cast<std::ptrdiff_t>(t0 * kHop) - kNFFT / 2;
+        const std::vector<double> y = preemphasis(wav, n, j0, (t1 - t0 - 1) * kHop + kNFFT);
+        compute_frames(y.data(), num_frames(n), out, t0, t1);
+    }
+
+    // y: pre-emphasised padded samples from frame t0's first sample on;
+    // out: [80][T] float32, row stride T. Frames [t0, t1) are computed
+    // kLanes at a time (frame t + l in lane l of f64xN; each lane's
+    // arithmetic is that of one frame; lanes past t1 repeat the last frame).
+    void compute_frames(const double* y, std::size_t T, float* out, std::size_t t0, std::size_t t1) const {
+        std::vector<f64xN> frame(kNFFT), spec_re(kBins), spec_im(kBins), mag(kBins), work(fft_.work_size());
+        for (std::size_t t = t0; t < t1; t += kLanes) {
+            const std::size_t lanes = std::min<std::size_t>(kLanes, t1 - t);
+            const double* ys[kLanes];
+            for (std::size_t l = 0; l < kLanes; ++l) ys[l] = y + (t - t0 + std::min(l, lanes - 1)) * kHop;
+            for (int i = 0; i < kNFFT; ++i)
+                for (int l = 0; l < kLanes; ++l) frame[i][l] = ys[l][i] * window_[i];
             fft_.forward(frame.data(), spec_re.data(), spec_im.data(), work.data());
             // |X| without hypot's overflow guards (|X| < 1e4 here), lane by lane.
             const double* re = reinterpret_cast<const double*>(spec_re.data());
             const double* im = reinterpret_cast<const double*>(spec_im.data());
             double* mg = reinterpret_cast<double*>(mag.data());
-            for (int k = 0; k < 2 * kBins; ++k) mg[k] = std::sqrt(re[k] * re[k] + im[k] * im[k]);
+            for (int k = 0; k < kLanes * kBins; ++k) mg[k] = std::sqrt(re[k] * re[k] + im[k] * im[k]);
             for (int m = 0; m < kMels; ++m) {
                 const double* w = weights_.data() + band_ofs_[m];
-                f64x2 acc = {0.0, 0.0};
+                f64xN acc = f64xN{};
                 for (int k = band_begin_[m]; k < band_end_[m]; ++k) acc += *w++ * mag[k];
-                float* row = out + static_cast<std::size_t>(m) * T;
-                row[t] = normalised_db(acc[0]);
-                if (t + 1 < t1) row[t + 1] = normalised_db(acc[1]);
+                float* row = out + static_cast<std::size_t>(m) * T + t;
+                for (std::size_t l = 0; l < lanes; ++l) row[l] = normalised_db(acc[l]);
             }
         }
     }
@@ -143,7 +157,7 @@ class MelPlan {
     }
 
   private:
-    RealFFT<f64x2> fft_;
+    RealFFT<f64xN> fft_;
     std::vector<double> window_;
     std::vector<int> band_begin_, band_end_;
     std::vector<std::size_t> band_ofs_;
@@ -156,24 +170,23 @@ class MelPlan {
 inline void spectrogram(const float* wav, std::size_t n, float* out, int n_threads) {
     const MelPlan& plan = MelPlan::instance();
     const std::size_t T = num_frames(n);
-    const std::vector<double> ypad = MelPlan::padded_preemphasis(wav, n);
-    const double* y = ypad.data();
     std::size_t threads = n_threads > 0 ? static_cast<std::size_t>(n_threads)
                                         : std::max(1u, std::thread::hardware_concurrency());
     threads = std::min<std::size_t>({threads, 16, std::max<std::size_t>(1, T / 256)});
     if (threads <= 1) {
-        plan.compute(y, T, out, 0, T);
+        plan.compute(wav, n, out, 0, T);
         return;
     }
     std::vector<std::thread> pool;
     const std::size_t chunk = (T + threads - 1) / threads;
     for (std::size_t i = 1; i < threads; ++i) {
         const std::size_t a = std::min(T, i * chunk), b = std::min(T, a + chunk);
-        pool.emplace_back([&plan, y, T, out, a, b] { plan.compute(y, T, out, a, b); });
+        pool.emplace_back([&plan, wav, n, out, a, b] { plan.compute(wav, n, out, a, b); });
     }
-    plan.compute(y, T, out, 0, std::min(T, chunk));
+    plan.compute(wav, n, out, 0, std::min(T, chunk));
     for (auto& th : pool) th.join();
 }
 
 }  // namespace mel
+}  // namespace STF_ISA_NS
 }  // namespace synctalk_fast

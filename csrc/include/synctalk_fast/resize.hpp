@@ -10,13 +10,17 @@
 // Images are interleaved (HWC) uint8 with an explicit row stride in bytes.
 #pragma once
 
+#include "synctalk_fast/isa.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 namespace synctalk_fast {
+inline namespace STF_ISA_NS {
 
 // Four taps per output index along one axis: clamped source indices and
 // fixed-point weights. Built once per (src, dst) pair.
@@ -53,14 +57,16 @@ struct CubicTaps {
 };
 
 // Horizontal pass of one row: dst[(d - d0) * cn + c] for outputs [d0, d1).
+// CN > 0 fixes the channel count at compile time (unrolled); 0 reads cn.
+template <int CN = 0>
 inline void hresize_row(const uint8_t* src, int cn, const CubicTaps& tx, int d0, int d1, int32_t* dst) {
+    const int C = CN > 0 ? CN : cn;
     for (int d = d0; d < d1; ++d) {
         const int* ix = &tx.idx[4 * static_cast<std::size_t>(d)];
         const int16_t* w = &tx.w[4 * static_cast<std::size_t>(d)];
-        const uint8_t *s0 = src + ix[0] * cn, *s1 = src + ix[1] * cn, *s2 = src + ix[2] * cn,
-                      *s3 = src + ix[3] * cn;
-        for (int c = 0; c < cn; ++c)
-            *dst++ = s0[c] * w[0] + s1[c] * w[1] + s2[c] * w[2] + s3[c] * w[3];
+        const uint8_t *s0 = src + ix[0] * C, *s1 = src + ix[1] * C, *s2 = src + ix[2] * C, *s3 = src + ix[3] * C;
+        for (int c = 0; c < C; ++c) dst[c] = s0[c] * w[0] + s1[c] * w[1] + s2[c] * w[2] + s3[c] * w[3];
+        dst += C;
     }
 }
 
@@ -92,18 +98,23 @@ class HorizontalRows {
     HorizontalRows(const uint8_t* src, std::ptrdiff_t src_stride, int cn, const CubicTaps& tx, int d0, int d1,
                    int r0, int r1)
         : r0_(r0), first_(static_cast<std::size_t>(d0) * cn), width_(static_cast<std::size_t>(d1 - d0) * cn),
-          buf_(width_ * static_cast<std::size_t>(r1 - r0 + 1)) {
-        for (int r = r0; r <= r1; ++r) hresize_row(src + r * src_stride, cn, tx, d0, d1, row(r));
+          buf_(new int32_t[width_ * static_cast<std::size_t>(r1 - r0 + 1)]) {  // every value is written below
+        for (int r = r0; r <= r1; ++r) {
+            if (cn == 3)
+                hresize_row<3>(src + r * src_stride, 3, tx, d0, d1, row(r));
+            else
+                hresize_row(src + r * src_stride, cn, tx, d0, d1, row(r));
+        }
     }
-    int32_t* row(int r) { return buf_.data() + static_cast<std::size_t>(r - r0_) * width_; }
-    const int32_t* row(int r) const { return buf_.data() + static_cast<std::size_t>(r - r0_) * width_; }
+    int32_t* row(int r) { return buf_.get() + static_cast<std::size_t>(r - r0_) * width_; }
+    const int32_t* row(int r) const { return buf_.get() + static_cast<std::size_t>(r - r0_) * width_; }
     std::size_t first_value() const { return first_; }
     std::size_t width() const { return width_; }
 
   private:
     int r0_;
     std::size_t first_, width_;
-    std::vector<int32_t> buf_;
+    std::unique_ptr<int32_t[]> buf_;
 };
 
 // Vertical pass for output row d over all cached values, to dst. row_values
@@ -130,4 +141,5 @@ inline void resize_cubic(const uint8_t* src, int h, int w, std::ptrdiff_t src_st
     for (int d = 0; d < dh; ++d) vresize_row(rows, ty, d, static_cast<std::size_t>(dw) * cn, dst + d * dst_stride);
 }
 
+}  // namespace STF_ISA_NS
 }  // namespace synctalk_fast
