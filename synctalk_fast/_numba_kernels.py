@@ -33,6 +33,7 @@ import numba
 import numpy as np
 
 from ._filters import HOP, MIN_LEVEL, N_FFT, N_MELS, PREEMPHASIS, mel_filterbank
+from ._validate import check_box, check_frame, check_writable
 
 __all__ = ["mel_filterbank", "mel_spectrogram", "paste_back", "prepare_input", "resize_cubic", "rfft"]
 
@@ -511,34 +512,12 @@ def _paste_kernel(frame, x0, y0, w, h, pred, feather, fx_idx, fx_w, fy_idx, fy_w
                 dst[3 * x + c] = (v + k1 // 2) // k1
 
 
-def _check_box(fn: str, shape, x0: int, y0: int, x1: int, y1: int):
-    H, W = shape[0], shape[1]
-    box = tuple(operator.index(v) for v in (x0, y0, x1, y1))
-    x0, y0, x1, y1 = box
-    if not (0 <= x0 < x1 <= W and 0 <= y0 < y1 <= H):
-        raise ValueError(f"{fn}: box ({x0}, {y0}, {x1}, {y1}) is empty or not inside the {W}x{H} frame")
-    return box
-
-
-def _check_writable(fn: str, what: str, a, dtype, shape) -> None:
-    if (
-        not isinstance(a, np.ndarray)
-        or a.dtype != dtype
-        or not a.flags.c_contiguous
-        or not a.flags.writeable
-    ):
-        raise ValueError(f"{fn}: {what} must be a writable C-contiguous {np.dtype(dtype).name} array")
-    if a.ndim != len(shape) or any(s >= 0 and n != s for n, s in zip(a.shape, shape)):
-        raise ValueError(f"{fn}: {what} has shape {a.shape}")
-
-
 def prepare_input(frame, x0: int, y0: int, x1: int, y1: int, out: np.ndarray) -> None:
     """SPEC 3.1-3.4: BGR uint8 [H, W, 3] frame and box -> out float32 [6, 320, 320] (written in place)."""
     frame = np.asarray(frame, dtype=np.uint8, order="C")
-    if frame.ndim != 3 or frame.shape[2] != 3:
-        raise ValueError(f"prepare_input: frame must be uint8 [H, W, 3] (BGR), got shape {frame.shape}")
-    x0, y0, x1, y1 = _check_box("prepare_input", frame.shape, x0, y0, x1, y1)
-    _check_writable("prepare_input", "out", out, np.float32, (6, _INNER, _INNER))
+    check_frame("prepare_input", frame)
+    x0, y0, x1, y1 = check_box("prepare_input", frame.shape, x0, y0, x1, y1)
+    check_writable("prepare_input", "out", out, np.float32, (6, _INNER, _INNER))
     H, W = frame.shape[:2]
     _prepare_kernel(
         frame.reshape(H, W * 3), x0, y0, *_cubic_taps(x1 - x0, _CROP), *_cubic_taps(y1 - y0, _CROP), out
@@ -547,8 +526,8 @@ def prepare_input(frame, x0: int, y0: int, x1: int, y1: int, out: np.ndarray) ->
 
 def paste_back(frame: np.ndarray, x0: int, y0: int, x1: int, y1: int, pred, feather: int = 0) -> None:
     """SPEC 3.6-3.7: paste pred float32 [3, 320, 320] into the BGR uint8 frame at the box, in place."""
-    _check_writable("paste_back", "frame", frame, np.uint8, (-1, -1, 3))
-    x0, y0, x1, y1 = _check_box("paste_back", frame.shape, x0, y0, x1, y1)
+    check_writable("paste_back", "frame", frame, np.uint8, (-1, -1, 3))
+    x0, y0, x1, y1 = check_box("paste_back", frame.shape, x0, y0, x1, y1)
     pred = np.asarray(pred, dtype=np.float32, order="C")
     if pred.shape != (3, _INNER, _INNER):
         raise ValueError(f"paste_back: pred must be float32 [3, 320, 320], got shape {pred.shape}")

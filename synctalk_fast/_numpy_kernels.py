@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from ._filters import HOP, MIN_LEVEL, N_FFT, PREEMPHASIS, mel_filterbank
+from ._validate import check_box, check_frame, check_writable
 
 __all__ = ["rfft", "mel_spectrogram", "mel_filterbank", "resize_cubic", "prepare_input", "paste_back"]
 
@@ -69,29 +70,11 @@ def resize_cubic(src, width, height):
     return out.reshape((height, width) + src.shape[2:])
 
 
-def _check_frame(fn, frame):
-    if frame.ndim != 3 or frame.shape[2] != 3:
-        raise ValueError(f"{fn}: frame must be uint8 [H, W, 3] (BGR), got shape {frame.shape}")
-
-
-def _check_box(fn, frame, x0, y0, x1, y1):
-    h, w = frame.shape[:2]
-    if not (0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h):
-        raise ValueError(f"{fn}: box ({x0}, {y0}, {x1}, {y1}) is empty or not inside the {w}x{h} frame")
-
-
-def _check_writable(fn, what, a, dtype, shape):
-    if not (isinstance(a, np.ndarray) and a.dtype == dtype and a.flags.c_contiguous and a.flags.writeable):
-        raise ValueError(f"{fn}: {what} must be a writable C-contiguous {np.dtype(dtype).name} array")
-    if a.ndim != len(shape) or any(s >= 0 and a.shape[i] != s for i, s in enumerate(shape)):
-        raise ValueError(f"{fn}: {what} has shape {a.shape}")
-
-
 def prepare_input(frame, x0, y0, x1, y1, out):
     frame = np.ascontiguousarray(frame, dtype=np.uint8)
-    _check_frame("prepare_input", frame)
-    _check_box("prepare_input", frame, x0, y0, x1, y1)
-    _check_writable("prepare_input", "out", out, np.float32, (6, INNER, INNER))
+    check_frame("prepare_input", frame)
+    x0, y0, x1, y1 = check_box("prepare_input", frame.shape, x0, y0, x1, y1)
+    check_writable("prepare_input", "out", out, np.float32, (6, INNER, INNER))
     crop = cv2.resize(frame[y0:y1, x0:x1], (CROP, CROP), interpolation=cv2.INTER_CUBIC)
     real = crop[BORDER : BORDER + INNER, BORDER : BORDER + INNER].transpose(2, 0, 1)
     np.divide(real, np.float32(255.0), out=out[:3], dtype=np.float32)
@@ -100,8 +83,8 @@ def prepare_input(frame, x0, y0, x1, y1, out):
 
 
 def paste_back(frame, x0, y0, x1, y1, pred, feather=0):
-    _check_writable("paste_back", "frame", frame, np.uint8, (-1, -1, 3))
-    _check_box("paste_back", frame, x0, y0, x1, y1)
+    check_writable("paste_back", "frame", frame, np.uint8, (-1, -1, 3))
+    x0, y0, x1, y1 = check_box("paste_back", frame.shape, x0, y0, x1, y1)
     pred = np.ascontiguousarray(pred, dtype=np.float32)
     if pred.shape != (3, INNER, INNER):
         raise ValueError(f"paste_back: pred must be float32 [3, 320, 320], got shape {pred.shape}")

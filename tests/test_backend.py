@@ -6,6 +6,7 @@ import ast
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -18,6 +19,10 @@ from synctalk_fast import _backend
 
 from conftest import AVAILABLE
 
+# Subprocesses start outside the checkout: `python -c` puts the working
+# directory first on sys.path, where the source tree (no _core) would shadow
+# the installed package.
+NEUTRAL_DIR = tempfile.gettempdir()
 KERNELS = {"rfft", "mel_spectrogram", "mel_filterbank", "resize_cubic", "prepare_input", "paste_back"}
 STUB = Path(stf.__file__).with_name("_core.pyi")
 
@@ -26,7 +31,9 @@ def _run(code: str, backend: str | None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != _backend.ENV_VAR}
     if backend is not None:
         env[_backend.ENV_VAR] = backend
-    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300, cwd=NEUTRAL_DIR
+    )
 
 
 def test_default_choice_prefers_compiled_core():
@@ -138,7 +145,9 @@ def test_isa_variants_give_identical_results(tmp_path):
     for isa in ("generic", "avx2"):
         env = dict(os.environ, SYNCTALK_FAST_ISA=isa)
         path = tmp_path / f"{isa}.npz"
-        res = subprocess.run([sys.executable, "-c", code, str(path)], env=env, capture_output=True, text=True, timeout=300)
+        res = subprocess.run(
+            [sys.executable, "-c", code, str(path)], env=env, capture_output=True, text=True, timeout=300, cwd=NEUTRAL_DIR
+        )
         if isa == "avx2" and "no AVX2" in res.stderr:
             pytest.skip("this CPU has no AVX2 + FMA")
         assert res.returncode == 0, res.stderr
@@ -152,5 +161,7 @@ def test_unknown_isa_is_a_clear_import_error():
     if "cpp" not in AVAILABLE:
         pytest.skip("no compiled core")
     env = dict(os.environ, SYNCTALK_FAST_ISA="sse9", SYNCTALK_FAST_BACKEND="cpp")
-    res = subprocess.run([sys.executable, "-c", "import synctalk_fast"], env=env, capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-c", "import synctalk_fast"], env=env, capture_output=True, text=True, timeout=120, cwd=NEUTRAL_DIR
+    )
     assert res.returncode != 0 and "SYNCTALK_FAST_ISA='sse9' is not one of generic, avx2" in res.stderr
