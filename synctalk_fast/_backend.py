@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import os
 import warnings
+from pathlib import Path
 from types import ModuleType
 
 __all__ = ["BACKENDS", "ENV_VAR", "available", "load", "kernels", "name"]
@@ -41,6 +42,16 @@ def available() -> list[str]:
     return names
 
 
+def _source_tree_hint() -> str:
+    root = Path(__file__).resolve().parents[1]
+    if (root / "CMakeLists.txt").is_file() and (root / "csrc").is_dir():
+        return (
+            f". This is the source checkout at {root}, which has no compiled core: "
+            "`pip install .`, then import from outside the checkout"
+        )
+    return ""
+
+
 def _choose() -> tuple[str, ModuleType]:
     requested = os.environ.get(ENV_VAR, "").strip().lower()
     if requested:
@@ -59,7 +70,7 @@ def _choose() -> tuple[str, ModuleType]:
             continue
         if failures:
             warnings.warn(
-                f"synctalk_fast: using the {backend} backend ({'; '.join(failures)})",
+                f"synctalk_fast: using the {backend} backend ({'; '.join(failures)}){_source_tree_hint()}",
                 RuntimeWarning,
                 stacklevel=3,
             )

@@ -47,7 +47,7 @@ def load_landmarks(path: str | os.PathLike) -> np.ndarray:
     return pts.astype(np.int32)
 
 
-def clip_box(box: Sequence[int], frame_shape: Sequence[int]) -> Box:
+def clip_box(box: Sequence[int], *, frame_shape: Sequence[int]) -> Box:
     """Cut a box to the frame, as numpy slicing ``img[y0:y1, x0:x1]`` does.
 
     A start below zero is clipped to 0 (numpy would wrap it around, which
@@ -101,7 +101,7 @@ def crop_box(landmarks: np.ndarray, *, frame_shape: Sequence[int] | None = None)
     if width <= 0:
         raise BoxError(f"degenerate crop box: landmark 31 x ({x1}) is not right of landmark 1 x ({x0})")
     box = (x0, y0, x1, y0 + width)
-    return clip_box(box, frame_shape) if frame_shape is not None else box
+    return clip_box(box, frame_shape=frame_shape) if frame_shape is not None else box
 
 
 def _frame(frame: np.ndarray, fn: str) -> np.ndarray:
@@ -134,7 +134,7 @@ def prepare_input(frame: np.ndarray, box: Sequence[int], *, out: np.ndarray | No
         crop, 3-5 the same with the mouth rectangle x 5..314, y 5..309 zeroed.
     """
     arr = _frame(frame, "prepare_input")
-    x0, y0, x1, y1 = clip_box(box, arr.shape)
+    x0, y0, x1, y1 = clip_box(box, frame_shape=arr.shape)
     if out is None:
         out = np.empty(INPUT_SHAPE, dtype=np.float32)
     _backend.kernels.prepare_input(arr, x0, y0, x1, y1, out)
@@ -177,7 +177,7 @@ def paste_back(
         uint8 ``[H, W, 3]``: the frame with the box replaced (``out`` if given).
     """
     arr = _frame(frame, "paste_back")
-    x0, y0, x1, y1 = clip_box(box, arr.shape)
+    x0, y0, x1, y1 = clip_box(box, frame_shape=arr.shape)
     feather = int(feather)
     if feather < 0:
         raise ValueError(f"paste_back: feather must be >= 0, got {feather}")

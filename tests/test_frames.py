@@ -90,7 +90,7 @@ def test_crop_box_needs_enough_points():
 
 
 def _check_against_reference(img, box, seed, exact):
-    clipped = stf.clip_box(box, img.shape)
+    clipped = stf.clip_box(box, frame_shape=img.shape)
     got = stf.prepare_input(img, box)
     want = reference_prepare(img, clipped)
     assert got.shape == (6, 320, 320) and got.dtype == np.float32 and got.flags.c_contiguous
