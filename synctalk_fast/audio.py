@@ -148,13 +148,21 @@ def mel_spectrogram(wav: np.ndarray, *, n_threads: int = 0) -> np.ndarray:
     np.ndarray
         float32 ``[80, 1 + n // 200]`` in [-4, 4], C-contiguous; within 1e-4
         of the float64 reference (librosa STFT + Slaney filterbank).
+
+    Raises
+    ------
+    AudioError
+        ``wav`` is not 1-D floating point, or has NaN / infinite samples.
     """
     wav = np.asarray(wav)
     if wav.ndim != 1:
         raise AudioError(f"mel_spectrogram: wav must be 1-D [n], got shape {wav.shape}")
     if not np.issubdtype(wav.dtype, np.floating):
         raise AudioError(f"mel_spectrogram: wav must be floating point samples, got {wav.dtype}")
-    return _backend.kernels.mel_spectrogram(np.ascontiguousarray(wav, dtype=np.float32), n_threads)
+    wav = np.ascontiguousarray(wav, dtype=np.float32)
+    if not np.isfinite(wav).all():
+        raise AudioError("mel_spectrogram: wav contains NaN or infinite samples")
+    return _backend.kernels.mel_spectrogram(wav, n_threads)
 
 
 def num_mel_windows(n_mel_frames: int) -> int:

@@ -132,7 +132,7 @@ class MelPlan {
             for (int i = 0; i < kNFFT; ++i)
                 for (int l = 0; l < kLanes; ++l) frame[i][l] = ys[l][i] * window_[i];
             fft_.forward(frame.data(), spec_re.data(), spec_im.data(), work.data());
-            // |X| without hypot's overflow guards (|X| < 1e4 here), lane by lane.
+            // |X| without hypot's overflow guards (no overflow below 1e150), lane by lane.
             const double* re = reinterpret_cast<const double*>(spec_re.data());
             const double* im = reinterpret_cast<const double*>(spec_im.data());
             double* mg = reinterpret_cast<double*>(mag.data());
