@@ -22,3 +22,6 @@ def read_template_frame(k: int) -> tuple[np.ndarray, np.ndarray]:
 
     img = cv2.imread(str(TEMPLATE / "full_body_img" / f"{k}.jpg"))
     return img, load_landmarks(TEMPLATE / "landmarks" / f"{k}.lms")
+
+MANIFEST = DATA.parent / "state_dict_manifest.json"
+needs_manifest = pytest.mark.skipif(not MANIFEST.is_file(), reason=f"no manifest at {MANIFEST}")
