@@ -2,32 +2,49 @@
 
 Data flows one way: :mod:`~synctalk_fast.audio` (sound -> mel) ->
 :mod:`~synctalk_fast.features` (per-frame audio input) ->
-:mod:`~synctalk_fast.frames` (template frames in and out of the network).
+:mod:`~synctalk_fast.frames` / :mod:`~synctalk_fast.template` (template
+frames in and out of the network) -> :mod:`~synctalk_fast.video`;
+:mod:`~synctalk_fast.pipeline` drives them with the networks of
+:mod:`~synctalk_fast.models`.
 """
 
 from . import _backend
 from ._version import __version__
-from .audio import AudioError, load_audio, mel_spectrogram, mel_windows, num_mel_windows
-from .features import FeatureError, feature_windows, pad_embeddings
-from .frames import BoxError, clip_box, crop_box, load_landmarks, paste_back, prepare_input
+from .audio import load_audio, mel_spectrogram, mel_windows, num_mel_windows
+from .errors import AudioError, BoxError, Error, FeatureError, ModelError, OutputError, TemplateError
+from .features import feature_windows, load_features, pad_embeddings, save_features
+from .frames import clip_box, crop_box, load_landmarks, paste_back, prepare_input
+from .pipeline import GenerateResult, Pipeline, audio_features, generate
+from .template import Template
 
 __all__ = [
     "__version__",
     "backend",
+    "Pipeline",
+    "generate",
+    "audio_features",
+    "GenerateResult",
+    "Template",
     "load_audio",
     "mel_spectrogram",
     "mel_windows",
     "num_mel_windows",
     "pad_embeddings",
     "feature_windows",
+    "load_features",
+    "save_features",
     "load_landmarks",
     "crop_box",
     "clip_box",
     "prepare_input",
     "paste_back",
+    "Error",
     "AudioError",
     "FeatureError",
+    "TemplateError",
     "BoxError",
+    "ModelError",
+    "OutputError",
 ]
 
 

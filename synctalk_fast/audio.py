@@ -14,15 +14,12 @@ import numpy as np
 
 from . import _backend
 from ._filters import HOP, N_MELS, SAMPLE_RATE
+from .errors import AudioError
 
 __all__ = ["load_audio", "mel_spectrogram", "mel_windows", "num_mel_windows", "AudioError", "MEL_WINDOW"]
 
 MEL_WINDOW = 16  # mel frames per encoder window (0.2 s)
 AudioSource = Union[str, os.PathLike, np.ndarray]
-
-
-class AudioError(ValueError):
-    """Audio that cannot be read or is unusable (too short, not finite, ...)."""
 
 
 def _to_mono(y: np.ndarray) -> np.ndarray:
@@ -174,18 +171,22 @@ def num_mel_windows(n_mel_frames: int) -> int:
     return int((n_mel_frames - MEL_WINDOW) / 80.0 * 25.0) + 2
 
 
-def mel_windows(mel: np.ndarray) -> np.ndarray:
+def mel_windows(mel: np.ndarray, *, start: int = 0, stop: int | None = None) -> np.ndarray:
     """Cut a mel spectrogram into the audio encoder's input windows (SPEC 1.6).
 
     Parameters
     ----------
     mel : np.ndarray
         float32 ``[80, T]`` from :func:`mel_spectrogram`, ``T >= 16``.
+    start, stop : int, keyword-only
+        Range of windows to cut (default all), so that long audio can be
+        encoded in batches.
 
     Returns
     -------
     np.ndarray
-        float32 ``[n, 1, 80, 16]``, ``n = num_mel_windows(T)``; window ``i``
+        float32 ``[stop - start, 1, 80, 16]`` (all ``n = num_mel_windows(T)``
+        by default); window ``i``
         starts at mel frame ``int(80.0 * (i / 25.0))``, moved back to
         ``T - 16`` where it would run past the end.
 
@@ -205,6 +206,7 @@ def mel_windows(mel: np.ndarray) -> np.ndarray:
             f"(about {seconds:.2f} s of audio)"
         )
     n = num_mel_windows(T)
-    starts = np.array([min(int(80.0 * (i / 25.0)), T - MEL_WINDOW) for i in range(n)], dtype=np.intp)
+    stop = n if stop is None else min(stop, n)
+    starts = np.array([min(int(80.0 * (i / 25.0)), T - MEL_WINDOW) for i in range(start, stop)], dtype=np.intp)
     view = np.lib.stride_tricks.sliding_window_view(mel, MEL_WINDOW, axis=1)  # [80, T-15, 16]
     return np.ascontiguousarray(view[:, starts, :].transpose(1, 0, 2)[:, None, :, :])

@@ -51,6 +51,84 @@ def _demo_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_features(path: str | None) -> bool:
+    p = Path(path) if path else None
+    return p is not None and (p.suffix in (".bin", ".npy") or p.is_dir())
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from synctalk_fast import generate
+
+    features = args.features
+    audio = args.audio
+    if _is_features(audio):  # the Go port's --audio features.bin
+        features, audio = audio, None
+    if args.audio_file:
+        audio = args.audio_file
+    if audio is None and features is None:
+        raise ValueError("give --audio (a sound file or a features .bin) or --features")
+    encoder = args.audio_encoder
+    if encoder is None and features is None and Path(DEFAULT_ENCODER).is_file():
+        encoder = DEFAULT_ENCODER
+    providers = args.providers.split(",") if args.providers else None
+    outputs = [args.output]
+    if args.video:  # the Go port: frames in --output, and a video at --video-path
+        outputs.append(args.video_path)
+    result = None
+    common = dict(template=args.template, unet=args.model, audio_encoder=encoder, mode=args.mode, providers=providers,
+                  batch_size=args.batch_size, start=args.start, fps=args.fps, crf=args.crf, preset=args.preset,
+                  feather=args.feather, progress=not args.quiet)
+    for out in outputs:
+        result = generate(audio, output=out, features=features, **common)
+        if not args.quiet:
+            print(result)
+    return 0
+
+
+def _features(args: argparse.Namespace) -> int:
+    from synctalk_fast import save_features
+    from synctalk_fast.models import load_session
+    from synctalk_fast.pipeline import audio_features
+
+    encoder = load_session(args.model, providers=args.providers.split(",") if args.providers else None)
+    feats = audio_features(args.audio, audio_encoder=encoder, progress=not args.quiet)
+    out = save_features(feats, args.output, mode="ave", fps=args.fps, metadata={"audio": str(args.audio)})
+    if not args.quiet:
+        print(f"{out}/: features.bin [{feats.shape[0]}, {feats.shape[1]}] + .bin.json, "
+              f"frames/frame_00000.bin .. frame_{feats.shape[0] - 1:05d}.bin, metadata.json")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import soundfile as sf
+
+    from synctalk_fast import generate, models
+    from synctalk_fast.demo import synthetic_speech, synthetic_template
+
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    models_dir = out / "models"
+    for kind, name in (("unet", "unet_328.onnx"), ("audio_encoder", "audio_encoder.onnx")):
+        if not (models_dir / name).is_file():
+            models.export_onnx(models.random_state_dict(kind), models_dir / name, kind=kind)
+    template = synthetic_template(out / "template")
+    speech = out / "speech.wav"
+    sf.write(speech, synthetic_speech(args.seconds), 16000, subtype="PCM_16")
+    result = generate(speech, template=template, output=out / "demo.mp4", unet=models_dir / "unet_328.onnx",
+                      audio_encoder=models_dir / "audio_encoder.onnx", progress=not args.quiet)
+    print(result)
+    print(f"demo models: {models_dir}/ (fixed random weights: the mouth changes with the audio, "
+          "but it is not a trained face)")
+    print(f"template:    {template}/ (a drawn face, 50 frames)")
+    print(f"audio:       {speech}")
+    print(f"video:       {result.output}")
+    return 0
+
+
+DEFAULT_UNET = "./models/unet_328.onnx"
+DEFAULT_ENCODER = "./models/audio_encoder.onnx"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="synctalk-fast", description="Fast, exact SyncTalk_2D lip-sync inference.")
     parser.add_argument("--version", action="version", version=f"synctalk-fast {__version__}")
@@ -82,6 +160,60 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=MODES, default="ave", help="U-Net audio mode (default: ave)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.set_defaults(func=_demo_models)
+
+    p = sub.add_parser(
+        "generate",
+        help="render a lip-synced video or frames",
+        description="Render a lip-synced video (MP4 with the speech) or a folder of frames. The Go port's "
+        "flags work as before (--model --audio --template --output --mode --start --video --video-path "
+        "--audio-file --fps).",
+    )
+    p.add_argument("--model", default=DEFAULT_UNET, help=f"U-Net ONNX file (default: {DEFAULT_UNET})")
+    p.add_argument("--audio", help="speech (WAV, FLAC, MP3, M4A, ...) or a features .bin/.npy")
+    p.add_argument("--template", required=True, help="template folder (full_body_img/, landmarks/)")
+    p.add_argument("-o", "--output", default="./output/frames",
+                   help="an .mp4 file, or a folder for frame_00000.png ... (default: ./output/frames)")
+    p.add_argument("--mode", choices=MODES, help="audio feature mode (default: from the model)")
+    p.add_argument("--start", type=int, default=0, help="template frame offset (default: 0)")
+    p.add_argument("--video", action="store_true", help="also write a video at --video-path (Go port)")
+    p.add_argument("--video-path", default="./output/result.mp4", help="video path with --video")
+    p.add_argument("--audio-file", help="sound track for the video when --audio is a features file")
+    p.add_argument("--fps", type=float, help="frame rate (default: 25; 20 for wenet)")
+    p.add_argument("--audio-encoder", help=f"audio encoder ONNX file (default: {DEFAULT_ENCODER} if present)")
+    p.add_argument("--features", help="precomputed features (.bin + .bin.json, .npy, or a frames folder)")
+    p.add_argument("--batch-size", type=int, help="frames per U-Net call (default: 4)")
+    p.add_argument("--providers", help="ONNX Runtime providers, comma-separated (default: best available)")
+    p.add_argument("--feather", type=int, default=0, help="soft paste band in pixels (default: 0, hard paste)")
+    p.add_argument("--crf", type=int, default=20, help="H.264 quality, lower is better (default: 20)")
+    p.add_argument("--preset", default="medium", help="x264 speed preset (default: medium)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    p.set_defaults(func=_generate)
+
+    p = sub.add_parser(
+        "features",
+        help="audio -> features files (the Go audio pipeline's `process`)",
+        description="Compute AVE audio features: OUTPUT/features.bin + .bin.json, OUTPUT/frames/frame_00000.bin "
+        "(each frame's U-Net audio input) and OUTPUT/metadata.json.",
+    )
+    p.add_argument("--audio", required=True, help="speech file")
+    p.add_argument("--model", default=DEFAULT_ENCODER, help=f"audio encoder ONNX (default: {DEFAULT_ENCODER})")
+    p.add_argument("-o", "--output", default="output", help="output folder (default: output)")
+    p.add_argument("--fps", type=float, default=25.0, help="video frame rate, recorded in metadata (default: 25)")
+    p.add_argument("--mode", choices=["ave"], default="ave", help="only ave features are computed from audio")
+    p.add_argument("--providers", help="ONNX Runtime providers, comma-separated")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    p.set_defaults(func=_features)
+
+    p = sub.add_parser(
+        "demo",
+        help="see the whole pipeline work: demo models, a drawn template, synthetic speech -> demo.mp4",
+        description="Write demo models (fixed random weights), a synthetic template and speech-like audio "
+        "into a folder, then render demo.mp4 from them.",
+    )
+    p.add_argument("-o", "--output", default="synctalk_demo", help="folder (default: ./synctalk_demo)")
+    p.add_argument("--seconds", type=float, default=4.0, help="length of the synthetic speech (default: 4)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_demo)
     return parser
 
 
@@ -92,9 +224,11 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "func"):
         parser.print_help()
         return 0
+    from .errors import Error
+
     try:
         return args.func(args)
-    except (ValueError, OSError) as exc:  # our errors are ValueErrors with a message for the user
+    except (Error, ValueError, OSError) as exc:  # each carries a one-line message for the user
         print(f"synctalk-fast: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -12,6 +12,7 @@ from typing import Sequence, Tuple
 import numpy as np
 
 from . import _backend
+from .errors import BoxError
 
 __all__ = ["Box", "BoxError", "load_landmarks", "crop_box", "clip_box", "prepare_input", "paste_back", "INPUT_SHAPE"]
 
@@ -21,10 +22,6 @@ INPUT_SHAPE = (6, 320, 320)
 PRED_SHAPE = (3, 320, 320)
 # Landmark points of the mouth box (0-based): left x, right x, top y.
 _LEFT, _RIGHT, _TOP = 1, 31, 52
-
-
-class BoxError(ValueError):
-    """A crop box that is empty or lies outside the frame."""
 
 
 def load_landmarks(path: str | os.PathLike) -> np.ndarray:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import pickle
 import struct
@@ -17,14 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-try:
-    from synctalk_fast.models import checkpoint
-except ImportError:  # source checkout not installed yet
-    _p = Path(__file__).resolve().parents[1] / "synctalk_fast" / "models" / "checkpoint.py"
-    _spec = importlib.util.spec_from_file_location("stf_checkpoint", _p)
-    checkpoint = importlib.util.module_from_spec(_spec)
-    sys.modules["stf_checkpoint"] = checkpoint
-    _spec.loader.exec_module(checkpoint)
+from synctalk_fast.models import checkpoint
 
 CheckpointError = checkpoint.CheckpointError
 load_state_dict = checkpoint.load_state_dict
@@ -685,11 +677,11 @@ def test_loading_never_imports_torch(tmp_path: Path) -> None:
     data = _pickle({"w": _tensor("0", 3, (3,), (1,))})
     path = _write_torch_zip(tmp_path / "w.pth", data, {"0": np.array([1, 2, 3], "<f4").tobytes()})
     code = (
-        "import sys, importlib.util\n"
-        f"spec = importlib.util.spec_from_file_location('m', {str(Path(checkpoint.__file__))!r})\n"
-        "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
-        f"sd = m.load_state_dict({str(path)!r})\n"
+        "import sys\n"
+        "from synctalk_fast.models import load_state_dict\n"
+        f"sd = load_state_dict({str(path)!r})\n"
         "assert sd['w'].tolist() == [1.0, 2.0, 3.0], sd\n"
         "assert 'torch' not in sys.modules, 'torch imported'\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True)
+    # Outside the checkout: `python -c` would import the source tree first.
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tempfile.gettempdir())

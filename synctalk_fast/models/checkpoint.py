@@ -52,16 +52,9 @@ from typing import IO, Any, Final
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from ..errors import CheckpointError
+
 __all__ = ["CheckpointError", "load_state_dict"]
-
-
-class CheckpointError(ValueError):
-    """A checkpoint could not be read safely.
-
-    Raised for a missing or unreadable file, a file that is not a PyTorch
-    checkpoint, a refused pickle global, and a structure that is not a
-    state dict of tensors.
-    """
 
 
 _RESAVE_HINT: Final = (

@@ -18,6 +18,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from ..errors import ModelError
+
 __all__ = [
     "OPSET",
     "BN_EPS",
@@ -41,10 +43,6 @@ EMBEDDING = 512
 AUDIO_SHAPES: dict[str, tuple[int, int, int]] = {"ave": (32, 16, 16), "hubert": (32, 32, 32), "wenet": (256, 16, 32)}
 KINDS = ("unet", "audio_encoder")
 _CH = (32, 64, 128, 256, 512)
-
-
-class ModelError(ValueError):
-    """A state dict that does not fit the network, or an unusable model file."""
 
 
 class _Walker:

@@ -1,0 +1,345 @@
+"""Stage 4: audio -> features -> frames -> video, end to end (SPEC 1-4).
+
+:class:`Pipeline` holds the ONNX Runtime sessions; :func:`generate` is the
+one-call form. Frames are produced and written one after another, features
+are computed in batches: memory does not grow with the audio's length.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from .audio import load_audio, mel_spectrogram, mel_windows, num_mel_windows
+from .errors import FeatureError, ModelError
+from .features import FPS, MODES, feature_windows, load_features, pad_embeddings
+from .frames import INPUT_SHAPE, paste_back, prepare_input
+from .models import ModelSession, load_session
+from .template import Template
+
+__all__ = ["Pipeline", "GenerateResult", "generate", "audio_features", "VIDEO_SUFFIXES"]
+
+log = logging.getLogger(__name__)
+
+VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".mkv")
+ENCODER_BATCH = 64  # the reference's batch for the audio encoder
+DEFAULT_BATCH = 4
+AUDIO_TRACK_RATE = 48000
+
+
+@dataclass
+class GenerateResult:
+    """What :meth:`Pipeline.generate` produced."""
+
+    output: Path
+    frames: int
+    fps: float  # video frame rate
+    seconds: float  # wall time of the whole call
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+
+    @property
+    def frames_per_second(self) -> float:
+        """Throughput: frames made per second of wall time."""
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def duration(self) -> float:
+        """Length of the video in seconds."""
+        return self.frames / self.fps
+
+    def __str__(self) -> str:
+        stages = ", ".join(f"{k} {v:.2f}s" for k, v in self.timings.items())
+        return (
+            f"{self.output}: {self.frames} frames ({self.duration:.2f} s at {self.fps:g} fps) in "
+            f"{self.seconds:.1f} s, {self.frames_per_second:.1f} frames/s [{stages}]"
+        )
+
+
+class _Timer:
+    def __init__(self):
+        self.totals: dict[str, float] = defaultdict(float)
+
+    def __call__(self, stage: str):
+        timer = self
+
+        class _Span:
+            def __enter__(self):
+                self.t0 = time.perf_counter()
+
+            def __exit__(self, *exc):
+                timer.totals[stage] += time.perf_counter() - self.t0
+
+        return _Span()
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    if not enabled or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="frame", leave=False)
+
+
+def _session(model, kind: str, providers) -> ModelSession:
+    sess = model if isinstance(model, ModelSession) else load_session(model, providers=providers)
+    if sess.kind != kind:
+        name = {"unet": "a U-Net", "audio_encoder": "an audio encoder"}
+        raise ModelError(f"{sess.path}: is {name[sess.kind]}, expected {name[kind]}")
+    return sess
+
+
+class Pipeline:
+    """SyncTalk_2D inference with a U-Net and (for ave) an audio encoder.
+
+    Parameters
+    ----------
+    unet : str, os.PathLike or ModelSession
+        U-Net ONNX file (any exporter; see :func:`synctalk_fast.models.load_session`).
+    audio_encoder : str, os.PathLike or ModelSession, optional, keyword-only
+        AVE audio encoder, needed to compute features from audio; hubert and
+        wenet models take precomputed features instead.
+    mode : {"ave", "hubert", "wenet"}, optional, keyword-only
+        Checked against the U-Net's audio input (default: taken from it).
+    providers : sequence of str, optional, keyword-only
+        ONNX Runtime providers (default: the best available).
+    batch_size : int, optional, keyword-only
+        Frames per U-Net call (default 4).
+    """
+
+    def __init__(
+        self,
+        unet,
+        audio_encoder=None,
+        *,
+        mode: str | None = None,
+        providers: Sequence[str] | None = None,
+        batch_size: int | None = None,
+    ):
+        self.unet = _session(unet, "unet", providers)
+        if mode is not None and mode not in MODES:
+            raise FeatureError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
+        if mode is not None and mode != self.unet.mode:
+            raise ModelError(f"{self.unet.path}: takes {self.unet.mode} audio features, not {mode}")
+        self.mode: str = self.unet.mode  # type: ignore[assignment]
+        self.encoder = _session(audio_encoder, "audio_encoder", providers) if audio_encoder is not None else None
+        self.batch_size = int(batch_size or DEFAULT_BATCH)
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+
+    def __repr__(self) -> str:
+        enc = f", audio_encoder={str(self.encoder.path)!r}" if self.encoder else ""
+        return f"Pipeline(unet={str(self.unet.path)!r}{enc}, mode={self.mode!r}, batch_size={self.batch_size})"
+
+    # -- audio -> features ------------------------------------------------
+    def audio_features(self, audio, *, progress: bool = False) -> np.ndarray:
+        """Per-frame audio features of speech (SPEC 1): float32 ``[n + 2, 512]``.
+
+        See :func:`audio_features`; needs an ave U-Net and the audio encoder.
+        """
+        if self.mode != "ave":
+            raise FeatureError(f"{self.mode} models take precomputed features (features=...), not audio")
+        if self.encoder is None:
+            raise FeatureError("computing features from audio needs audio_encoder=...; or pass features=...")
+        return audio_features(audio, audio_encoder=self.encoder, progress=progress)
+
+    def _unet_audio(self, features) -> tuple[np.ndarray, bool]:
+        return load_features(features, mode=self.mode)
+
+    # -- features -> frames -----------------------------------------------
+    def frames(self, features, template, *, start: int = 0, feather: int = 0, _timer: _Timer | None = None) -> Iterator[np.ndarray]:
+        """Lip-synced frames, in order: BGR uint8 ``[H, W, 3]``, one per feature row.
+
+        Parameters
+        ----------
+        features : np.ndarray, str or os.PathLike
+            Per-frame features (:meth:`audio_features`, or a file for
+            :func:`synctalk_fast.load_features`), or per-frame U-Net windows.
+        template : Template, str or os.PathLike
+        start : int, keyword-only
+            Offset added to the template frame index (SPEC 2).
+        feather : int, keyword-only
+            Soft paste band in pixels (0: the reference's hard paste).
+        """
+        timer = _timer or _Timer()
+        rows, windowed = self._unet_audio(features)
+        tpl = template if isinstance(template, Template) else Template(template)
+        n = rows.shape[0]
+        order = tpl.order(n, start=start)
+        c, h, w = MODES[self.mode]
+        images = np.empty((self.batch_size, *INPUT_SHAPE), dtype=np.float32)
+        for b0 in range(0, n, self.batch_size):
+            b1 = min(n, b0 + self.batch_size)
+            frames = []
+            for j, k in enumerate(order[b0:b1]):
+                with timer("decode"):
+                    frame = tpl.frame(int(k))
+                with timer("prepare"):
+                    prepare_input(frame, tpl.box(int(k)), out=images[j])
+                frames.append(frame)
+            with timer("prepare"):
+                audio = (
+                    rows[b0:b1].reshape(b1 - b0, c, h, w)
+                    if windowed
+                    else feature_windows(rows, mode=self.mode, start=b0, stop=b1)
+                )
+            with timer("infer"):
+                pred = self.unet.run(image=images[: b1 - b0], audio=audio)
+            for j, k in enumerate(order[b0:b1]):
+                with timer("paste"):
+                    out = paste_back(frames[j], tpl.box(int(k)), pred[j], out=frames[j], feather=feather)
+                yield out
+
+    # -- frames -> video --------------------------------------------------
+    def generate(
+        self,
+        audio=None,
+        *,
+        template,
+        output,
+        features=None,
+        start: int = 0,
+        fps: float | None = None,
+        crf: int = 20,
+        preset: str = "medium",
+        feather: int = 0,
+        image_format: str = "png",
+        progress: bool = True,
+    ) -> GenerateResult:
+        """Render a lip-synced video (or a folder of frames).
+
+        Parameters
+        ----------
+        audio : str, os.PathLike or np.ndarray, optional
+            Speech (a sound file, or float32 samples at 16 kHz). Its features
+            drive the mouth unless ``features`` is given; it is always the
+            video's sound track when given.
+        template : Template, str or os.PathLike, keyword-only
+        output : str or os.PathLike, keyword-only
+            ``.mp4`` (``.mov``, ``.m4v``, ``.mkv``): H.264 + AAC, written to a
+            temporary file and renamed when complete. Anything else: a folder
+            of ``frame_00000.png`` (or ``image_format="jpg"``).
+        features : np.ndarray, str or os.PathLike, optional, keyword-only
+            Precomputed features instead of computing them from ``audio``
+            (how hubert and wenet models are driven).
+        start : int, keyword-only
+            Template frame offset.
+        fps : float, optional, keyword-only
+            Video frame rate (default: 25, or 20 for wenet).
+        crf, preset : keyword-only
+            libx264 quality (CRF 20, as the reference) and speed preset.
+        feather : int, keyword-only
+            Soft paste band in pixels (0: hard paste, as the reference).
+        image_format : {"png", "jpg"}, keyword-only
+            For a frames folder.
+        progress : bool, keyword-only
+            Progress bar with ETA on a terminal.
+
+        Returns
+        -------
+        GenerateResult
+        """
+        from .video import FrameFolderWriter, VideoWriter
+
+        t0 = time.perf_counter()
+        timer = _Timer()
+        if audio is None and features is None:
+            raise FeatureError("generate needs audio, features, or both")
+        tpl = template if isinstance(template, Template) else Template(template)
+        samples = None
+        if audio is not None:
+            with timer("audio"):
+                samples = load_audio(audio)
+        if features is None:
+            with timer("features"):
+                features = self.audio_features(samples, progress=progress)
+        rows, windowed = self._unet_audio(features)
+        fps = float(fps or FPS[self.mode])
+        output = Path(output)
+        if output.suffix.lower() in VIDEO_SUFFIXES:
+            track = None
+            if samples is not None:
+                # 48 kHz: AAC's 1024-sample blocks are then 21 ms, so the
+                # decoded track ends within one video frame of the input.
+                import soxr
+
+                track = soxr.resample(samples, 16000, AUDIO_TRACK_RATE, quality="HQ").astype(np.float32)
+            writer = VideoWriter(output, fps=fps, crf=crf, preset=preset, audio=track, sample_rate=AUDIO_TRACK_RATE)
+        else:
+            writer = FrameFolderWriter(output, ext=image_format)
+        n = rows.shape[0]
+        bar = _progress(n, "frames", progress)
+        try:
+            with writer:
+                for frame in self.frames(features, tpl, start=start, feather=feather, _timer=timer):
+                    with timer("encode"):
+                        writer.write(frame)
+                    if bar is not None:
+                        bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
+        result = GenerateResult(output, n, fps, time.perf_counter() - t0, dict(timer.totals))
+        log.info("%s", result)
+        return result
+
+
+def audio_features(audio, *, audio_encoder, progress: bool = False) -> np.ndarray:
+    """Per-frame AVE audio features of speech (SPEC 1.1-1.8).
+
+    Parameters
+    ----------
+    audio : str, os.PathLike or np.ndarray
+        A sound file, or float32 samples at 16 kHz.
+    audio_encoder : str, os.PathLike or ModelSession, keyword-only
+    progress : bool, keyword-only
+        Show a progress bar (on a terminal).
+
+    Returns
+    -------
+    np.ndarray
+        float32 ``[n + 2, 512]``: the encoder embeddings of the ``n`` mel
+        windows, first and last repeated; one row per video frame. The
+        encoder runs in batches of 64 windows, so memory stays flat for
+        long audio.
+    """
+    encoder = _session(audio_encoder, "audio_encoder", None)
+    wav = load_audio(audio)
+    mel = mel_spectrogram(wav)
+    mel_windows(mel, stop=1)  # raises AudioError for audio shorter than one window
+    n = num_mel_windows(mel.shape[1])
+    bar = _progress(n, "audio features", progress)
+    chunks = []
+    for i in range(0, n, ENCODER_BATCH):
+        chunks.append(encoder.run(mel=mel_windows(mel, start=i, stop=i + ENCODER_BATCH)))
+        if bar is not None:
+            bar.update(chunks[-1].shape[0])
+    if bar is not None:
+        bar.close()
+    return pad_embeddings(np.concatenate(chunks))
+
+
+def generate(
+    audio=None,
+    *,
+    template,
+    output,
+    unet,
+    audio_encoder=None,
+    features=None,
+    mode: str | None = None,
+    providers: Sequence[str] | None = None,
+    batch_size: int | None = None,
+    **options,
+) -> GenerateResult:
+    """One call: load the models, render, write. See :class:`Pipeline` and
+    :meth:`Pipeline.generate` for the parameters."""
+    pipe = Pipeline(unet, audio_encoder, mode=mode, providers=providers, batch_size=batch_size)
+    return pipe.generate(audio, template=template, output=output, features=features, **options)

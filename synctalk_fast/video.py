@@ -1,0 +1,645 @@
+"""Stage 4: output frames -> an MP4 file (H.264 + AAC) or a folder of images.
+
+No partial output, ever: a writer builds its output beside the destination
+(a hidden ``.<name>.<random>.part`` file or folder in the same directory)
+and moves it into place only when :meth:`VideoWriter.close` /
+:meth:`FrameFolderWriter.close` succeeds. An exception, :meth:`abort`, a
+``KeyboardInterrupt`` inside a ``with`` block, garbage collection of an
+unclosed writer or interpreter exit deletes the temporary output instead
+(and any parent directories the writer created), so the destination is
+either the complete new output or exactly what it was before.
+
+Frames are BGR uint8 ``[H, W, 3]`` as OpenCV produces them. Problems writing
+(unwritable location, full disk, encoder failure) raise
+:class:`~synctalk_fast.errors.OutputError` naming the destination; bad frames
+or arguments raise ``ValueError``. Writers are not thread-safe.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import secrets
+import shutil
+import weakref
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+import cv2
+import numpy as np
+
+from .errors import OutputError
+
+__all__ = ["VideoWriter", "FrameFolderWriter", "OutputError", "X264_PRESETS"]
+
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo")
+# Sample rates the AAC bitstream can signal (ISO 14496-3 sampling_frequency_index).
+_AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350)
+_FRAME_NAME = re.compile(r"frame_\d+\.(?:png|jpg)")
+# The temporary output is "<dir>/.<name>.<8 hex digits>.part".
+_PART_SUFFIX = ".part"
+
+
+def _part_name(dest: Path) -> str:
+    return f".{dest.name}.{secrets.token_hex(4)}{_PART_SUFFIX}"
+
+
+def _output_error(dest: Path, exc: BaseException) -> OutputError:
+    """One-line ``OutputError`` for ``exc`` while writing ``dest``, keeping its errno."""
+    reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    reason = " ".join(str(reason).split())
+    if isinstance(exc, av.error.FFmpegError) and not isinstance(exc, OSError):
+        reason = f"encoding failed ({reason})"
+    err = OutputError(f"cannot write {os.fspath(dest)}: {reason}")
+    code = getattr(exc, "errno", None)
+    if isinstance(code, int) and code > 0:
+        err.errno = code
+    return err
+
+
+def _make_dirs(directory: Path) -> list[Path]:
+    """Create ``directory`` and its missing ancestors; return those created, deepest first."""
+    missing: list[Path] = []
+    d = directory
+    while not os.path.lexists(d):
+        missing.append(d)
+        if d.parent == d:
+            break
+        d = d.parent
+    created: list[Path] = []
+    try:
+        for d in reversed(missing):
+            try:
+                os.mkdir(d)
+            except FileExistsError:
+                if not d.is_dir():
+                    raise
+                continue
+            created.append(d)
+    except BaseException:
+        _remove_dirs(created[::-1])
+        raise
+    if not directory.is_dir():
+        raise NotADirectoryError(20, os.strerror(20), os.fspath(directory))
+    return created[::-1]
+
+
+def _remove_dirs(created: list[Path]) -> None:
+    """Remove directories a writer created (deepest first), where still empty."""
+    for d in created:
+        try:
+            os.rmdir(d)
+        except OSError:
+            return
+
+
+class _PartFile:
+    """A newly created (exclusive) file; every byte of output goes through :meth:`write`.
+
+    PyAV is handed this object as a seekable file, so disk errors surface as
+    ``OSError`` with their errno, and tests can monkeypatch ``write``.
+    """
+
+    def __init__(self, path: Path):
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+        self.path = path
+        self._fd = os.open(path, flags, 0o666)  # the umask applies, as for any new file
+
+    @classmethod
+    def create_in(cls, directory: Path, dest: Path) -> _PartFile:
+        """A new hidden temporary file for ``dest`` in ``directory``."""
+        while True:
+            try:
+                return cls(directory / _part_name(dest))
+            except FileExistsError:
+                continue
+
+    @property
+    def closed(self) -> bool:
+        return self._fd < 0
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        done = 0
+        while done < len(view):  # os.write may write less than asked
+            done += os.write(self._fd, view[done:])
+        return done
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return os.lseek(self._fd, offset, whence)
+
+    def tell(self) -> int:
+        return os.lseek(self._fd, 0, os.SEEK_CUR)
+
+    def seekable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return True
+
+    def sync(self) -> None:
+        os.fsync(self._fd)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)
+
+
+def _check_frame(frame: Any, first_shape: tuple[int, ...] | None) -> np.ndarray:
+    if not isinstance(frame, np.ndarray):
+        raise ValueError(f"frame must be a numpy array, got {type(frame).__name__}")
+    if frame.dtype != np.uint8:
+        raise ValueError(f"frame must be uint8 BGR, got dtype {frame.dtype}")
+    if frame.ndim != 3 or frame.shape[2] != 3:
+        raise ValueError(f"frame must have shape [H, W, 3] (BGR), got {frame.shape}")
+    if frame.shape[0] == 0 or frame.shape[1] == 0:
+        raise ValueError(f"frame is empty: shape {frame.shape}")
+    if first_shape is not None and frame.shape != first_shape:
+        raise ValueError(f"frame size {frame.shape[1]}x{frame.shape[0]} differs from the first frame's {first_shape[1]}x{first_shape[0]}")
+    return np.ascontiguousarray(frame)
+
+
+class _Writer:
+    """Shared state machine: open -> (closed | aborted); abort is idempotent.
+
+    Invariant: while open, ``self._discard`` is a live finalizer that deletes
+    the temporary output; it is detached only after the output is in place.
+    """
+
+    _dest: Path
+    _discard: weakref.finalize
+    _closed = False
+    _frames = 0
+    _shape: tuple[int, ...] | None = None
+
+    @property
+    def frames_written(self) -> int:
+        """Number of frames accepted by :meth:`write` so far."""
+        return self._frames
+
+    @property
+    def path(self) -> Path:
+        """The destination."""
+        return self._dest
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError(f"{type(self).__name__} for {os.fspath(self._dest)} is already closed")
+        if not self._discard.alive:
+            raise ValueError(f"{type(self).__name__} for {os.fspath(self._dest)} was aborted; nothing was written")
+
+    def _fail(self, exc: BaseException) -> BaseException:
+        """Abort, and map I/O and encoder errors to ``OutputError``; return what to raise."""
+        self.abort()
+        if isinstance(exc, (OSError, av.error.FFmpegError)) and not isinstance(exc, OutputError):
+            return _output_error(self._dest, exc)
+        return exc
+
+    def abort(self) -> None:
+        """Stop and delete the temporary output; the destination is left untouched.
+
+        Does nothing after :meth:`close` succeeded or a previous abort.
+        """
+        if not self._closed:
+            self._discard()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is not None:
+            self.abort()
+        elif not self._closed and self._discard.alive:
+            self.close()
+        return False
+
+    def write(self, frame: np.ndarray) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def close(self) -> Path:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+
+class _VideoPart:
+    """What must be released and deleted if a video is not finished: no reference to the writer."""
+
+    def __init__(self, file: _PartFile, created: list[Path]):
+        self.file = file
+        self.created = created
+        self.container: Any = None
+
+    def discard(self) -> None:
+        try:
+            if self.container is not None:
+                container, self.container = self.container, None
+                try:
+                    container.close()
+                except Exception:  # the file is deleted anyway
+                    pass
+        finally:
+            try:
+                self.file.close()
+            except OSError:
+                pass
+            try:
+                os.unlink(self.file.path)
+            except OSError:
+                pass
+            _remove_dirs(self.created)
+
+
+class VideoWriter(_Writer):
+    """MP4 (H.264 + AAC) written in one pass with PyAV.
+
+    Frames are encoded as they arrive (nothing is held in memory); the audio
+    is encoded alongside so audio and video packets are interleaved in time
+    order. The file appears at ``path`` only when :meth:`close` succeeds.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Destination ``.mp4`` (the container is MP4 whatever the suffix).
+        Missing parent directories are created.
+    fps : float or Fraction, default 25.0
+        Frame rate, > 0. Floats are turned into the nearest fraction with
+        a denominator <= 1001, so 25 gives exactly 1/25 s per frame and
+        29.97002997 gives 30000/1001.
+    crf : int, default 20
+        libx264 constant rate factor, 0 (lossless) to 51.
+    preset : str, default "medium"
+        libx264 preset, one of :data:`X264_PRESETS`.
+    audio : np.ndarray or None
+        Mono samples in [-1, 1] (1-D float; values outside are clipped) at
+        ``sample_rate``, encoded as AAC. None writes a video-only file.
+    sample_rate : int, default 16000
+        Sample rate of ``audio``; one the AAC format supports (8000, 16000,
+        22050, 44100, 48000, ...).
+    threads : int, default 0
+        libx264 threads; 0 lets libx264 choose.
+
+    Raises
+    ------
+    OutputError
+        The destination cannot be written (checked here by creating the
+        temporary file): missing parent that cannot be created, permission
+        denied, ``path`` is a directory; or libx264/AAC is unavailable.
+    ValueError
+        A bad argument.
+
+    Notes
+    -----
+    yuv420p needs an even width and height: a frame with an odd width or
+    height is padded by one column/row that repeats its last column/row,
+    so a 321x241 input gives a 322x242 video.
+
+    The video has exactly :attr:`frames_written` frames and lasts
+    ``frames_written / fps`` seconds. The audio stream lasts as long as
+    ``audio`` whether the video is shorter or longer; its container duration
+    is exact, but decoders return whole AAC frames of 1024 samples, so the
+    decoded audio may run up to 1023 samples (64 ms at 16 kHz) of silence
+    longer.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        fps: float | Fraction = 25.0,
+        crf: int = 20,
+        preset: str = "medium",
+        audio: np.ndarray | None = None,
+        sample_rate: int = 16000,
+        threads: int = 0,
+    ):
+        self._dest = Path(os.fspath(path))
+        self._rate = _frame_rate(fps)
+        if isinstance(crf, bool) or not isinstance(crf, (int, np.integer)) or not 0 <= crf <= 51:
+            raise ValueError(f"crf must be an integer in 0..51, got {crf!r}")
+        if preset not in X264_PRESETS:
+            raise ValueError(f"preset must be one of {', '.join(X264_PRESETS)}; got {preset!r}")
+        if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 0:
+            raise ValueError(f"threads must be an integer >= 0, got {threads!r}")
+        self._audio = None if audio is None else _check_audio(audio)
+        if self._audio is not None and sample_rate not in _AAC_RATES:
+            raise ValueError(f"sample_rate {sample_rate!r} is not an AAC sample rate ({', '.join(map(str, _AAC_RATES))})")
+        self._sample_rate = int(sample_rate)
+        self._apos = 0  # audio samples handed to the encoder so far
+
+        part = _VideoPart(*self._create_part())
+        self._discard = weakref.finalize(self, part.discard)
+        self._part = part
+        try:
+            container = av.open(part.file, "w", format="mp4")
+            part.container = container
+            self._vstream = container.add_stream("libx264", rate=self._rate, options={"crf": str(int(crf)), "preset": preset})
+            self._vstream.pix_fmt = "yuv420p"
+            self._vstream.codec_context.thread_count = int(threads)
+            self._astream = None
+            if self._audio is not None:
+                astream = container.add_stream("aac", rate=self._sample_rate)
+                astream.layout = "mono"
+                astream.format = "fltp"
+                astream.codec_context.open()  # fixes frame_size; fails early on a bad rate
+                self._astream = astream
+                self._audio_frame = astream.codec_context.frame_size or 1024
+        except BaseException as exc:
+            raise self._fail(exc) from exc
+
+    def _create_part(self) -> tuple[_PartFile, list[Path]]:
+        dest = self._dest
+        try:
+            if dest.is_dir():
+                raise IsADirectoryError(21, os.strerror(21), os.fspath(dest))
+            created = _make_dirs(dest.parent)
+            try:
+                file = _PartFile.create_in(dest.parent, dest)
+            except BaseException:
+                _remove_dirs(created)
+                raise
+        except OSError as exc:
+            raise _output_error(dest, exc) from exc
+        return file, created
+
+    def write(self, frame: np.ndarray) -> None:
+        """Encode one BGR uint8 ``[H, W, 3]`` frame; the first frame fixes the size.
+
+        Raises
+        ------
+        ValueError
+            Wrong dtype or shape, a size other than the first frame's, or the
+            writer is closed. The writer stays usable after a bad frame.
+        OutputError
+            Writing or encoding failed; the writer is aborted.
+        """
+        self._check_open()
+        frame = _check_frame(frame, self._shape)
+        try:
+            h, w = frame.shape[:2]
+            if self._shape is None:
+                self._vstream.width = w + (w & 1)
+                self._vstream.height = h + (h & 1)
+            if (h | w) & 1:
+                frame = cv2.copyMakeBorder(frame, 0, h & 1, 0, w & 1, cv2.BORDER_REPLICATE)
+            vframe = av.VideoFrame.from_ndarray(frame, format="bgr24")
+            vframe.pts = self._frames
+            vframe.time_base = 1 / self._rate
+            container = self._part.container
+            container.mux(self._vstream.encode(vframe))
+            if self._shape is None:
+                self._shape = (h, w, 3)
+            self._frames += 1
+            if self._audio is not None:
+                # Invariant: audio is encoded through the end of the last frame written,
+                # ceil(frames * sr / fps) samples (rounded up to whole AAC frames).
+                end = -((-self._frames * self._sample_rate * self._rate.denominator) // self._rate.numerator)
+                self._encode_audio(min(end, len(self._audio)))
+        except BaseException as exc:
+            raise self._fail(exc) from exc
+
+    def _encode_audio(self, end: int) -> None:
+        """Encode audio samples up to ``end`` (or the next frame boundary past it)."""
+        audio, size, container = self._audio, self._audio_frame, self._part.container
+        while self._apos < end:
+            chunk = audio[self._apos:self._apos + size]  # shorter only at the end of the audio
+            aframe = av.AudioFrame.from_ndarray(chunk[None, :], format="fltp", layout="mono")
+            aframe.sample_rate = self._sample_rate
+            aframe.pts = self._apos
+            aframe.time_base = Fraction(1, self._sample_rate)
+            container.mux(self._astream.encode(aframe))
+            self._apos += len(chunk)
+
+    def close(self) -> Path:
+        """Flush the encoders, finish the file and move it onto ``path``.
+
+        Returns
+        -------
+        Path
+            ``path``. Calling again after success returns it again.
+
+        Raises
+        ------
+        OutputError
+            Writing failed (e.g. disk full); nothing is left at ``path``
+            (a previous file there is untouched).
+        ValueError
+            No frame was written (no video can be made; the writer is
+            aborted), or the writer was aborted.
+        """
+        if self._closed:
+            return self._dest
+        self._check_open()
+        if self._frames == 0:
+            self.abort()
+            raise ValueError(f"no frames written; nothing written to {os.fspath(self._dest)}")
+        part = self._part
+        try:
+            container = part.container
+            container.mux(self._vstream.encode(None))
+            if self._audio is not None:
+                self._encode_audio(len(self._audio))
+                container.mux(self._astream.encode(None))
+            part.container = None
+            container.close()
+            part.file.sync()
+            part.file.close()
+            if self._dest.is_dir():
+                raise IsADirectoryError(21, os.strerror(21), os.fspath(self._dest))
+            os.replace(part.file.path, self._dest)
+        except BaseException as exc:
+            raise self._fail(exc) from exc
+        self._closed = True
+        self._discard.detach()
+        self._audio = None
+        return self._dest
+
+
+def _frame_rate(fps: Any) -> Fraction:
+    if isinstance(fps, Fraction):
+        rate = fps
+    else:
+        try:
+            value = float(fps)
+        except (TypeError, ValueError):
+            raise ValueError(f"fps must be a positive number, got {fps!r}") from None
+        if not math.isfinite(value):
+            raise ValueError(f"fps must be a positive number, got {fps!r}")
+        rate = Fraction(value).limit_denominator(1001)
+    if rate <= 0:
+        raise ValueError(f"fps must be a positive number, got {fps!r}")
+    return rate
+
+
+def _check_audio(audio: Any) -> np.ndarray:
+    a = np.asarray(audio)
+    if a.ndim == 2 and a.shape[1] == 1:
+        a = a[:, 0]
+    if a.ndim != 1:
+        raise ValueError(f"audio must be mono: a 1-D array of samples, got shape {a.shape}")
+    if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)) or a.dtype == np.bool_:
+        raise ValueError(f"audio must be float samples in [-1, 1], got dtype {a.dtype}")
+    if len(a) == 0:
+        raise ValueError("audio is empty; pass audio=None for a video-only file")
+    a = a.astype(np.float32)
+    if not np.isfinite(a).all():
+        raise ValueError("audio contains NaN or infinite samples")
+    return np.ascontiguousarray(np.clip(a, -1.0, 1.0))
+
+
+class _FolderPart:
+    """The temporary sibling folder of a :class:`FrameFolderWriter`: no reference to the writer."""
+
+    def __init__(self, folder: Path, created: list[Path]):
+        self.folder = folder
+        self.created = created
+
+    def discard(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+        _remove_dirs(self.created)
+
+
+class FrameFolderWriter(_Writer):
+    """Frames as numbered images: ``frame_00000.png`` (or ``.jpg``) in a folder.
+
+    Images are written into a hidden sibling folder (``.<name>.<random>.part``)
+    and moved into ``folder`` at :meth:`close`. Afterwards ``folder`` holds
+    exactly this run's ``frame_NNNNN.<ext>`` files: ``frame_<digits>.png`` /
+    ``.jpg`` files left by an earlier run are removed; other files stay.
+
+    Parameters
+    ----------
+    folder : str or os.PathLike
+        Destination folder, created at :meth:`close` if missing (its missing
+        parents are created at once, to check they can be).
+    ext : {"png", "jpg"}, default "png"
+        Image format (``"jpeg"`` and a leading dot are accepted). PNG is
+        lossless.
+    jpeg_quality : int, default 95
+        JPEG quality 0..100 (ignored for PNG).
+
+    Notes
+    -----
+    Names have at least five digits (``frame_100000`` follows
+    ``frame_99999``). When ``folder`` does not exist, it appears in one
+    rename; otherwise the images are renamed into it one by one (renames
+    write no data, and both folders are checked writable at construction),
+    so only a crash or a rename failing midway through :meth:`close` can
+    leave a mix of old and new frames.
+    """
+
+    def __init__(self, folder: str | os.PathLike, *, ext: str = "png", jpeg_quality: int = 95):
+        self._dest = Path(os.fspath(folder))
+        e = str(ext).lower().lstrip(".")
+        e = "jpg" if e == "jpeg" else e
+        if e not in ("png", "jpg"):
+            raise ValueError(f"ext must be 'png' or 'jpg', got {ext!r}")
+        if isinstance(jpeg_quality, bool) or not isinstance(jpeg_quality, (int, np.integer)) or not 0 <= jpeg_quality <= 100:
+            raise ValueError(f"jpeg_quality must be an integer in 0..100, got {jpeg_quality!r}")
+        self._ext = e
+        self._params = [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)] if e == "jpg" else []
+        dest = self._dest
+        try:
+            if os.path.lexists(dest) and not dest.is_dir():
+                raise NotADirectoryError(20, os.strerror(20), os.fspath(dest))
+            created = _make_dirs(dest.parent)
+            try:
+                tmp = self._make_temp_folder(dest)
+            except BaseException:
+                _remove_dirs(created)
+                raise
+        except OSError as exc:
+            raise _output_error(dest, exc) from exc
+        part = _FolderPart(tmp, created)
+        self._part = part
+        self._discard = weakref.finalize(self, part.discard)
+        try:  # close() must be able to write in both folders
+            for where in (tmp, dest) if dest.is_dir() else (tmp,):
+                probe = _PartFile.create_in(where, dest)
+                probe.close()
+                os.unlink(probe.path)
+        except BaseException as exc:
+            raise self._fail(exc) from exc
+
+    @staticmethod
+    def _make_temp_folder(dest: Path) -> Path:
+        while True:
+            tmp = dest.parent / _part_name(dest)
+            try:
+                os.mkdir(tmp)
+                return tmp
+            except FileExistsError:
+                continue
+
+    def _name(self, index: int) -> str:
+        return f"frame_{index:05d}.{self._ext}"
+
+    def write(self, frame: np.ndarray) -> None:
+        """Write one BGR uint8 ``[H, W, 3]`` frame as the next image.
+
+        Raises
+        ------
+        ValueError
+            Wrong dtype or shape, a size other than the first frame's, or the
+            writer is closed. The writer stays usable after a bad frame.
+        OutputError
+            Encoding or writing the image failed; the writer is aborted.
+        """
+        self._check_open()
+        frame = _check_frame(frame, self._shape)
+        name = self._name(self._frames)
+        try:
+            ok, buf = cv2.imencode("." + self._ext, frame, self._params)
+            if not ok:
+                raise OSError(f"cannot encode {name} as {self._ext.upper()}")
+            file = _PartFile(self._part.folder / name)
+            try:
+                file.write(buf)
+            finally:
+                file.close()
+        except BaseException as exc:
+            raise self._fail(exc) from exc
+        self._shape = frame.shape
+        self._frames += 1
+
+    def close(self) -> Path:
+        """Move the images into ``folder`` (created if needed) and remove stale frames.
+
+        Returns
+        -------
+        Path
+            ``folder``. Calling again after success returns it again.
+
+        Raises
+        ------
+        OutputError
+            The images cannot be moved into ``folder``; the temporary folder
+            is deleted.
+        ValueError
+            The writer was aborted.
+        """
+        if self._closed:
+            return self._dest
+        self._check_open()
+        part, dest = self._part, self._dest
+        try:
+            if not os.path.lexists(dest):
+                os.rename(part.folder, dest)
+            else:
+                if not dest.is_dir():
+                    raise NotADirectoryError(20, os.strerror(20), os.fspath(dest))
+                new = {self._name(i) for i in range(self._frames)}
+                for name in sorted(new):
+                    os.replace(part.folder / name, dest / name)
+                for entry in os.scandir(dest):
+                    if _FRAME_NAME.fullmatch(entry.name) and entry.name not in new and not entry.is_dir():
+                        os.unlink(entry.path)
+                os.rmdir(part.folder)
+        except BaseException as exc:
+            raise self._fail(exc) from exc
+        self._closed = True
+        self._discard.detach()
+        return dest
+

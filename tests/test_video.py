@@ -1,0 +1,393 @@
+"""Output stage: MP4 (H.264 + AAC) and image folders, never partial; decoded back with PyAV."""
+
+from __future__ import annotations
+
+import errno
+import gc
+import os
+from fractions import Fraction
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from synctalk_fast import video
+from synctalk_fast.errors import OutputError
+from synctalk_fast.video import FrameFolderWriter, VideoWriter
+
+SR = 16000
+
+
+def _frame(i: int, h: int = 240, w: int = 320) -> np.ndarray:
+    """Smooth BGR pattern drifting with ``i`` (small H.264 error at CRF 20)."""
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    b = 128 + 90 * np.sin((x + 3 * i) / 37.0)
+    g = 128 + 90 * np.cos((y - 2 * i) / 29.0)
+    r = 128 + 60 * np.sin((x + y + 5 * i) / 53.0)
+    return np.clip(np.stack([b, g, r], axis=-1), 0, 255).astype(np.uint8)
+
+
+def _tone(seconds: float, hz: float = 440.0) -> np.ndarray:
+    t = np.arange(round(seconds * SR)) / SR
+    return (0.5 * np.sin(2 * np.pi * hz * t)).astype(np.float32)
+
+
+def _leftovers(folder) -> list[str]:
+    return [n for n in os.listdir(folder) if n.endswith(".part")]
+
+
+def _probe(path) -> dict:
+    with av.open(str(path)) as c:
+        v = c.streams.video[0]
+        info = {
+            "rate": v.average_rate,
+            "duration": v.duration * v.time_base,
+            "size": (v.codec_context.width, v.codec_context.height),
+            "pix_fmt": v.codec_context.pix_fmt,
+            "codec": v.codec_context.name,
+            "audio": [(a.codec_context.name, a.duration * a.time_base, a.sample_rate, a.channels) for a in c.streams.audio],
+            "order": [p.stream.type for p in c.demux() if p.size],
+        }
+    with av.open(str(path)) as c:
+        frames = [f.to_ndarray(format="bgr24") for f in c.decode(video=0)]
+    info["frames"] = frames
+    if info["audio"]:
+        with av.open(str(path)) as c:
+            info["samples"] = sum(f.samples for f in c.decode(audio=0))
+    return info
+
+
+def _write(path, n: int, **kw) -> list[np.ndarray]:
+    hw = kw.pop("hw", (240, 320))
+    frames = [_frame(i, *hw) for i in range(n)]
+    with VideoWriter(path, **kw) as w:
+        for f in frames:
+            w.write(f)
+        assert w.frames_written == n
+    return frames
+
+
+def test_mp4_with_audio(tmp_path):
+    path = tmp_path / "out.mp4"
+    frames = _write(path, 30, fps=25, audio=_tone(1.2))
+    assert sorted(os.listdir(tmp_path)) == ["out.mp4"]
+    info = _probe(path)
+    assert (info["codec"], info["pix_fmt"], info["size"]) == ("h264", "yuv420p", (320, 240))
+    assert len(info["frames"]) == 30
+    assert info["rate"] == 25
+    assert info["duration"] == Fraction(6, 5)
+    [(codec, duration, rate, channels)] = info["audio"]
+    assert (codec, rate, channels) == ("aac", SR, 1)
+    assert duration == Fraction(6, 5)
+    assert abs(info["samples"] / SR - 1.2) <= 0.04
+    assert np.abs(info["frames"][0].astype(int) - frames[0]).mean() < 3
+    assert np.abs(info["frames"][-1].astype(int) - frames[-1]).mean() < 3
+    # Packets are interleaved in the file, not all of one stream first.
+    order = info["order"]
+    assert "audio" in order[: len(order) // 2] and "video" in order[len(order) // 2:]
+
+
+def test_decoded_audio_matches_input(tmp_path):
+    path = tmp_path / "tone.mp4"
+    tone = _tone(1.2)
+    _write(path, 30, audio=tone)
+    with av.open(str(path)) as c:
+        decoded = np.concatenate([f.to_ndarray()[0] for f in c.decode(audio=0)])
+    assert decoded.shape[0] >= tone.shape[0]
+    # The AAC encoder delay is removed by the edit list: the tone is in phase.
+    err = decoded[: tone.shape[0]] - tone
+    assert np.sqrt(np.mean(err[1000:-1000] ** 2)) < 0.05
+
+
+def test_fps_20(tmp_path):
+    path = tmp_path / "out20.mp4"
+    _write(path, 24, fps=20, audio=_tone(1.2))
+    info = _probe(path)
+    assert len(info["frames"]) == 24
+    assert info["rate"] == 20
+    assert info["duration"] == Fraction(6, 5)
+
+
+def test_ntsc_rate(tmp_path):
+    path = tmp_path / "ntsc.mp4"
+    _write(path, 10, fps=30000 / 1001, preset="ultrafast")
+    info = _probe(path)
+    assert info["rate"] == Fraction(30000, 1001)
+    assert len(info["frames"]) == 10
+    assert info["duration"] == Fraction(10 * 1001, 30000)
+
+
+def test_odd_size_is_padded(tmp_path):
+    path = tmp_path / "odd.mp4"
+    frames = _write(path, 5, hw=(241, 321), preset="ultrafast")
+    info = _probe(path)
+    assert info["size"] == (322, 242)
+    out = info["frames"][0].astype(int)
+    padded = cv2.copyMakeBorder(frames[0], 0, 1, 0, 1, cv2.BORDER_REPLICATE)
+    assert np.abs(out - padded).mean() < 3
+    assert np.abs(out[:, -1] - out[:, -2]).mean() < 3  # last column repeated
+
+
+def test_video_only(tmp_path):
+    path = tmp_path / "silent.mp4"
+    _write(path, 10, preset="ultrafast")
+    info = _probe(path)
+    assert info["audio"] == []
+    assert len(info["frames"]) == 10
+
+
+def test_audio_longer_than_video(tmp_path):
+    path = tmp_path / "long_audio.mp4"
+    _write(path, 10, audio=_tone(1.2), preset="ultrafast")
+    info = _probe(path)
+    assert len(info["frames"]) == 10
+    assert info["duration"] == Fraction(2, 5)
+    assert info["audio"][0][1] == Fraction(6, 5)
+    assert abs(info["samples"] / SR - 1.2) <= 0.04
+
+
+def test_audio_shorter_than_video(tmp_path):
+    path = tmp_path / "short_audio.mp4"
+    _write(path, 30, audio=_tone(0.5), preset="ultrafast")
+    info = _probe(path)
+    assert len(info["frames"]) == 30
+    assert info["audio"][0][1] == Fraction(1, 2)
+
+
+def test_audio_is_encoded_as_frames_arrive(tmp_path, monkeypatch):
+    pts = []
+    real = av.AudioFrame.from_ndarray
+    monkeypatch.setattr(av.AudioFrame, "from_ndarray", lambda *a, **k: pts.append(len(pts)) or real(*a, **k))
+    tone = _tone(1.2)
+    with VideoWriter(tmp_path / "x.mp4", audio=tone, preset="ultrafast") as w:
+        for i in range(10):
+            w.write(_frame(i))
+        # 10 frames = 0.4 s = 6400 samples -> 7 AAC frames of 1024, not all 19.
+        assert len(pts) == 7
+    assert len(pts) == 19
+
+
+@pytest.mark.parametrize("how", ["exception", "abort", "interrupt", "gc"])
+def test_no_partial_output(tmp_path, how):
+    path = tmp_path / "out.mp4"
+    path.write_bytes(b"previous")
+    if how == "gc":
+        w = VideoWriter(path, audio=_tone(1.0), preset="ultrafast")
+        for i in range(5):
+            w.write(_frame(i))
+        assert len(_leftovers(tmp_path)) == 1
+        del w
+        gc.collect()
+    elif how == "abort":
+        w = VideoWriter(path, audio=_tone(1.0), preset="ultrafast")
+        for i in range(5):
+            w.write(_frame(i))
+        w.abort()
+        w.abort()
+        with pytest.raises(ValueError, match="aborted"):
+            w.write(_frame(0))
+        with pytest.raises(ValueError, match="aborted"):
+            w.close()
+    else:
+        exc = RuntimeError if how == "exception" else KeyboardInterrupt
+        with pytest.raises(exc):
+            with VideoWriter(path, audio=_tone(1.0), preset="ultrafast") as w:
+                for i in range(5):
+                    w.write(_frame(i))
+                raise exc()
+    assert path.read_bytes() == b"previous"
+    assert _leftovers(tmp_path) == []
+    assert sorted(os.listdir(tmp_path)) == ["out.mp4"]
+
+
+def test_no_output_when_new(tmp_path):
+    path = tmp_path / "sub" / "dir" / "out.mp4"
+    with pytest.raises(RuntimeError):
+        with VideoWriter(path) as w:
+            w.write(_frame(0))
+            raise RuntimeError
+    assert os.listdir(tmp_path) == []  # the parents it created are gone too
+
+
+def test_close_replaces_existing_file_and_is_idempotent(tmp_path):
+    path = tmp_path / "out.mp4"
+    path.write_bytes(b"previous")
+    w = VideoWriter(str(path), preset="ultrafast")
+    w.write(_frame(0))
+    assert w.close() == path
+    assert w.close() == path
+    w.abort()  # no effect after close
+    assert len(_probe(path)["frames"]) == 1
+    with pytest.raises(ValueError, match="closed"):
+        w.write(_frame(1))
+
+
+def test_creates_missing_parents(tmp_path):
+    path = tmp_path / "a" / "b" / "out.mp4"
+    _write(path, 2, preset="ultrafast")
+    assert len(_probe(path)["frames"]) == 2
+
+
+def test_no_frames(tmp_path):
+    path = tmp_path / "empty.mp4"
+    w = VideoWriter(path)
+    with pytest.raises(ValueError, match="no frames"):
+        w.close()
+    assert os.listdir(tmp_path) == []
+
+
+def test_unwritable_locations(tmp_path):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    for path in (blocker / "out.mp4", blocker / "deeper" / "out.mp4"):
+        with pytest.raises(OutputError, match="Not a directory") as info:
+            VideoWriter(path)
+        assert str(path) in str(info.value) and "\n" not in str(info.value)
+        assert isinstance(info.value, OSError)
+    with pytest.raises(OutputError, match="Is a directory") as info:
+        VideoWriter(tmp_path)
+    assert str(tmp_path) in str(info.value)
+    with pytest.raises(OutputError, match="Not a directory"):
+        FrameFolderWriter(blocker)
+    with pytest.raises(OutputError, match="Not a directory"):
+        FrameFolderWriter(blocker / "frames")
+    assert sorted(os.listdir(tmp_path)) == ["file.txt"]
+
+
+def test_encoder_failure(tmp_path):
+    path = tmp_path / "out.mp4"
+    path.write_bytes(b"previous")
+    with pytest.raises(OutputError, match="encoding failed") as info:
+        with VideoWriter(path, preset="ultrafast") as w:
+            w.write(np.zeros((2, 17000, 3), np.uint8))  # wider than libx264 accepts
+    assert str(path) in str(info.value)
+    assert path.read_bytes() == b"previous"
+    assert _leftovers(tmp_path) == []
+
+
+def _disk_full(monkeypatch, *, now: bool) -> dict:
+    """Make every output write fail with ENOSPC once ``state['full']`` is true."""
+    state = {"full": now}
+    real = video._PartFile.write
+
+    def write(self, data):
+        if state["full"]:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(self, data)
+
+    monkeypatch.setattr(video._PartFile, "write", write)
+    return state
+
+
+def test_disk_full_at_close(tmp_path, monkeypatch):
+    state = _disk_full(monkeypatch, now=False)
+    path = tmp_path / "out.mp4"
+    path.write_bytes(b"previous")
+    w = VideoWriter(path, audio=_tone(0.4))
+    for i in range(5):
+        w.write(_frame(i))
+    state["full"] = True
+    with pytest.raises(OutputError, match="No space left") as info:
+        w.close()
+    assert str(path) in str(info.value)
+    assert info.value.errno == errno.ENOSPC
+    assert path.read_bytes() == b"previous"
+    assert _leftovers(tmp_path) == []
+
+
+def test_disk_full_while_writing(tmp_path, monkeypatch):
+    _disk_full(monkeypatch, now=True)
+    path = tmp_path / "out.mp4"
+    rng = np.random.default_rng(0)
+    with pytest.raises(OutputError, match="No space left"):
+        with VideoWriter(path, preset="ultrafast", threads=1) as w:
+            for _ in range(100):  # noise: big packets reach the file within a few frames
+                w.write(rng.integers(0, 256, (240, 320, 3), dtype=np.uint8))
+    assert 0 < w.frames_written < 100
+    assert os.listdir(tmp_path) == []
+
+
+def test_disk_full_frame_folder(tmp_path, monkeypatch):
+    state = _disk_full(monkeypatch, now=False)
+    folder = tmp_path / "frames"
+    w = FrameFolderWriter(folder)
+    w.write(_frame(0))
+    state["full"] = True
+    with pytest.raises(OutputError, match="No space left") as info:
+        w.write(_frame(1))
+    assert str(folder) in str(info.value)
+    assert os.listdir(tmp_path) == []
+
+
+def test_bad_frames(tmp_path):
+    for writer in (VideoWriter(tmp_path / "v.mp4", preset="ultrafast"), FrameFolderWriter(tmp_path / "f")):
+        with writer as w:
+            with pytest.raises(ValueError, match="uint8"):
+                w.write(_frame(0).astype(np.float32))
+            with pytest.raises(ValueError, match=r"\[H, W, 3\]"):
+                w.write(_frame(0)[..., 0])
+            with pytest.raises(ValueError, match=r"\[H, W, 3\]"):
+                w.write(np.zeros((240, 320, 4), np.uint8))
+            w.write(_frame(0))
+            with pytest.raises(ValueError, match="differs from the first"):
+                w.write(_frame(1, 240, 322))
+            w.write(_frame(1)[:, ::-1])  # non-contiguous is fine
+            assert w.frames_written == 2
+    assert len(_probe(tmp_path / "v.mp4")["frames"]) == 2
+    assert sorted(os.listdir(tmp_path / "f")) == ["frame_00000.png", "frame_00001.png"]
+
+
+def test_bad_arguments(tmp_path):
+    for kw in ({"fps": 0}, {"fps": float("nan")}, {"crf": 52}, {"preset": "quick"}, {"threads": -1},
+               {"audio": np.zeros((10, 2), np.float32)}, {"audio": np.zeros(0, np.float32)},
+               {"audio": np.full(10, np.nan, np.float32)}, {"audio": _tone(0.1), "sample_rate": 12345}):
+        with pytest.raises(ValueError):
+            VideoWriter(tmp_path / "x.mp4", **kw)
+    with pytest.raises(ValueError):
+        FrameFolderWriter(tmp_path / "f", ext="bmp")
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("ext", ["png", "jpg"])
+def test_frame_folder(tmp_path, ext):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(8):  # an earlier, longer run
+        (folder / f"frame_{i:05d}.{ext}").write_bytes(b"old")
+    (folder / "frame_00009.png").write_bytes(b"old")
+    (folder / "notes.txt").write_text("keep")
+    frames = [_frame(i, 48, 64) for i in range(3)]
+    with FrameFolderWriter(folder, ext=ext) as w:
+        for f in frames:
+            w.write(f)
+        assert [n for n in os.listdir(folder) if n.startswith("frame_")] != []  # old ones until close
+    assert w.frames_written == 3
+    names = sorted(os.listdir(folder))
+    assert names == [f"frame_{i:05d}.{ext}" for i in range(3)] + ["notes.txt"]
+    assert (folder / "notes.txt").read_text() == "keep"
+    assert os.listdir(tmp_path) == ["frames"]
+    for i, f in enumerate(frames):
+        back = cv2.imread(str(folder / f"frame_{i:05d}.{ext}"))
+        if ext == "png":
+            assert np.array_equal(back, f)
+        else:
+            assert np.abs(back.astype(int) - f).mean() < 3
+
+
+def test_frame_folder_new_and_aborted(tmp_path):
+    folder = tmp_path / "a" / "frames"
+    with FrameFolderWriter(folder, ext=".JPEG", jpeg_quality=80) as w:
+        w.write(_frame(0, 16, 16))
+    assert os.listdir(folder) == ["frame_00000.jpg"]
+    with pytest.raises(RuntimeError):
+        with FrameFolderWriter(folder) as w:
+            w.write(_frame(0, 16, 16))
+            raise RuntimeError
+    assert os.listdir(folder) == ["frame_00000.jpg"]  # untouched
+    assert os.listdir(tmp_path / "a") == ["frames"]  # no temp folder
+    w = FrameFolderWriter(tmp_path / "b" / "frames")
+    w.write(_frame(0, 16, 16))
+    del w
+    gc.collect()
+    assert os.listdir(tmp_path) == ["a"]
