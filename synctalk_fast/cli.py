@@ -72,16 +72,14 @@ def _generate(args: argparse.Namespace) -> int:
         encoder = DEFAULT_ENCODER
     providers = args.providers.split(",") if args.providers else None
     outputs = [args.output]
-    if args.video:  # the Go port: frames in --output, and a video at --video-path
+    if args.video:  # the Go port: frames in --output and a video at --video-path, in one pass
         outputs.append(args.video_path)
-    result = None
-    common = dict(template=args.template, unet=args.model, audio_encoder=encoder, mode=args.mode, providers=providers,
-                  batch_size=args.batch_size, start=args.start, fps=args.fps, crf=args.crf, preset=args.preset,
-                  feather=args.feather, progress=not args.quiet)
-    for out in outputs:
-        result = generate(audio, output=out, features=features, **common)
-        if not args.quiet:
-            print(result)
+    result = generate(audio, output=outputs, features=features, template=args.template, unet=args.model,
+                      audio_encoder=encoder, mode=args.mode, providers=providers, batch_size=args.batch_size,
+                      start=args.start, fps=args.fps, crf=args.crf, preset=args.preset, feather=args.feather,
+                      progress=not args.quiet)
+    if not args.quiet:
+        print(result)
     return 0
 
 

@@ -7,8 +7,8 @@ are computed in batches: memory does not grow with the audio's length.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import os
 import sys
 import time
 from collections import defaultdict
@@ -198,6 +198,21 @@ class Pipeline:
                 yield out
 
     # -- frames -> video --------------------------------------------------
+    @staticmethod
+    def _writer(output: Path, fps, crf, preset, samples, image_format):
+        from .video import FrameFolderWriter, VideoWriter
+
+        if output.suffix.lower() not in VIDEO_SUFFIXES:
+            return FrameFolderWriter(output, ext=image_format)
+        track = None
+        if samples is not None:
+            # 48 kHz: AAC's 1024-sample blocks are then 21 ms, so the decoded
+            # track ends within one video frame of the input.
+            import soxr
+
+            track = soxr.resample(samples, 16000, AUDIO_TRACK_RATE, quality="HQ").astype(np.float32)
+        return VideoWriter(output, fps=fps, crf=crf, preset=preset, audio=track, sample_rate=AUDIO_TRACK_RATE)
+
     def generate(
         self,
         audio=None,
@@ -222,10 +237,11 @@ class Pipeline:
             drive the mouth unless ``features`` is given; it is always the
             video's sound track when given.
         template : Template, str or os.PathLike, keyword-only
-        output : str or os.PathLike, keyword-only
+        output : str, os.PathLike, or a list of them, keyword-only
             ``.mp4`` (``.mov``, ``.m4v``, ``.mkv``): H.264 + AAC, written to a
             temporary file and renamed when complete. Anything else: a folder
-            of ``frame_00000.png`` (or ``image_format="jpg"``).
+            of ``frame_00000.png`` (or ``image_format="jpg"``). Several
+            outputs are written in the same pass.
         features : np.ndarray, str or os.PathLike, optional, keyword-only
             Precomputed features instead of computing them from ``audio``
             (how hubert and wenet models are driven).
@@ -246,8 +262,6 @@ class Pipeline:
         -------
         GenerateResult
         """
-        from .video import FrameFolderWriter, VideoWriter
-
         t0 = time.perf_counter()
         timer = _Timer()
         if audio is None and features is None:
@@ -260,32 +274,24 @@ class Pipeline:
         if features is None:
             with timer("features"):
                 features = self.audio_features(samples, progress=progress)
-        rows, windowed = self._unet_audio(features)
+        rows, _ = self._unet_audio(features)
         fps = float(fps or FPS[self.mode])
-        output = Path(output)
-        if output.suffix.lower() in VIDEO_SUFFIXES:
-            track = None
-            if samples is not None:
-                # 48 kHz: AAC's 1024-sample blocks are then 21 ms, so the
-                # decoded track ends within one video frame of the input.
-                import soxr
-
-                track = soxr.resample(samples, 16000, AUDIO_TRACK_RATE, quality="HQ").astype(np.float32)
-            writer = VideoWriter(output, fps=fps, crf=crf, preset=preset, audio=track, sample_rate=AUDIO_TRACK_RATE)
-        else:
-            writer = FrameFolderWriter(output, ext=image_format)
+        outputs = [Path(o) for o in output] if isinstance(output, (list, tuple)) else [Path(output)]
         n = rows.shape[0]
         bar = _progress(n, "frames", progress)
         try:
-            with writer:
+            with contextlib.ExitStack() as stack:  # every writer is closed on success, aborted on error
+                writers = [stack.enter_context(self._writer(o, fps, crf, preset, samples, image_format)) for o in outputs]
                 for frame in self.frames(features, tpl, start=start, feather=feather, _timer=timer):
                     with timer("encode"):
-                        writer.write(frame)
+                        for w in writers:
+                            w.write(frame)
                     if bar is not None:
                         bar.update(1)
         finally:
             if bar is not None:
                 bar.close()
+        output = outputs[0]
         result = GenerateResult(output, n, fps, time.perf_counter() - t0, dict(timer.totals))
         log.info("%s", result)
         return result

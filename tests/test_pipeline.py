@@ -304,3 +304,79 @@ def test_bad_input_cli(name, bad_cases, demo_template, speech_file, model_dir):
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("synctalk-fast: error:") and text in lines[0], res.stderr
     assert not Path(out).exists()
+
+
+# --- other modes, memory ---------------------------------------------------------
+
+
+def _tiny_unet(path, mode="ave"):
+    """U-Net-shaped stand-in: sigmoid(image[:, :3] + mean(audio)). Runs in
+    microseconds, so whole-pipeline tests measure the pipeline, not the net."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    c, h, w = models.AUDIO_SHAPES[mode]
+    nodes = [
+        helper.make_node("Slice", ["image", "starts", "ends", "axes"], ["rgb"]),
+        helper.make_node("ReduceMean", ["audio"], ["a"], axes=[1, 2, 3], keepdims=1),
+        helper.make_node("Add", ["rgb", "a"], ["z"]),
+        helper.make_node("Sigmoid", ["z"], ["output"]),
+    ]
+    inits = [numpy_helper.from_array(np.array(v, np.int64), n) for n, v in [("starts", [0]), ("ends", [3]), ("axes", [1])]]
+    graph = helper.make_graph(
+        nodes, "tiny",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 6, 320, 320]),
+         helper.make_tensor_value_info("audio", TensorProto.FLOAT, ["N", c, h, w])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 3, 320, 320])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("mode", ["hubert", "wenet"])
+def test_precomputed_features_drive_hubert_and_wenet(mode, demo_template, tmp_path):
+    unet = _tiny_unet(tmp_path / f"{mode}.onnx", mode)
+    rows = np.random.default_rng(0).normal(0, 1, (30, stf.features.row_size(mode))).astype(np.float32)
+    np.save(tmp_path / "f.npy", rows)
+    result = stf.generate(template=demo_template, output=tmp_path / "out.mp4", unet=unet, features=tmp_path / "f.npy",
+                          progress=False)
+    frames, rate, _ = _decode(tmp_path / "out.mp4")
+    assert result.frames == frames == 30 and rate == stf.features.FPS[mode]
+    with pytest.raises(stf.FeatureError, match="precomputed features"):
+        stf.Pipeline(unet).audio_features(np.zeros(16000, np.float32))
+
+
+_RSS_SCRIPT = """
+import resource, sys, numpy as np, soundfile as sf
+import synctalk_fast as stf
+from synctalk_fast.demo import synthetic_speech
+seconds, folder, unet, enc, tpl = float(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
+speech = np.tile(synthetic_speech(10.0), int(np.ceil(seconds / 10)))[: int(seconds * 16000)]
+sf.write(folder + "/speech.wav", speech, 16000)
+del speech
+r = stf.generate(folder + "/speech.wav", template=tpl, output=folder + "/out.mp4", unet=unet, audio_encoder=enc,
+                 preset="ultrafast", progress=False)
+print(r.frames, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+"""
+
+
+@pytest.mark.slow
+def test_memory_is_flat_for_ten_minutes_of_audio(model_dir, demo_template, tmp_path):
+    """Peak RSS of a whole run (real encoder, stand-in U-Net, H.264 + AAC) for
+    1 and 10 minutes of speech: the 10-minute run may not need more memory."""
+    unet = _tiny_unet(tmp_path / "tiny.onnx")
+    peaks = {}
+    for seconds in (60, 600):
+        folder = tmp_path / f"run{seconds}"
+        folder.mkdir()
+        res = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, str(seconds), str(folder), str(unet),
+                              str(model_dir / "audio_encoder.onnx"), str(demo_template)],
+                             capture_output=True, text=True, timeout=900, cwd=tempfile.gettempdir())
+        assert res.returncode == 0, res.stderr
+        frames, peak_mb = map(int, res.stdout.split())
+        assert frames == stf.num_mel_windows(1 + seconds * 16000 // 200) + 2
+        peaks[seconds] = peak_mb
+    print(f"\npeak RSS: 1 min of audio {peaks[60]} MB, 10 min {peaks[600]} MB")
+    assert peaks[600] < 2048
+    assert peaks[600] - peaks[60] < 200  # flat: features are ~30 MB for 10 min; frames are never held
