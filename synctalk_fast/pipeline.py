@@ -204,14 +204,11 @@ class Pipeline:
 
         if output.suffix.lower() not in VIDEO_SUFFIXES:
             return FrameFolderWriter(output, ext=image_format)
-        track = None
-        if samples is not None:
-            # 48 kHz: AAC's 1024-sample blocks are then 21 ms, so the decoded
-            # track ends within one video frame of the input.
-            import soxr
-
-            track = soxr.resample(samples, 16000, AUDIO_TRACK_RATE, quality="HQ").astype(np.float32)
-        return VideoWriter(output, fps=fps, crf=crf, preset=preset, audio=track, sample_rate=AUDIO_TRACK_RATE)
+        # The track is stored at 48 kHz (resampled as it is encoded): AAC's
+        # 1024-sample blocks are then 21 ms, so the decoded sound ends within
+        # one video frame of the input.
+        return VideoWriter(output, fps=fps, crf=crf, preset=preset, audio=samples, audio_rate=16000,
+                           sample_rate=AUDIO_TRACK_RATE)
 
     def generate(
         self,

@@ -272,6 +272,10 @@ class VideoWriter(_Writer):
         libx264 constant rate factor, 0 (lossless) to 51.
     preset : str, default "medium"
         libx264 preset, one of :data:`X264_PRESETS`.
+    audio_rate : int, optional
+        Sample rate of ``audio`` when it differs from ``sample_rate``: the
+        samples are then resampled (soxr, HQ) block by block as they are
+        encoded, so only the input array is ever held in memory.
     audio : np.ndarray or None
         Mono samples in [-1, 1] (1-D float; values outside are clipped) at
         ``sample_rate``, encoded as AAC. None writes a video-only file.
@@ -313,6 +317,7 @@ class VideoWriter(_Writer):
         preset: str = "medium",
         audio: np.ndarray | None = None,
         sample_rate: int = 16000,
+        audio_rate: int | None = None,
         threads: int = 0,
     ):
         self._dest = Path(os.fspath(path))
@@ -323,10 +328,10 @@ class VideoWriter(_Writer):
             raise ValueError(f"preset must be one of {', '.join(X264_PRESETS)}; got {preset!r}")
         if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 0:
             raise ValueError(f"threads must be an integer >= 0, got {threads!r}")
-        self._audio = None if audio is None else _check_audio(audio)
-        if self._audio is not None and sample_rate not in _AAC_RATES:
+        if audio is not None and sample_rate not in _AAC_RATES:
             raise ValueError(f"sample_rate {sample_rate!r} is not an AAC sample rate ({', '.join(map(str, _AAC_RATES))})")
         self._sample_rate = int(sample_rate)
+        self._audio = None if audio is None else _AudioSource(_check_audio(audio), int(audio_rate or sample_rate), self._sample_rate)
         self._apos = 0  # audio samples handed to the encoder so far
 
         part = _VideoPart(*self._create_part())
@@ -396,7 +401,7 @@ class VideoWriter(_Writer):
                 # Invariant: audio is encoded through the end of the last frame written,
                 # ceil(frames * sr / fps) samples (rounded up to whole AAC frames).
                 end = -((-self._frames * self._sample_rate * self._rate.denominator) // self._rate.numerator)
-                self._encode_audio(min(end, len(self._audio)))
+                self._encode_audio(min(end, self._audio.length))
         except BaseException as exc:
             raise self._fail(exc) from exc
 
@@ -404,7 +409,7 @@ class VideoWriter(_Writer):
         """Encode audio samples up to ``end`` (or the next frame boundary past it)."""
         audio, size, container = self._audio, self._audio_frame, self._part.container
         while self._apos < end:
-            chunk = audio[self._apos:self._apos + size]  # shorter only at the end of the audio
+            chunk = audio.take(size)  # shorter only at the end of the audio
             aframe = av.AudioFrame.from_ndarray(chunk[None, :], format="fltp", layout="mono")
             aframe.sample_rate = self._sample_rate
             aframe.pts = self._apos
@@ -440,7 +445,7 @@ class VideoWriter(_Writer):
             container = part.container
             container.mux(self._vstream.encode(None))
             if self._audio is not None:
-                self._encode_audio(len(self._audio))
+                self._encode_audio(self._audio.length)
                 container.mux(self._astream.encode(None))
             part.container = None
             container.close()
@@ -471,6 +476,49 @@ def _frame_rate(fps: Any) -> Fraction:
     if rate <= 0:
         raise ValueError(f"fps must be a positive number, got {fps!r}")
     return rate
+
+
+class _AudioSource:
+    """Mono float32 samples at the output rate, read front to back in blocks.
+
+    Invariant: only the input array is held; with another input rate, blocks
+    are resampled as they are read, so a long track never exists at the
+    output rate in memory.
+    """
+
+    _BLOCK = 8192  # input samples per resampler call
+
+    def __init__(self, samples: np.ndarray, in_rate: int, out_rate: int):
+        self._x = samples
+        self._emitted = 0
+        if in_rate == out_rate:
+            self._stream = None
+            self.length = len(samples)
+        else:
+            import soxr
+
+            self._stream = soxr.ResampleStream(in_rate, out_rate, 1, dtype="float32", quality="HQ")
+            self.length = int(round(len(samples) * out_rate / in_rate))
+            self._read = 0
+            self._buf = np.zeros(0, np.float32)
+
+    def take(self, n: int) -> np.ndarray:
+        """The next ``min(n, remaining)`` samples."""
+        n = min(n, self.length - self._emitted)
+        if self._stream is None:
+            out = self._x[self._emitted : self._emitted + n]
+        else:
+            while len(self._buf) < n:
+                if self._read < len(self._x):
+                    block = self._x[self._read : self._read + self._BLOCK]
+                    self._read += len(block)
+                    more = self._stream.resample_chunk(block, last=self._read >= len(self._x))
+                else:  # the resampler's rounding came up short: pad with silence
+                    more = np.zeros(n - len(self._buf), np.float32)
+                self._buf = np.concatenate([self._buf, more.astype(np.float32, copy=False)])
+            out, self._buf = self._buf[:n], self._buf[n:]
+        self._emitted += n
+        return out
 
 
 def _check_audio(audio: Any) -> np.ndarray:

@@ -111,12 +111,17 @@ class MelPlan {
         return y;
     }
 
-    // wav: n samples; out: [80][num_frames(n)] float32. Frames [t0, t1).
+    // wav: n samples; out: [80][num_frames(n)] float32. Frames [t0, t1), in
+    // blocks so that the double-precision scratch stays small (~3 MB) however
+    // long the audio is.
     void compute(const float* wav, std::size_t n, float* out, std::size_t t0, std::size_t t1) const {
-        if (t0 >= t1) return;
-        const std::ptrdiff_t j0 = static_cast<std::ptrdiff_t>(t0 * kHop) - kNFFT / 2;
-        const std::vector<double> y = preemphasis(wav, n, j0, (t1 - t0 - 1) * kHop + kNFFT);
-        compute_frames(y.data(), num_frames(n), out, t0, t1);
+        constexpr std::size_t kBlock = 2048;
+        for (std::size_t a = t0; a < t1; a += kBlock) {
+            const std::size_t b = std::min(t1, a + kBlock);
+            const std::ptrdiff_t j0 = static_cast<std::ptrdiff_t>(a * kHop) - kNFFT / 2;
+            const std::vector<double> y = preemphasis(wav, n, j0, (b - a - 1) * kHop + kNFFT);
+            compute_frames(y.data(), num_frames(n), out, a, b);
+        }
     }
 
     // y: pre-emphasised padded samples from frame t0's first sample on;
