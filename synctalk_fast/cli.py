@@ -77,7 +77,7 @@ def _generate(args: argparse.Namespace) -> int:
     result = generate(audio, output=outputs, features=features, template=args.template, unet=args.model,
                       audio_encoder=encoder, mode=args.mode, providers=providers, batch_size=args.batch_size,
                       start=args.start, fps=args.fps, crf=args.crf, preset=args.preset, feather=args.feather,
-                      progress=not args.quiet)
+                      threads=args.threads, precision=args.precision, progress=not args.quiet)
     if not args.quiet:
         print(result)
     return 0
@@ -121,6 +121,12 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"audio:       {speech}")
     print(f"video:       {result.output}")
     return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from synctalk_fast.benchmark import main as bench_main
+
+    return bench_main(args.args)
 
 
 DEFAULT_UNET = "./models/unet_328.onnx"
@@ -183,7 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--providers", help="ONNX Runtime providers, comma-separated (default: best available)")
     p.add_argument("--feather", type=int, default=0, help="soft paste band in pixels (default: 0, hard paste)")
     p.add_argument("--crf", type=int, default=20, help="H.264 quality, lower is better (default: 20)")
-    p.add_argument("--preset", default="medium", help="x264 speed preset (default: medium)")
+    p.add_argument("--preset", default="veryfast", help="x264 speed preset (default: veryfast)")
+    p.add_argument("--threads", type=int, help="ONNX Runtime threads (default: all cores)")
+    p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32", help="U-Net precision (fp16: GPUs)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=_generate)
 
@@ -212,12 +220,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=4.0, help="length of the synthetic speech (default: 4)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_demo)
+
+    p = sub.add_parser(
+        "bench",
+        add_help=False,  # --help goes to the benchmark's own parser
+        help="benchmark: pipeline vs U-Net alone, naive ORT loop, PyTorch loop (JSON + PNG)",
+        description="See `synctalk-fast bench --help`.",
+    )
+    p.add_argument("args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_bench)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    if "bench" in argv and all(a in ("-v", "--verbose") for a in argv[: argv.index("bench")]):
+        # the benchmark parses its own options (argparse's REMAINDER cannot pass options through)
+        i = argv.index("bench")
+        args = parser.parse_args(argv[:i] + ["bench"])
+        args.args = argv[i + 1 :]
+    else:
+        args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
     if not hasattr(args, "func"):
         parser.print_help()

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import queue
 import sys
+import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -18,12 +20,14 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from ._stages import run_stages
 from .audio import load_audio, mel_spectrogram, mel_windows, num_mel_windows
 from .errors import FeatureError, ModelError
 from .features import FPS, MODES, feature_windows, load_features, pad_embeddings
 from .frames import INPUT_SHAPE, paste_back, prepare_input
-from .models import ModelSession, load_session
+from .models import ModelSession, default_batch_size, load_session
 from .template import Template
+from .video import DEFAULT_PRESET
 
 __all__ = ["Pipeline", "GenerateResult", "generate", "audio_features", "VIDEO_SUFFIXES"]
 
@@ -31,7 +35,6 @@ log = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".mkv")
 ENCODER_BATCH = 64  # the reference's batch for the audio encoder
-DEFAULT_BATCH = 4
 AUDIO_TRACK_RATE = 48000
 
 
@@ -64,8 +67,11 @@ class GenerateResult:
 
 
 class _Timer:
+    """Seconds spent in each stage, summed over threads (thread-safe)."""
+
     def __init__(self):
         self.totals: dict[str, float] = defaultdict(float)
+        self._lock = threading.Lock()
 
     def __call__(self, stage: str):
         timer = self
@@ -75,7 +81,9 @@ class _Timer:
                 self.t0 = time.perf_counter()
 
             def __exit__(self, *exc):
-                timer.totals[stage] += time.perf_counter() - self.t0
+                dt = time.perf_counter() - self.t0
+                with timer._lock:
+                    timer.totals[stage] += dt
 
         return _Span()
 
@@ -88,8 +96,8 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="frame", leave=False)
 
 
-def _session(model, kind: str, providers) -> ModelSession:
-    sess = model if isinstance(model, ModelSession) else load_session(model, providers=providers)
+def _session(model, kind: str, providers, **options) -> ModelSession:
+    sess = model if isinstance(model, ModelSession) else load_session(model, providers=providers, **options)
     if sess.kind != kind:
         name = {"unet": "a U-Net", "audio_encoder": "an audio encoder"}
         raise ModelError(f"{sess.path}: is {name[sess.kind]}, expected {name[kind]}")
@@ -109,9 +117,21 @@ class Pipeline:
     mode : {"ave", "hubert", "wenet"}, optional, keyword-only
         Checked against the U-Net's audio input (default: taken from it).
     providers : sequence of str, optional, keyword-only
-        ONNX Runtime providers (default: the best available).
+        ONNX Runtime providers (default: the best available, TensorRT > CUDA
+        > CoreML > DirectML > CPU).
     batch_size : int, optional, keyword-only
-        Frames per U-Net call (default 4).
+        Frames per U-Net call (default by provider: 16 on CUDA / TensorRT,
+        4 on CPU; see :func:`synctalk_fast.models.default_batch_size`).
+    threads : int, optional, keyword-only
+        ONNX Runtime intra-op threads (default: all cores; the other stages
+        use the cores while ONNX Runtime waits).
+    precision : {"fp32", "fp16"}, keyword-only
+        fp16 runs the U-Net in half precision (for GPUs).
+    overlap : bool, keyword-only
+        Run the stages concurrently in threads (default). False runs them
+        one after another in the caller's thread.
+    cache_mb : float, optional, keyword-only
+        Decoded template frame cache (see :class:`Template`).
     """
 
     def __init__(
@@ -122,21 +142,41 @@ class Pipeline:
         mode: str | None = None,
         providers: Sequence[str] | None = None,
         batch_size: int | None = None,
+        threads: int | None = None,
+        precision: str = "fp32",
+        overlap: bool = True,
+        cache_mb: float | None = None,
     ):
-        self.unet = _session(unet, "unet", providers)
+        if batch_size is not None and int(batch_size) < 1:
+            raise ValueError("batch_size must be >= 1")
+        self.unet = _session(unet, "unet", providers, threads=threads, precision=precision, batch_size=batch_size)
         if mode is not None and mode not in MODES:
             raise FeatureError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
         if mode is not None and mode != self.unet.mode:
             raise ModelError(f"{self.unet.path}: takes {self.unet.mode} audio features, not {mode}")
         self.mode: str = self.unet.mode  # type: ignore[assignment]
-        self.encoder = _session(audio_encoder, "audio_encoder", providers) if audio_encoder is not None else None
-        self.batch_size = int(batch_size or DEFAULT_BATCH)
-        if self.batch_size < 1:
-            raise ValueError("batch_size must be >= 1")
+        self.encoder = (_session(audio_encoder, "audio_encoder", providers, threads=threads)
+                        if audio_encoder is not None else None)
+        self.batch_size = int(batch_size or default_batch_size(self.unet.providers))
+        self.overlap = bool(overlap)
+        self.cache_mb = cache_mb
+        self._template: Template | None = None  # the last one used, with its decoded frames
 
     def __repr__(self) -> str:
         enc = f", audio_encoder={str(self.encoder.path)!r}" if self.encoder else ""
-        return f"Pipeline(unet={str(self.unet.path)!r}{enc}, mode={self.mode!r}, batch_size={self.batch_size})"
+        return (f"Pipeline(unet={str(self.unet.path)!r}{enc}, mode={self.mode!r}, batch_size={self.batch_size}, "
+                f"providers={self.unet.providers})")
+
+    def template(self, template) -> Template:
+        """``template`` as a :class:`Template`; a folder used in the previous
+        call is not loaded again, so its decoded frames are reused."""
+        if isinstance(template, Template):
+            return template
+        folder = Path(template)
+        if self._template is None or self._template.folder.resolve() != folder.resolve():
+            self._template = None  # free the old cache first
+            self._template = Template(folder, cache_mb=self.cache_mb)
+        return self._template
 
     # -- audio -> features ------------------------------------------------
     def audio_features(self, audio, *, progress: bool = False) -> np.ndarray:
@@ -157,6 +197,12 @@ class Pipeline:
     def frames(self, features, template, *, start: int = 0, feather: int = 0, _timer: _Timer | None = None) -> Iterator[np.ndarray]:
         """Lip-synced frames, in order: BGR uint8 ``[H, W, 3]``, one per feature row.
 
+        The stages overlap (see ``overlap``): a worker thread decodes
+        template frames (cached, :class:`Template`) and prepares batches of
+        U-Net inputs, a second runs the U-Net, and the caller's thread pastes
+        each prediction into a copy of its frame as it iterates. Each yielded
+        frame is a new array the caller owns.
+
         Parameters
         ----------
         features : np.ndarray, str or os.PathLike
@@ -169,33 +215,71 @@ class Pipeline:
             Soft paste band in pixels (0: the reference's hard paste).
         """
         timer = _timer or _Timer()
+        for batch in self._batches(features, template, start=start, timer=timer):
+            yield from self._paste(batch, feather, timer)
+
+    def _batches(self, features, template, *, start: int, timer: _Timer, then: Sequence = ()) -> Iterator:
+        """U-Net predictions by batch, ``(frames, pred)`` with ``frames`` a list
+        of (read-only template frame, box); each function of ``then`` is
+        applied to them in a further stage. The prepare stage and ``then``
+        run at background priority (see :mod:`synctalk_fast._stages`)."""
         rows, windowed = self._unet_audio(features)
-        tpl = template if isinstance(template, Template) else Template(template)
+        tpl = self.template(template)
         n = rows.shape[0]
         order = tpl.order(n, start=start)
         c, h, w = MODES[self.mode]
-        images = np.empty((self.batch_size, *INPUT_SHAPE), dtype=np.float32)
-        for b0 in range(0, n, self.batch_size):
-            b1 = min(n, b0 + self.batch_size)
+        size = self.batch_size
+        spare: queue.SimpleQueue = queue.SimpleQueue()  # input buffers the U-Net is done with
+
+        def prepare(b0: int):
+            b1 = min(n, b0 + size)
+            try:
+                images = spare.get_nowait()
+            except queue.Empty:
+                images = np.empty((size, *INPUT_SHAPE), dtype=np.float32)
             frames = []
             for j, k in enumerate(order[b0:b1]):
                 with timer("decode"):
-                    frame = tpl.frame(int(k))
+                    frame = tpl.frame(int(k), copy=False)  # read-only, shared with the cache
                 with timer("prepare"):
                     prepare_input(frame, tpl.box(int(k)), out=images[j])
-                frames.append(frame)
+                frames.append((frame, tpl.box(int(k))))
             with timer("prepare"):
                 audio = (
                     rows[b0:b1].reshape(b1 - b0, c, h, w)
                     if windowed
                     else feature_windows(rows, mode=self.mode, start=b0, stop=b1)
                 )
+            return frames, images, audio
+
+        def infer(batch):
+            frames, images, audio = batch
             with timer("infer"):
-                pred = self.unet.run(image=images[: b1 - b0], audio=audio)
-            for j, k in enumerate(order[b0:b1]):
-                with timer("paste"):
-                    out = paste_back(frames[j], tpl.box(int(k)), pred[j], out=frames[j], feather=feather)
-                yield out
+                pred = self.unet.run(image=images[: len(frames)], audio=audio)
+            spare.put(images)
+            return frames, pred
+
+        starts = range(0, n, size)
+        if not self.overlap:
+            for b0 in starts:
+                batch = infer(prepare(b0))
+                for fn in then:
+                    batch = fn(batch)
+                yield batch
+            return
+        background = [0] + [2 + i for i in range(len(then))]
+        yield from run_stages(map(prepare, starts), [infer, *then], depth=2, name="synctalk", background=background)
+
+    @staticmethod
+    def _paste(batch, feather: int, timer: _Timer, out: np.ndarray | None = None) -> Iterator[np.ndarray]:
+        """Each frame of ``batch`` with its prediction pasted: new arrays, or
+        ``out`` itself every time when given (the consumer must be done with
+        one frame before asking for the next)."""
+        frames, pred = batch
+        for (frame, box), p in zip(frames, pred):
+            with timer("paste"):
+                pasted = paste_back(frame, box, p, feather=feather, out=out)
+            yield pasted
 
     # -- frames -> video --------------------------------------------------
     @staticmethod
@@ -220,7 +304,7 @@ class Pipeline:
         start: int = 0,
         fps: float | None = None,
         crf: int = 20,
-        preset: str = "medium",
+        preset: str = DEFAULT_PRESET,
         feather: int = 0,
         image_format: str = "png",
         progress: bool = True,
@@ -247,7 +331,8 @@ class Pipeline:
         fps : float, optional, keyword-only
             Video frame rate (default: 25, or 20 for wenet).
         crf, preset : keyword-only
-            libx264 quality (CRF 20, as the reference) and speed preset.
+            libx264 quality (CRF 20, as the reference) and speed preset
+            (default veryfast, chosen by measurement: see the README).
         feather : int, keyword-only
             Soft paste band in pixels (0: hard paste, as the reference).
         image_format : {"png", "jpg"}, keyword-only
@@ -263,7 +348,7 @@ class Pipeline:
         timer = _Timer()
         if audio is None and features is None:
             raise FeatureError("generate needs audio, features, or both")
-        tpl = template if isinstance(template, Template) else Template(template)
+        tpl = self.template(template)
         samples = None
         if audio is not None:
             with timer("audio"):
@@ -279,12 +364,21 @@ class Pipeline:
         try:
             with contextlib.ExitStack() as stack:  # every writer is closed on success, aborted on error
                 writers = [stack.enter_context(self._writer(o, fps, crf, preset, samples, image_format)) for o in outputs]
-                for frame in self.frames(features, tpl, start=start, feather=feather, _timer=timer):
-                    with timer("encode"):
-                        for w in writers:
-                            w.write(frame)
+
+                scratch = np.empty((tpl.size[1], tpl.size[0], 3), np.uint8)  # writers copy what they keep
+
+                def paste_and_write(batch) -> int:  # a stage of its own: libx264 starts its threads from it
+                    count = 0
+                    for frame in self._paste(batch, feather, timer, out=scratch):
+                        with timer("encode"):
+                            for w in writers:
+                                w.write(frame)
+                        count += 1
+                    return count
+
+                for count in self._batches(features, tpl, start=start, timer=timer, then=[paste_and_write]):
                     if bar is not None:
-                        bar.update(1)
+                        bar.update(count)
         finally:
             if bar is not None:
                 bar.close()
@@ -340,9 +434,14 @@ def generate(
     mode: str | None = None,
     providers: Sequence[str] | None = None,
     batch_size: int | None = None,
+    threads: int | None = None,
+    precision: str = "fp32",
+    overlap: bool = True,
+    cache_mb: float | None = None,
     **options,
 ) -> GenerateResult:
     """One call: load the models, render, write. See :class:`Pipeline` and
     :meth:`Pipeline.generate` for the parameters."""
-    pipe = Pipeline(unet, audio_encoder, mode=mode, providers=providers, batch_size=batch_size)
+    pipe = Pipeline(unet, audio_encoder, mode=mode, providers=providers, batch_size=batch_size, threads=threads,
+                    precision=precision, overlap=overlap, cache_mb=cache_mb)
     return pipe.generate(audio, template=template, output=output, features=features, **options)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -19,7 +20,7 @@ import numpy as np
 from .errors import BoxError, TemplateError
 from .frames import Box, crop_box
 
-__all__ = ["Template", "ping_pong", "LANDMARKS"]
+__all__ = ["Template", "FrameCache", "ping_pong", "LANDMARKS", "available_memory"]
 
 LANDMARKS = 110  # points per .lms file
 _IMAGE_EXTS = (".jpg", ".jpeg", ".png")
@@ -108,6 +109,67 @@ def _read_landmarks(path: Path) -> np.ndarray:
     return pts.astype(np.int32)
 
 
+def available_memory() -> int | None:
+    """Bytes of memory available to new allocations (Linux: MemAvailable;
+    elsewhere the physical memory when known), or None."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+class FrameCache:
+    """Decoded template frames, kept up to ``capacity`` frames.
+
+    The ping-pong order visits every frame once per sweep, so an LRU cache
+    smaller than the template would miss every time; this cache keeps the
+    first ``capacity`` frames it sees and never evicts, which serves a
+    fraction ``capacity / N`` of visits from memory (all of them when the
+    template fits). Cached frames are read-only arrays shared by all readers.
+    Thread-safe.
+    """
+
+    def __init__(self, capacity: int):
+        self.capacity = max(0, int(capacity))
+        self._frames: dict[int, np.ndarray] = {}
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the cached frames."""
+        return sum(f.nbytes for f in list(self._frames.values()))
+
+    def get(self, k: int, load) -> np.ndarray:
+        """Frame ``k``: from the cache, else ``load(k)`` (kept while there is room)."""
+        frame = self._frames.get(k)
+        if frame is not None:
+            self.hits += 1
+            return frame
+        self.misses += 1
+        frame = load(k)
+        frame.flags.writeable = False
+        with self._lock:
+            if len(self._frames) < self.capacity:
+                self._frames.setdefault(k, frame)
+        return frame
+
+    def clear(self) -> None:
+        with self._lock:
+            self._frames.clear()
+
+
 class Template:
     """A template folder, loaded and validated once; reusable across calls.
 
@@ -115,7 +177,17 @@ class Template:
     the two folders exist and are not empty; frames 0..N-1 each have their
     landmarks and vice versa; every ``.lms`` has 110 numeric, finite points;
     all frames have one size; every crop box lies (at least partly) inside
-    the frame. Frames themselves are decoded on demand (:meth:`frame`).
+    the frame. Frames themselves are decoded on demand (:meth:`frame`) and
+    kept in a :class:`FrameCache`, so a long video decodes each template
+    frame once.
+
+    Parameters
+    ----------
+    folder : str or os.PathLike
+    cache_mb : float, optional, keyword-only
+        Memory for decoded frames in MiB (0: no cache). Default: a quarter of
+        the available memory, at most the whole template (1280x720: 2.6 MiB
+        per frame).
 
     Attributes
     ----------
@@ -128,7 +200,7 @@ class Template:
         int32 ``[N, 110, 2]``.
     """
 
-    def __init__(self, folder: str | os.PathLike):
+    def __init__(self, folder: str | os.PathLike, *, cache_mb: float | None = None):
         self.folder = Path(folder)
         img_dir, lms_dir = self.folder / "full_body_img", self.folder / "landmarks"
         for d in (img_dir, lms_dir):
@@ -174,19 +246,35 @@ class Template:
             except BoxError as exc:
                 raise BoxError(f"{p}: {exc}") from None
         self.boxes = np.array(boxes, dtype=np.int64)
+        frame_bytes = self.size[0] * self.size[1] * 3
+        if cache_mb is None:
+            budget = (available_memory() or 2**30) // 4
+        else:
+            if not cache_mb >= 0:
+                raise ValueError(f"cache_mb must be >= 0, got {cache_mb!r}")
+            budget = int(cache_mb * 2**20)
+        self.cache = FrameCache(min(n, budget // frame_bytes))
 
     def __len__(self) -> int:
         return len(self.frame_paths)
 
     def __repr__(self) -> str:
-        return f"Template({str(self.folder)!r}, frames={len(self)}, size={self.size[0]}x{self.size[1]})"
+        return (f"Template({str(self.folder)!r}, frames={len(self)}, size={self.size[0]}x{self.size[1]}, "
+                f"cached={len(self.cache)}/{self.cache.capacity})")
 
     def box(self, k: int) -> Box:
         """Crop box of frame ``k`` as ``(x0, y0, x1, y1)`` ints."""
         return tuple(int(v) for v in self.boxes[k])  # type: ignore[return-value]
 
-    def frame(self, k: int) -> np.ndarray:
-        """Frame ``k`` decoded: BGR uint8 ``[H, W, 3]``."""
+    def frame(self, k: int, *, copy: bool = True) -> np.ndarray:
+        """Frame ``k`` decoded: BGR uint8 ``[H, W, 3]``.
+
+        ``copy=False`` returns the cache's read-only array (no copy).
+        """
+        frame = self.cache.get(int(k), self._decode)
+        return frame.copy() if copy else frame
+
+    def _decode(self, k: int) -> np.ndarray:
         path = self.frame_paths[k]
         img = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if img is None:

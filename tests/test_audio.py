@@ -10,7 +10,7 @@ import synctalk_fast as stf
 from synctalk_fast import _backend
 
 from helpers import SPEECH, needs_data
-from reference import reference_mel
+from synctalk_fast.reference import reference_mel
 
 SR = 16000
 MEL_TOL = 1e-4  # SPEC 1.5 parity bar

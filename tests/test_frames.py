@@ -12,7 +12,7 @@ import synctalk_fast as stf
 from synctalk_fast import _backend
 
 from helpers import needs_data, read_template_frame
-from reference import reference_paste, reference_prepare
+from synctalk_fast.reference import reference_paste, reference_prepare
 
 REAL_FRAMES = [0, 137, 261, 522]
 

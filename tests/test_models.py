@@ -18,7 +18,7 @@ from synctalk_fast import models  # noqa: E402
 from synctalk_fast.models import networks  # noqa: E402
 
 from helpers import MANIFEST, needs_manifest  # noqa: E402
-import torch_reference as tr  # noqa: E402
+from synctalk_fast.reference import torch_nets as tr  # noqa: E402
 
 MODES = ["ave", "hubert", "wenet"]
 TOL = 1e-4  # ONNX Runtime (float32) vs torch (issue 3)

@@ -19,7 +19,15 @@ from synctalk_fast import models
 from synctalk_fast.demo import synthetic_speech, synthetic_template
 
 from helpers import SPEECH, TEMPLATE, needs_data
-from reference import reference_mel, reference_paste, reference_prepare
+from synctalk_fast.reference import (
+    reference_audio_window,
+    reference_box,
+    reference_indices,
+    reference_landmarks,
+    reference_mel,
+    reference_paste,
+    reference_prepare,
+)
 
 
 @pytest.fixture(scope="module")
@@ -74,20 +82,10 @@ def straightforward_features(wav, encoder_path):
 
 def straightforward_frame(i, feats, template_dir, unet):
     n_tpl = len(list((template_dir / "full_body_img").glob("*.jpg")))
-    idx, step = 0, 0
-    for _ in range(i + 1):
-        if idx > n_tpl - 2:
-            step = -1
-        if idx < 1:
-            step = 1
-        idx += step
+    idx = list(reference_indices(n_tpl, i + 1))[-1]
     img = cv2.imread(str(template_dir / "full_body_img" / f"{idx}.jpg"))
-    lms = np.array([ln.split() for ln in (template_dir / "landmarks" / f"{idx}.lms").read_text().splitlines()],
-                   dtype=np.float32).astype(np.int32)
-    xmin, ymin, xmax = lms[1][0], lms[52][1], lms[31][0]
-    box = (xmin, ymin, xmax, ymin + (xmax - xmin))
-    rows = [feats[r] if 0 <= r < len(feats) else np.zeros_like(feats[0]) for r in range(i - 8, i + 8)]
-    audio = np.stack(rows).reshape(1, 32, 16, 16)
+    box = reference_box(reference_landmarks(template_dir / "landmarks" / f"{idx}.lms"))
+    audio = reference_audio_window(feats, i)
     pred = unet.run(None, {"image": reference_prepare(img, box)[None], "audio": audio})[0][0]
     return reference_paste(img, box, pred)
 

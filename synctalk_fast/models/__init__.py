@@ -22,7 +22,7 @@ from .networks import (
     state_dict_spec,
 )
 from .random_weights import random_state_dict
-from .session import ModelSession, default_providers, load_session
+from .session import ModelSession, cache_dir, default_batch_size, default_providers, default_threads, load_session
 
 __all__ = [
     "AUDIO_SHAPES",
@@ -35,7 +35,10 @@ __all__ = [
     "build_audio_encoder",
     "build_unet",
     "check_state_dict",
+    "cache_dir",
+    "default_batch_size",
     "default_providers",
+    "default_threads",
     "export_onnx",
     "infer_kind",
     "infer_mode",

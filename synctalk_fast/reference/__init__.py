@@ -1,8 +1,11 @@
-"""Independent oracles: the SyncTalk_2D reference computations, restated.
+"""The SyncTalk_2D reference computations, restated: test oracles and the
+benchmark's baselines. Nothing in the pipeline imports this package.
 
 Written the way the reference Python code does them (scipy.signal.lfilter
-+ librosa for audio; numpy + cv2 for frames), never from this package's
-code. The package's numpy backend is tested against these, not used as one.
++ librosa for audio; numpy + cv2 for frames, one frame at a time; PyTorch
+networks in :mod:`synctalk_fast.reference.torch_nets`), never from this
+package's kernels. The numpy backend is tested against these, not used as
+one. librosa, scipy and torch are imported on use (test / bench extras).
 """
 
 from __future__ import annotations
@@ -50,3 +53,33 @@ def reference_paste(img: np.ndarray, box, pred_chw: np.ndarray) -> np.ndarray:
     crop_img_ori = cv2.resize(crop_img_ori, (w, h), interpolation=cv2.INTER_CUBIC)
     img[ymin:ymax, xmin:xmax] = crop_img_ori
     return img
+
+
+def reference_box(lms: np.ndarray) -> tuple[int, int, int, int]:
+    """SPEC 2: the crop box from int32 landmarks [110, 2] (points 1, 31, 52)."""
+    xmin, ymin, xmax = int(lms[1][0]), int(lms[52][1]), int(lms[31][0])
+    return xmin, ymin, xmax, ymin + (xmax - xmin)
+
+
+def reference_landmarks(path) -> np.ndarray:
+    """A ``.lms`` file as the reference reads it: float32 truncated to int32."""
+    with open(path, encoding="utf-8") as f:
+        return np.array([ln.split() for ln in f.read().splitlines() if ln.strip()], dtype=np.float32).astype(np.int32)
+
+
+def reference_indices(n_template: int, n_frames: int):
+    """SPEC 2: the template frame of each output frame, by the reference's loop."""
+    idx, step = 0, 0
+    for _ in range(n_frames):
+        if idx > n_template - 2:
+            step = -1
+        if idx < 1:
+            step = 1
+        idx += step
+        yield idx
+
+
+def reference_audio_window(feats: np.ndarray, i: int) -> np.ndarray:
+    """SPEC 1.8 (ave): rows i-8 .. i+7 of the features, zeros outside, as [1, 32, 16, 16]."""
+    rows = [feats[r] if 0 <= r < len(feats) else np.zeros_like(feats[0]) for r in range(i - 8, i + 8)]
+    return np.stack(rows).reshape(1, 32, 16, 16).astype(np.float32)

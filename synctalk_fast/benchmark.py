@@ -1,0 +1,552 @@
+"""End-to-end benchmark: the pipeline against the U-Net alone and the loops it replaces.
+
+``synctalk-fast bench`` (or ``python -m bench`` in a checkout) measures, in
+one process, on the real template when it is found (``--data`` /
+``$SYNCTALK_FAST_DATA`` / ``../shared/data``), else on a synthetic 720p
+template, with fixed random weights (no trained weights are needed):
+
+- ``naive``: one frame at a time, cv2 + numpy + ONNX Runtime exactly as SPEC
+  3 (:mod:`synctalk_fast.reference`): the way the Go ports run; no video;
+- ``torch``: the same loop with the PyTorch networks (when torch is installed);
+- ``unet``: the U-Net alone on prepared inputs, at each batch size;
+- ``frames``: :meth:`Pipeline.frames` to memory, cold and warm template cache;
+- ``mp4``: :meth:`Pipeline.generate` to an MP4 with the default settings;
+- ``features``: audio -> features for 60 s of speech;
+- with ``--presets``: libx264 presets at CRF 20 (CPU time, bit rate, PSNR).
+
+Each measured row records frames/s, per-stage seconds and peak RSS. Ratios
+are taken between rows of the same round (these machines are shared and
+noisy); with ``--rounds`` > 1 the median round is reported. The result is a
+JSON record (machine, versions, provider, rows, ratios, targets) and a PNG
+bar chart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from . import __version__
+from . import _backend
+from .audio import load_audio
+from .features import load_features
+from .models import default_providers, export_onnx, load_session, random_state_dict
+from .pipeline import Pipeline, _Timer
+from .reference import (
+    reference_audio_window,
+    reference_box,
+    reference_indices,
+    reference_landmarks,
+    reference_paste,
+    reference_prepare,
+)
+from .template import Template
+
+__all__ = ["run", "main", "machine_info"]
+
+TARGETS = {  # issue 5, 2-core CPU, fp32, real template, same run
+    "mp4_vs_unet": 0.8,
+    "frames_vs_unet": 0.9,
+    "mp4_vs_torch": 4.0,
+    "mp4_vs_naive": 1.0,
+}
+
+
+# -- machine ------------------------------------------------------------------
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _gpus() -> list[str]:
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return []
+    try:
+        out = subprocess.run([smi, "--query-gpu=name,memory.total", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [ln.strip() for ln in out.splitlines() if ln.strip()]
+
+
+def _version(module: str) -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version(module)
+    except Exception:
+        return None
+
+
+def machine_info() -> dict:
+    """CPU model, cores, memory, GPUs, ONNX Runtime providers, package versions."""
+    import onnxruntime as ort
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count()
+    mem = None
+    try:
+        mem = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30
+    except (AttributeError, ValueError, OSError):
+        pass
+    info = {
+        "cpu": _cpu_model(),
+        "cores": cores,
+        "memory_gib": round(mem, 1) if mem else None,
+        "gpus": _gpus(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "available_providers": ort.get_available_providers(),
+        "kernel_backend": _backend.name,
+        "versions": {
+            name: _version(dist)
+            for name, dist in (
+                ("synctalk_fast", "synctalk-fast"), ("onnxruntime", "onnxruntime"), ("onnxruntime-gpu", "onnxruntime-gpu"),
+                ("numpy", "numpy"), ("opencv", "opencv-python-headless"), ("av", "av"), ("torch", "torch"),
+            )
+            if _version(dist)
+        },
+    }
+    info["versions"]["synctalk_fast"] = __version__
+    if _backend.name == "cpp":
+        from . import _core
+
+        info["kernel_isa"] = _core.build_info().get("isa")
+    return info
+
+
+# -- measurement helpers ------------------------------------------------------
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_mb() -> float | None:
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            m = re.search(r"VmHWM:\s+(\d+) kB", f.read())
+        return round(int(m.group(1)) / 1024, 1) if m else None
+    except OSError:
+        return None
+
+
+def _row(name: str, label: str, frames: int, fn) -> dict:
+    """Time ``fn()`` (which returns per-stage seconds or None) over ``frames`` frames."""
+    _reset_peak_rss()
+    t0 = time.perf_counter()
+    stages = fn() or {}
+    seconds = time.perf_counter() - t0
+    row = {"name": name, "label": label, "frames": frames, "seconds": round(seconds, 4),
+           "fps": round(frames / seconds, 3), "ms_per_frame": round(1000 * seconds / frames, 2),
+           "stages": {k: round(v, 4) for k, v in stages.items()}, "peak_rss_mb": _peak_rss_mb()}
+    print(f"  {label:<34s} {row['fps']:8.2f} frames/s {row['ms_per_frame']:8.1f} ms/frame", flush=True)
+    return row
+
+
+# -- the loops ----------------------------------------------------------------
+
+
+def _reference_loop(template: Path, feats: np.ndarray, unet) -> callable:
+    """SPEC 3 one frame at a time, as the reference and the Go ports run it:
+    imread, landmarks, crop + cv2.resize + mask, the U-Net at batch 1
+    (``unet(image, audio) -> pred``), cv2.resize back and paste. Returns
+    ``loop(n)``; the model is warmed up here, outside the timings."""
+    n_tpl = len(list((template / "full_body_img").glob("*.jpg")))
+
+    def loop(n: int) -> None:
+        for i, idx in enumerate(reference_indices(n_tpl, n)):
+            img = cv2.imread(str(template / "full_body_img" / f"{idx}.jpg"))
+            box = reference_box(reference_landmarks(template / "landmarks" / f"{idx}.lms"))
+            pred = unet(reference_prepare(img, box)[None], reference_audio_window(feats, i))
+            reference_paste(img, box, pred[0])
+
+    loop(1)
+    return loop
+
+
+def _naive_loop(unet_path: Path, template: Path, feats: np.ndarray, providers):
+    """The reference loop on ONNX Runtime with its default session options."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(unet_path), providers=list(providers))
+    names = [i.name for i in sess.get_inputs()]
+    return _reference_loop(template, feats, lambda image, audio: sess.run(None, {names[0]: image, names[1]: audio})[0])
+
+
+def _torch_loop(state: dict, template: Path, feats: np.ndarray):
+    """The PyTorch reference: the same loop with the torch U-Net (CPU, all cores, inference mode)."""
+    import torch
+
+    from .reference.torch_nets import UNet, load_numpy_state
+
+    torch.set_num_threads(_threads())
+    net = load_numpy_state(UNet("ave"), state)
+
+    def unet(image, audio):
+        with torch.inference_mode():
+            return net(torch.from_numpy(image), torch.from_numpy(audio)).numpy()
+
+    return _reference_loop(template, feats, unet)
+
+
+def _unet_inputs(tpl: Template, feats: np.ndarray, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    from .features import feature_windows
+    from .frames import prepare_input
+
+    images = np.stack([prepare_input(tpl.frame(k % len(tpl), copy=False), tpl.box(k % len(tpl))) for k in range(batch)])
+    return images, feature_windows(feats, mode="ave", start=0, stop=batch)
+
+
+# -- x264 presets -------------------------------------------------------------
+
+
+def _presets(tpl: Template, n: int) -> list[dict]:
+    """Each libx264 preset at CRF 20 on ``n`` template frames: CPU ms/frame
+    (one encoder thread), bit rate, PSNR against the source frames."""
+    import io
+
+    import av
+
+    from .video import X264_PRESETS
+
+    frames = [tpl.frame(k % len(tpl), copy=False) for k in range(n)]
+    yuv = [cv2.cvtColor(f, cv2.COLOR_BGR2YUV_I420) for f in frames]
+    height, width = frames[0].shape[:2]
+    rows = []
+    for preset in X264_PRESETS[:6]:  # ultrafast .. medium; slower ones are off any real-time budget
+        buf = io.BytesIO()
+        with av.open(buf, "w", format="mp4") as c:
+            s = c.add_stream("libx264", rate=25, options={"crf": "20", "preset": preset})
+            s.width, s.height, s.pix_fmt = width, height, "yuv420p"
+            s.codec_context.thread_count = 1
+            cpu0 = time.process_time()
+            for i, y in enumerate(yuv):
+                vf = av.VideoFrame.from_ndarray(y, format="yuv420p")
+                vf.pts = i
+                c.mux(s.encode(vf))
+            c.mux(s.encode(None))
+            cpu = time.process_time() - cpu0
+        buf.seek(0)
+        with av.open(buf) as d:
+            decoded = [f.to_ndarray(format="yuv420p") for f in d.decode(video=0)]
+        mse = np.mean([np.mean((a.astype(np.float64) - b) ** 2) for a, b in zip(decoded, yuv)])
+        rows.append({"preset": preset, "cpu_ms_per_frame": round(1000 * cpu / n, 2),
+                     "kbit_s": round(len(buf.getvalue()) * 8 * 25 / n / 1000, 1),
+                     "psnr_db": round(10 * np.log10(255**2 / mse), 2)})
+        r = rows[-1]
+        print(f"  x264 {preset:<10s} {r['cpu_ms_per_frame']:6.1f} ms/frame {r['kbit_s']:7.0f} kbit/s "
+              f"PSNR {r['psnr_db']:.2f} dB", flush=True)
+    return rows
+
+
+# -- chart --------------------------------------------------------------------
+
+
+def write_chart(record: dict, path: Path) -> Path:
+    """A horizontal bar chart of frames/s per row (drawn with OpenCV)."""
+    rows = record["rows"]
+    width, bar_h, left, top = 1000, 34, 330, 70
+    height = top + bar_h * len(rows) + 60
+    img = np.full((height, width, 3), 255, np.uint8)
+    m = record["machine"]
+    title = f"synctalk_fast {m['versions'].get('synctalk_fast')}: frames/s, {record['config']['provider']}"
+    cv2.putText(img, title, (16, 30), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (0, 0, 0), 2, cv2.LINE_AA)
+    sub = f"{m['cpu']}, {m['cores']} cores" + (f", {m['gpus'][0]}" if m["gpus"] else "")
+    cv2.putText(img, sub[:110], (16, 54), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (80, 80, 80), 1, cv2.LINE_AA)
+    top_fps = max(r["fps"] for r in rows)
+    colors = {"naive": (90, 90, 200), "torch": (60, 60, 160), "unet": (160, 120, 60), "frames": (80, 170, 80),
+              "mp4": (40, 140, 40)}
+    for i, r in enumerate(rows):
+        y = top + i * bar_h
+        w = int((width - left - 110) * r["fps"] / top_fps)
+        color = colors.get(r["name"].split(":")[0], (120, 120, 120))
+        cv2.rectangle(img, (left, y + 4), (left + max(w, 1), y + bar_h - 6), color, -1)
+        cv2.putText(img, r["label"][:40], (16, y + bar_h - 12), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(img, f"{r['fps']:.1f}", (left + w + 8, y + bar_h - 12), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1,
+                    cv2.LINE_AA)
+    ratios = record["ratios"]
+    foot = "  ".join(f"{k} {v:.2f}x" for k, v in ratios.items())
+    cv2.putText(img, foot[:140], (16, height - 20), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), img):
+        raise OSError(f"cannot write {path}")
+    return path
+
+
+# -- driver -------------------------------------------------------------------
+
+
+def _find_data(data: str | os.PathLike | None) -> Path | None:
+    candidates = [data] if data else [os.environ.get("SYNCTALK_FAST_DATA"), "../shared/data", "shared/data"]
+    for c in candidates:
+        if c and (Path(c) / "sanders" / "full_body_img").is_dir():
+            return Path(c)
+    return None
+
+
+def _inputs(work: Path, data: Path | None, template: str | None, audio: str | None) -> tuple[Path, Path, str]:
+    """(template folder, speech file, description)."""
+    import soundfile as sf
+
+    from .demo import synthetic_speech, synthetic_template
+
+    if template is None and data is not None:
+        template = str(data / "sanders")
+    if audio is None and data is not None:
+        audio = str(data / "audio" / "talk_hb.wav")
+    what = []
+    if template is None:
+        template = str(synthetic_template(work / "template", frames=100, width=1280, height=720))
+        what.append("synthetic 1280x720 template (100 frames)")
+    else:
+        what.append(f"template {template}")
+    if audio is None:
+        audio = str(work / "speech.wav")
+        sf.write(audio, synthetic_speech(20.0), 16000, subtype="PCM_16")
+        what.append("synthetic speech")
+    else:
+        what.append(f"audio {audio}")
+    return Path(template), Path(audio), ", ".join(what)
+
+
+def _ratios(rows: dict[str, dict]) -> dict[str, float]:
+    out = {}
+    for key, (a, b) in {
+        "mp4_vs_unet": ("mp4", "unet"),
+        "frames_vs_unet": ("frames", "unet"),
+        "mp4_vs_torch": ("mp4", "torch"),
+        "mp4_vs_naive": ("mp4", "naive"),
+        "frames_vs_naive": ("frames", "naive"),
+        "unet_vs_torch": ("unet", "torch"),
+    }.items():
+        if a in rows and b in rows:
+            out[key] = round(rows[a]["fps"] / rows[b]["fps"], 3)
+    return out
+
+
+def run(
+    *,
+    frames: int = 200,
+    data: str | os.PathLike | None = None,
+    template: str | None = None,
+    audio: str | None = None,
+    providers: list[str] | None = None,
+    batch_sizes: list[int] | None = None,
+    batch_size: int | None = None,
+    torch: bool = True,
+    naive_frames: int | None = None,
+    torch_frames: int | None = None,
+    rounds: int = 1,
+    presets: bool = False,
+    precision: str = "fp32",
+    output: str | os.PathLike = "bench/results",
+) -> dict:
+    """Run the benchmark and write ``bench-<time>.json`` + ``.png`` into ``output``.
+
+    Returns the JSON record (a dict).
+    """
+    providers = list(providers or default_providers())
+    gpu = providers[0] != "CPUExecutionProvider"
+    out_dir = Path(output)
+    with tempfile.TemporaryDirectory(prefix="synctalk-bench-") as tmp:
+        work = Path(tmp)
+        tpl_dir, speech, described = _inputs(work, _find_data(data), template, audio)
+        print(f"synctalk_fast bench: {described}; {frames} frames; providers {providers}", flush=True)
+        state = random_state_dict("unet", mode="ave", seed=0)
+        export_onnx(state, work / "unet.onnx", kind="unet", mode="ave")
+        export_onnx(random_state_dict("audio_encoder", seed=0), work / "encoder.onnx", kind="audio_encoder")
+        pipe = Pipeline(work / "unet.onnx", work / "encoder.onnx", providers=providers, batch_size=batch_size,
+                        precision=precision)
+        tpl = pipe.template(tpl_dir)
+        wav = load_audio(speech)
+        feats_all = pipe.audio_features(wav)
+        reps = -(-frames // len(feats_all))
+        feats = np.concatenate([feats_all] * reps)[:frames] if reps > 1 else feats_all[:frames]
+        clip = np.tile(wav, reps)[: max(1, (frames - 2)) * 640]
+        sixty = np.tile(wav, -(-60 * 16000 // len(wav)))[: 60 * 16000]
+
+        batch_sizes = batch_sizes or ([1, 4, 8, 16, 32] if gpu else [1, 2, 4, 8])
+        inputs = {b: _unet_inputs(tpl, feats_all, b) for b in batch_sizes}
+        naive_n = naive_frames or (frames if gpu else min(frames, 100))
+        torch_n = torch_frames or min(frames, 40)
+        have_torch = torch and _version("torch") is not None
+
+        def unet_alone(b: int) -> None:
+            img, aud = inputs[b]
+            pipe.unet.run(image=img, audio=aud)  # warm-up: this batch's shapes
+            for _ in range(max(1, frames // b)):
+                pipe.unet.run(image=img, audio=aud)
+
+        naive = _naive_loop(work / "unet.onnx", tpl_dir, feats, providers)
+        torch_loop = _torch_loop(state, tpl_dir, feats) if have_torch else None
+        for b in batch_sizes:  # warm every shape once, outside the timings
+            pipe.unet.run(image=inputs[b][0], audio=inputs[b][1])
+        for _ in pipe.frames(feats[:2], tpl):
+            pass
+
+        all_rounds = []
+        for r in range(rounds):
+            print(f"round {r + 1}/{rounds}", flush=True)
+            rows: dict[str, dict] = {}
+            features_60s = _time(lambda: pipe.audio_features(sixty))
+            print(f"  {'audio -> features, 60 s of speech':<34s} {features_60s:8.2f} s", flush=True)
+            per_batch = {}
+            for b in batch_sizes:
+                per_batch[b] = _row(f"unet:b{b}", f"U-Net alone, batch {b}", max(1, frames // b) * b,
+                                    lambda b=b: unet_alone(b))
+            best = max(per_batch, key=lambda b: per_batch[b]["fps"])
+            rows["unet"] = dict(per_batch[best], name="unet", label=f"U-Net alone (best: batch {best})")
+            rows["naive"] = _row("naive", "naive loop, cv2+numpy+ORT, 1 frame", naive_n, lambda: naive(naive_n))
+            if torch_loop is not None:
+                rows["torch"] = _row("torch", "PyTorch reference loop", torch_n, lambda: torch_loop(torch_n))
+            if r == 0:
+                tpl.cache.clear()
+                rows["frames_cold"] = _row("frames:cold", "pipeline -> memory, cold cache", frames,
+                                           lambda: _frames(pipe, feats, tpl))
+            rows["frames"] = _row("frames", "pipeline -> memory", frames, lambda: _frames(pipe, feats, tpl))
+            rows["mp4"] = _row("mp4", "pipeline -> MP4 (default settings)", frames,
+                               lambda: pipe.generate(clip, features=feats, template=tpl, output=work / "out.mp4",
+                                                     progress=False).timings)
+            for k, v in per_batch.items():
+                rows[f"unet:b{k}"] = v
+            all_rounds.append({"rows": rows, "ratios": _ratios(rows), "features_60s": round(features_60s, 3)})
+            print("  ratios: " + ", ".join(f"{k} {v:.2f}" for k, v in all_rounds[-1]["ratios"].items()), flush=True)
+
+        # the median round by the pipeline's ratio to the U-Net alone
+        chosen = sorted(all_rounds, key=lambda x: x["ratios"].get("mp4_vs_unet", 0))[len(all_rounds) // 2]
+        fp16 = _fp16_report(pipe, work, feats, tpl, providers) if gpu and precision == "fp32" else None
+        preset_rows = _presets(tpl, min(frames, 100)) if presets else None
+
+    order = ["naive", "torch", "unet", "frames_cold", "frames", "mp4"]
+    rows = chosen["rows"]
+    record = {
+        "synctalk_fast": __version__,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": machine_info(),
+        "config": {
+            "inputs": described, "frames": frames, "providers": providers, "provider": pipe.unet.providers[0],
+            "precision": precision, "batch_size": pipe.batch_size, "threads_per_session": _threads(),
+            "rounds": rounds, "weights": "fixed random (seed 0)",
+        },
+        "rows": [rows[k] for k in order if k in rows] + [rows[k] for k in rows if k.startswith("unet:")],
+        "ratios": chosen["ratios"],
+        "all_rounds_ratios": [x["ratios"] for x in all_rounds],
+        "targets": {k: {"target": t, "value": chosen["ratios"].get(k), "met": chosen["ratios"].get(k, 0) >= t}
+                    for k, t in TARGETS.items() if k in chosen["ratios"]},
+        "features_60s_seconds": chosen["features_60s"],
+    }
+    if fp16:
+        record["fp16"] = fp16
+    if preset_rows:
+        record["x264_presets"] = preset_rows
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path = out_dir / f"bench-{stamp}.json"
+    json_path.write_text(json.dumps(record, indent=2) + "\n")
+    png_path = write_chart(record, out_dir / f"bench-{stamp}.png")
+    record["files"] = {"json": str(json_path), "png": str(png_path)}
+    print(f"wrote {json_path} and {png_path}")
+    return record
+
+
+def _time(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def _threads() -> int:
+    from .models import default_threads
+
+    return default_threads()
+
+
+def _frames(pipe: Pipeline, feats: np.ndarray, tpl: Template) -> dict:
+    timer = _Timer()
+    for _ in pipe.frames(feats, tpl, _timer=timer):
+        pass
+    return dict(timer.totals)
+
+
+def _fp16_report(pipe: Pipeline, work: Path, feats: np.ndarray, tpl: Template, providers) -> dict:
+    """fp16 U-Net on the GPU: speed and the frame difference against fp32."""
+    half = Pipeline(load_session(work / "unet.onnx", providers=providers, precision="fp16"),
+                    batch_size=pipe.batch_size)
+    n = min(len(feats), 64)
+    a = list(pipe.frames(feats[:n], tpl))
+    b = list(half.frames(feats[:n], tpl))
+    diff = np.abs(np.stack(a).astype(np.int16) - np.stack(b))
+    img, aud = _unet_inputs(tpl, feats, pipe.batch_size)
+    speed = {}
+    for name, sess in (("fp32", pipe.unet), ("fp16", half.unet)):
+        sess.run(image=img, audio=aud)
+        speed[name] = round(20 * len(img) / _time(lambda s=sess: [s.run(image=img, audio=aud) for _ in range(20)]), 2)
+    report = {"frames": n, "max_abs_levels": int(diff.max()), "mean_abs_levels": round(float(diff.mean()), 4),
+              "unet_fps": speed}
+    print(f"  fp16 vs fp32: {report}", flush=True)
+    return report
+
+
+def build_parser(prog: str = "synctalk-fast bench") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="Benchmark the pipeline against the U-Net alone, the naive "
+                                "ONNX Runtime loop and the PyTorch reference loop; write a JSON record and a PNG chart.")
+    p.add_argument("--frames", type=int, default=200, help="frames per measurement (default: 200)")
+    p.add_argument("--data", help="shared data folder (default: $SYNCTALK_FAST_DATA or ../shared/data)")
+    p.add_argument("--template", help="template folder (default: the shared template, else a synthetic one)")
+    p.add_argument("--audio", help="speech file (default: the shared speech, else synthetic)")
+    p.add_argument("--providers", help="ONNX Runtime providers, comma-separated (default: best available)")
+    p.add_argument("--batch-size", type=int, help="pipeline batch size (default: by provider)")
+    p.add_argument("--batch-sizes", help="U-Net alone batch sizes, comma-separated")
+    p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
+    p.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference loop")
+    p.add_argument("--naive-frames", type=int, help="frames for the naive loop (default: min(frames, 100) on CPU)")
+    p.add_argument("--torch-frames", type=int, help="frames for the PyTorch loop (default: min(frames, 40))")
+    p.add_argument("--rounds", type=int, default=1, help="repeat everything; report the median round (default 1)")
+    p.add_argument("--presets", action="store_true", help="also measure libx264 presets at CRF 20")
+    p.add_argument("-o", "--output", default="bench/results", help="folder for the JSON and PNG (default: bench/results)")
+    return p
+
+
+def main(argv: list[str] | None = None, *, prog: str = "synctalk-fast bench") -> int:
+    args = build_parser(prog).parse_args(argv)
+    run(frames=args.frames, data=args.data, template=args.template, audio=args.audio,
+        providers=args.providers.split(",") if args.providers else None,
+        batch_sizes=[int(b) for b in args.batch_sizes.split(",")] if args.batch_sizes else None,
+        batch_size=args.batch_size, torch=not args.no_torch, naive_frames=args.naive_frames,
+        torch_frames=args.torch_frames, rounds=args.rounds, presets=args.presets, precision=args.precision,
+        output=args.output)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
