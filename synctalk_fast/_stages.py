@@ -80,35 +80,43 @@ class _Run:
         return _END
 
 
-def _produce(run: _Run, source: Iterable, out: queue.Queue, background: bool) -> None:
+def _produce(run: _Run, source: Iterable, outs: list[queue.Queue], background: bool) -> None:
     try:
         if background:
             lower_priority()
-        for item in source:
-            if not run.put(out, item):
+        for i, item in enumerate(source):
+            if not run.put(outs[i % len(outs)], item):
                 return
-        run.put(out, _END)
+        for q in outs:
+            run.put(q, _END)
     except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
         run.fail(exc)
 
 
-def _work(run: _Run, fn: Callable, inq: queue.Queue, out: queue.Queue, background: bool) -> None:
+def _work(run: _Run, fn: Callable, lane: int, width: int, ins: list[queue.Queue], outs: list[queue.Queue],
+          background: bool) -> None:
+    """Worker ``lane`` of a stage ``width`` wide: items lane, lane + width, ...
+    Item i comes from the upstream worker i % len(ins) and goes to the
+    downstream worker i % len(outs), so order needs no reordering buffer."""
     try:
         if background:
             lower_priority()
+        i = lane
         while True:
-            item = run.get(inq)
-            if item is _END:
-                run.put(out, _END)
+            item = run.get(ins[i % len(ins)])
+            if item is _END:  # upstream has no item i, hence none after it
+                for q in outs:
+                    run.put(q, _END)
                 return
-            if not run.put(out, fn(item)):
+            if not run.put(outs[i % len(outs)], fn(item)):
                 return
+            i += width
     except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
         run.fail(exc)
 
 
-def run_stages(source: Iterable, stages: list[Callable], *, depth: int = 2, name: str = "stage",
-               background: Sequence[int] = ()) -> Iterator:
+def run_stages(source: Iterable, stages: Sequence[Callable | Sequence[Callable]], *, depth: int = 2,
+               name: str = "stage", background: Sequence[int] = ()) -> Iterator:
     """Iterate ``fn_k(...fn_1(item))`` for each item of ``source``, the
     source and each function in its own thread (see the module docstring).
 
@@ -116,32 +124,47 @@ def run_stages(source: Iterable, stages: list[Callable], *, depth: int = 2, name
     ----------
     source : iterable
         Iterated in a worker thread.
-    stages : list of callables
-        Applied in order, each in its own thread.
+    stages : sequence of callables, or of sequences of callables
+        Applied in order, each in its own thread. A stage given as several
+        callables runs them in parallel threads, item ``i`` going to
+        ``stage[i % len(stage)]`` (e.g. one ONNX Runtime session per core);
+        results still come out in order.
     depth : int, keyword-only
         Capacity of each queue between two threads.
     name : str, keyword-only
         Prefix of the thread names (shown by debuggers and profilers).
     background : sequence of int, keyword-only
-        Threads to run at a lower priority: 0 is the source, ``i`` is
+        Stages to run at a lower priority: 0 is the source, ``i`` is
         ``stages[i - 1]``.
     """
     run = _Run()
-    queues = [queue.Queue(maxsize=depth) for _ in range(len(stages) + 1)]
-    threads = [threading.Thread(target=_produce, args=(run, source, queues[0], 0 in background), name=f"{name}-source", daemon=True)]
-    for i, fn in enumerate(stages):
-        threads.append(threading.Thread(target=_work, args=(run, fn, queues[i], queues[i + 1], i + 1 in background),
-                                        name=f"{name}-{getattr(fn, '__name__', i)}", daemon=True))
+    widths = [1] + [len(st) if isinstance(st, Sequence) else 1 for st in stages] + [1]  # source, stages, caller
+    # links[s][a][b]: from worker a of stage s to worker b of stage s + 1
+    links = [[[queue.Queue(maxsize=depth) for _ in range(widths[s + 1])] for _ in range(widths[s])]
+             for s in range(len(widths) - 1)]
+    threads = [threading.Thread(target=_produce, args=(run, source, links[0][0], 0 in background),
+                                name=f"{name}-source", daemon=True)]
+    for s, st in enumerate(stages, start=1):
+        fns = list(st) if isinstance(st, Sequence) else [st]
+        for lane, fn in enumerate(fns):
+            ins = [links[s - 1][a][lane] for a in range(widths[s - 1])]
+            label = getattr(getattr(fn, "func", fn), "__name__", str(s)) + (f"-{lane}" if len(fns) > 1 else "")
+            threads.append(threading.Thread(target=_work, args=(run, fn, lane, len(fns), ins, links[s][lane],
+                                                                s in background),
+                                            name=f"{name}-{label}", daemon=True))
+    last = [links[-1][a][0] for a in range(widths[-2])]
 
     def results() -> Iterator:
         for t in threads:
             t.start()
         try:
+            i = 0
             while True:
-                item = run.get(queues[-1])
+                item = run.get(last[i % len(last)])
                 if item is _END:
                     break
                 yield item
+                i += 1
             if run.error is not None:
                 raise run.error
         except BaseException as exc:

@@ -8,6 +8,7 @@ are computed in batches: memory does not grow with the audio's length.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import queue
 import sys
@@ -25,7 +26,7 @@ from .audio import load_audio, mel_spectrogram, mel_windows, num_mel_windows
 from .errors import FeatureError, ModelError
 from .features import FPS, MODES, feature_windows, load_features, pad_embeddings
 from .frames import INPUT_SHAPE, paste_back, prepare_input
-from .models import ModelSession, default_batch_size, load_session
+from .models import ModelSession, default_batch_size, default_providers, load_session, session_plan
 from .template import Template
 from .video import DEFAULT_PRESET
 
@@ -123,8 +124,12 @@ class Pipeline:
         Frames per U-Net call (default by provider: 16 on CUDA / TensorRT,
         4 on CPU; see :func:`synctalk_fast.models.default_batch_size`).
     threads : int, optional, keyword-only
-        ONNX Runtime intra-op threads (default: all cores; the other stages
-        use the cores while ONNX Runtime waits).
+        ONNX Runtime intra-op threads per session (default: the cores shared
+        out among the sessions).
+    sessions : int, optional, keyword-only
+        U-Net sessions run in parallel, batches going to them in turn
+        (default: one per core up to 4 on CPU, one on GPU; see
+        :func:`synctalk_fast.models.session_plan`).
     precision : {"fp32", "fp16"}, keyword-only
         fp16 runs the U-Net in half precision (for GPUs).
     overlap : bool, keyword-only
@@ -143,13 +148,27 @@ class Pipeline:
         providers: Sequence[str] | None = None,
         batch_size: int | None = None,
         threads: int | None = None,
+        sessions: int | None = None,
         precision: str = "fp32",
         overlap: bool = True,
         cache_mb: float | None = None,
     ):
         if batch_size is not None and int(batch_size) < 1:
             raise ValueError("batch_size must be >= 1")
-        self.unet = _session(unet, "unet", providers, threads=threads, precision=precision, batch_size=batch_size)
+        if sessions is not None and int(sessions) < 1:
+            raise ValueError("sessions must be >= 1")
+        if isinstance(unet, ModelSession):
+            plan = session_plan(unet.providers, sessions=sessions or 1, threads=threads)
+        else:
+            plan = session_plan(providers if providers is not None else default_providers(), sessions=sessions,
+                                threads=threads)
+        self.unet = _session(unet, "unet", providers, threads=plan[1], precision=precision, batch_size=batch_size)
+        # More sessions of the same model (one per core on CPU); frames go to them in turn.
+        self.unets = [self.unet] + [
+            load_session(self.unet.model_path, providers=self.unet.providers, threads=plan[1],
+                         precision="fp32", batch_size=batch_size)
+            for _ in range(plan[0] - 1)
+        ]
         if mode is not None and mode not in MODES:
             raise FeatureError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
         if mode is not None and mode != self.unet.mode:
@@ -252,14 +271,16 @@ class Pipeline:
                 )
             return frames, images, audio
 
-        def infer(batch):
+        def infer(batch, unet=self.unet):
             frames, images, audio = batch
             with timer("infer"):
-                pred = self.unet.run(image=images[: len(frames)], audio=audio)
+                pred = unet.run(image=images[: len(frames)], audio=audio)
             spare.put(images)
             return frames, pred
 
         starts = range(0, n, size)
+        # one infer function per session: run_stages gives batch i to session i % len
+        infers = [functools.partial(infer, unet=u) for u in self.unets]
         if not self.overlap:
             for b0 in starts:
                 batch = infer(prepare(b0))
@@ -268,7 +289,7 @@ class Pipeline:
                 yield batch
             return
         background = [0] + [2 + i for i in range(len(then))]
-        yield from run_stages(map(prepare, starts), [infer, *then], depth=2, name="synctalk", background=background)
+        yield from run_stages(map(prepare, starts), [infers, *then], depth=2, name="synctalk", background=background)
 
     @staticmethod
     def _paste(batch, feather: int, timer: _Timer, out: np.ndarray | None = None) -> Iterator[np.ndarray]:
@@ -435,6 +456,7 @@ def generate(
     providers: Sequence[str] | None = None,
     batch_size: int | None = None,
     threads: int | None = None,
+    sessions: int | None = None,
     precision: str = "fp32",
     overlap: bool = True,
     cache_mb: float | None = None,
@@ -443,5 +465,5 @@ def generate(
     """One call: load the models, render, write. See :class:`Pipeline` and
     :meth:`Pipeline.generate` for the parameters."""
     pipe = Pipeline(unet, audio_encoder, mode=mode, providers=providers, batch_size=batch_size, threads=threads,
-                    precision=precision, overlap=overlap, cache_mb=cache_mb)
+                    sessions=sessions, precision=precision, overlap=overlap, cache_mb=cache_mb)
     return pipe.generate(audio, template=template, output=output, features=features, **options)

@@ -391,3 +391,20 @@ def test_frame_folder_new_and_aborted(tmp_path):
     del w
     gc.collect()
     assert os.listdir(tmp_path) == ["a"]
+
+
+def test_colour_is_bt601_limited_range_and_tagged(tmp_path):
+    """Frames go to yuv420p as BT.601 limited range (OpenCV's I420) and the
+    stream says so, so players do not assume BT.709 for HD sizes."""
+    path = tmp_path / "c.mp4"
+    frame = np.zeros((64, 64, 3), np.uint8)
+    frame[:, :32] = (30, 120, 200)
+    frame[:, 32:] = (200, 60, 20)
+    with VideoWriter(path, crf=0, preset="ultrafast") as w:
+        w.write(frame)
+    with av.open(str(path)) as c:
+        cc = c.streams.video[0].codec_context
+        assert (cc.colorspace, cc.color_range) == (6, 1)  # SMPTE 170M (BT.601), MPEG (limited) range
+        decoded = next(c.decode(video=0))
+    yuv = decoded.to_ndarray(format="yuv420p")
+    assert np.abs(yuv.astype(int) - cv2.cvtColor(frame, cv2.COLOR_BGR2YUV_I420)).max() <= 1  # lossless at CRF 0

@@ -22,7 +22,7 @@ from .networks import (
     state_dict_spec,
 )
 from .random_weights import random_state_dict
-from .session import ModelSession, cache_dir, default_batch_size, default_providers, default_threads, load_session
+from .session import ModelSession, cache_dir, default_batch_size, default_providers, default_threads, load_session, session_plan
 
 __all__ = [
     "AUDIO_SHAPES",
@@ -46,5 +46,6 @@ __all__ = [
     "load_state_dict",
     "random_state_dict",
     "save_model",
+    "session_plan",
     "state_dict_spec",
 ]
