@@ -9,6 +9,7 @@ frames in and out of the network) -> :mod:`~synctalk_fast.video`;
 """
 
 from . import _backend
+from ._config import config, show_config
 from ._version import __version__
 from .audio import load_audio, mel_spectrogram, mel_windows, num_mel_windows
 from .errors import AudioError, BoxError, Error, FeatureError, ModelError, OutputError, TemplateError
@@ -20,6 +21,8 @@ from .template import Template
 __all__ = [
     "__version__",
     "backend",
+    "show_config",
+    "config",
     "Pipeline",
     "generate",
     "audio_features",

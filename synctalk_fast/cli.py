@@ -16,13 +16,7 @@ MODES = ("ave", "hubert", "wenet")
 def _info(args: argparse.Namespace) -> int:
     import synctalk_fast
 
-    print(f"synctalk_fast {synctalk_fast.__version__}")
-    print(f"backend: {synctalk_fast.backend()}")
-    if synctalk_fast.backend() == "cpp":
-        from synctalk_fast import _core
-
-        for key, value in _core.build_info().items():
-            print(f"  {key}: {value}")
+    synctalk_fast.show_config()
     return 0
 
 
@@ -77,7 +71,8 @@ def _generate(args: argparse.Namespace) -> int:
     result = generate(audio, output=outputs, features=features, template=args.template, unet=args.model,
                       audio_encoder=encoder, mode=args.mode, providers=providers, batch_size=args.batch_size,
                       start=args.start, fps=args.fps, crf=args.crf, preset=args.preset, feather=args.feather,
-                      threads=args.threads, precision=args.precision, progress=not args.quiet)
+                      threads=args.threads, sessions=args.sessions, precision=args.precision, cache_mb=args.cache_mb,
+                      progress=not args.quiet)
     if not args.quiet:
         print(result)
     return 0
@@ -139,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("info", help="version, kernel backend and build flags")
+    p = sub.add_parser("info", help="version, kernel backend and build, ONNX Runtime providers, encoders")
     p.set_defaults(func=_info)
 
     p = sub.add_parser(
@@ -189,8 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--providers", help="ONNX Runtime providers, comma-separated (default: best available)")
     p.add_argument("--feather", type=int, default=0, help="soft paste band in pixels (default: 0, hard paste)")
     p.add_argument("--crf", type=int, default=20, help="H.264 quality, lower is better (default: 20)")
-    p.add_argument("--preset", default="veryfast", help="x264 speed preset (default: veryfast)")
-    p.add_argument("--threads", type=int, help="ONNX Runtime threads (default: all cores)")
+    p.add_argument("--preset", default="superfast", help="x264 speed preset (default: superfast)")
+    p.add_argument("--threads", type=int, help="ONNX Runtime threads per U-Net session (default: cores / sessions)")
+    p.add_argument("--sessions", type=int, help="parallel U-Net sessions (default: one per core up to 4 on CPU, 1 on GPU)")
+    p.add_argument("--cache-mb", type=float, help="decoded template frame cache in MiB (default: 1/4 of free memory)")
     p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32", help="U-Net precision (fp16: GPUs)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=_generate)

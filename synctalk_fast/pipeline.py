@@ -353,7 +353,7 @@ class Pipeline:
             Video frame rate (default: 25, or 20 for wenet).
         crf, preset : keyword-only
             libx264 quality (CRF 20, as the reference) and speed preset
-            (default veryfast, chosen by measurement: see the README).
+            (default superfast, chosen by measurement: see the README).
         feather : int, keyword-only
             Soft paste band in pixels (0: hard paste, as the reference).
         image_format : {"png", "jpg"}, keyword-only

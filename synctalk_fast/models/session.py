@@ -381,6 +381,7 @@ class ModelSession:
         self.precision = precision
         self.session = _session(str(model_path), providers, threads=threads, spinning=spinning, roles=roles,
                                 batch=batch_size, fp16=precision == "fp16")
+        self.threads = int(threads or default_threads())  # intra-op threads
         self.providers = self.session.get_providers()
         self.device = "cuda" if self.providers[0] in ("TensorrtExecutionProvider", "CUDAExecutionProvider") else "cpu"
         self.io_binding = bool(self.device != "cpu" if io_binding is None else io_binding)

@@ -1,0 +1,88 @@
+"""What this installation is: the first thing a bug report needs."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+
+from . import _backend
+from ._version import __version__
+
+__all__ = ["config", "show_config"]
+
+
+def _dist_version(name: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def _encoders() -> dict[str, bool]:
+    try:
+        import av
+    except ImportError:
+        return {}
+    found = {}
+    for name in ("libx264", "aac", "h264_nvenc", "h264_videotoolbox"):
+        try:
+            av.codec.Codec(name, "w")
+            found[name] = True
+        except Exception:  # av raises UnknownCodecError / ValueError by version
+            found[name] = False
+    return found
+
+
+def config() -> dict:
+    """This installation as a dict: versions, kernel backend and build, ONNX
+    Runtime providers, PyAV encoders, Python and machine."""
+    info: dict = {
+        "synctalk_fast": __version__,
+        "backend": _backend.name,
+        "backend_env": os.environ.get(_backend.ENV_VAR),
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+    }
+    if _backend.name == "cpp":
+        from . import _core
+
+        info["core"] = dict(_core.build_info())
+    try:
+        import onnxruntime as ort
+
+        from .models import default_providers
+
+        info["onnxruntime"] = ort.__version__
+        info["onnxruntime_device"] = ort.get_device()
+        info["providers_available"] = ort.get_available_providers()
+        info["providers_default"] = default_providers()
+    except ImportError as exc:
+        info["onnxruntime"] = f"not importable ({exc})"
+    for name, dist in (("numpy", "numpy"), ("opencv", "opencv-python-headless"), ("av", "av"),
+                       ("onnx", "onnx"), ("numba", "numba"), ("soundfile", "soundfile"), ("soxr", "soxr")):
+        info[name] = _dist_version(dist)
+    if info["opencv"] is None:
+        info["opencv"] = _dist_version("opencv-python")
+    info["encoders"] = _encoders()
+    return info
+
+
+def show_config(file=None) -> dict:
+    """Print :func:`config` as ``key: value`` lines (to stdout) and return it."""
+    info = config()
+    out = file or sys.stdout
+    for key, value in info.items():
+        if isinstance(value, dict):
+            print(f"{key}:", file=out)
+            for k, v in value.items():
+                print(f"  {k}: {v}", file=out)
+        elif isinstance(value, list):
+            print(f"{key}: {', '.join(map(str, value))}", file=out)
+        else:
+            print(f"{key}: {value}", file=out)
+    return info

@@ -1,0 +1,39 @@
+"""show_config / synctalk-fast info: what a bug report needs (issue 6)."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+
+import onnxruntime as ort
+
+import synctalk_fast as stf
+
+
+def test_config_reports_the_installation():
+    info = stf.config()
+    assert info["synctalk_fast"] == stf.__version__
+    assert info["backend"] == stf.backend()
+    assert info["onnxruntime"] == ort.__version__
+    assert info["providers_available"] == ort.get_available_providers()
+    assert info["providers_default"][-1] == "CPUExecutionProvider"
+    assert info["encoders"]["libx264"] and info["encoders"]["aac"]
+    assert info["numpy"] and info["opencv"] and info["av"]
+    if stf.backend() == "cpp":
+        assert {"compiler", "flags", "isa", "isa_builds"} <= set(info["core"])
+
+
+def test_show_config_prints_every_key():
+    buf = io.StringIO()
+    info = stf.show_config(file=buf)
+    text = buf.getvalue()
+    for key in info:
+        assert f"\n{key}:" in "\n" + text
+
+
+def test_cli_info():
+    res = subprocess.run([sys.executable, "-m", "synctalk_fast", "info"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert f"synctalk_fast: {stf.__version__}" in res.stdout
+    assert f"backend: {stf.backend()}" in res.stdout and "providers_available: " in res.stdout
