@@ -28,3 +28,14 @@ def scalar_cv2():
     cv2.setUseOptimized(False)
     yield
     cv2.setUseOptimized(previous)
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory):
+    """Demo U-Net (ave) and audio encoder with fixed random weights."""
+    from synctalk_fast import models
+
+    folder = tmp_path_factory.mktemp("models")
+    for kind, name in (("unet", "unet_328.onnx"), ("audio_encoder", "audio_encoder.onnx")):
+        models.export_onnx(models.random_state_dict(kind), folder / name, kind=kind)
+    return folder

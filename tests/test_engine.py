@@ -141,26 +141,18 @@ def test_background_threads_run_at_idle_priority():
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("models")
-    for kind, name in (("unet", "unet.onnx"), ("audio_encoder", "enc.onnx")):
-        models.export_onnx(models.random_state_dict(kind), folder / name, kind=kind)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def template_dir(tmp_path_factory):
     return synthetic_template(tmp_path_factory.mktemp("tpl") / "p", frames=9, width=320, height=240)
 
 
 @pytest.fixture(scope="module")
 def feats(model_dir):
-    return stf.Pipeline(model_dir / "unet.onnx", model_dir / "enc.onnx").audio_features(synthetic_speech(1.0))
+    return stf.Pipeline(model_dir / "unet_328.onnx", model_dir / "audio_encoder.onnx").audio_features(synthetic_speech(1.0))
 
 
 @pytest.fixture(scope="module")
 def reference_frames(model_dir, template_dir, feats):
-    pipe = stf.Pipeline(model_dir / "unet.onnx", batch_size=1, overlap=False, cache_mb=0)
+    pipe = stf.Pipeline(model_dir / "unet_328.onnx", batch_size=1, overlap=False, cache_mb=0)
     return np.stack(list(pipe.frames(feats, template_dir, start=2)))
 
 
@@ -168,7 +160,7 @@ def reference_frames(model_dir, template_dir, feats):
                                                         (2, True, None)])
 def test_frames_are_the_same_whatever_the_batch_and_overlap(model_dir, template_dir, feats, reference_frames,
                                                              batch_size, overlap, sessions):
-    pipe = stf.Pipeline(model_dir / "unet.onnx", batch_size=batch_size, overlap=overlap, sessions=sessions)
+    pipe = stf.Pipeline(model_dir / "unet_328.onnx", batch_size=batch_size, overlap=overlap, sessions=sessions)
     assert len(pipe.unets) == (sessions or models.session_plan(["CPUExecutionProvider"])[0])
     frames = list(pipe.frames(feats, template_dir, start=2))
     assert len(frames) == feats.shape[0]
@@ -188,7 +180,7 @@ def test_a_stage_failure_in_the_pipeline_raises_and_writes_nothing(model_dir, te
     tpl = Template(broken, cache_mb=0)
     # a frame that passed the header check but does not decode
     (broken / "full_body_img" / "5.jpg").write_bytes((broken / "full_body_img" / "5.jpg").read_bytes()[:300])
-    pipe = stf.Pipeline(model_dir / "unet.onnx", batch_size=2)
+    pipe = stf.Pipeline(model_dir / "unet_328.onnx", batch_size=2)
     with pytest.raises(TemplateError, match="5.jpg"):
         list(pipe.frames(feats, tpl))
     with pytest.raises(TemplateError, match="5.jpg"):
@@ -201,7 +193,7 @@ def test_template_cache_decodes_each_frame_once(model_dir, template_dir, feats, 
     decoded = []
     real = cv2.imread
     monkeypatch.setattr(cv2, "imread", lambda *a, **k: decoded.append(a[0]) or real(*a, **k))
-    pipe = stf.Pipeline(model_dir / "unet.onnx")
+    pipe = stf.Pipeline(model_dir / "unet_328.onnx")
     tpl = pipe.template(template_dir)
     n = 3 * 2 * len(tpl)  # three ping-pong sweeps
     rows = np.concatenate([feats] * (n // len(feats) + 1))[:n]
@@ -243,11 +235,11 @@ def test_template_cache_size(template_dir):
 
 
 def test_session_options(model_dir):
-    sess = models.load_session(model_dir / "unet.onnx", threads=1)
+    sess = models.load_session(model_dir / "unet_328.onnx", threads=1)
     opts = sess.session.get_session_options()
     assert opts.intra_op_num_threads == 1 and opts.inter_op_num_threads == 1
     assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
-    assert models.load_session(model_dir / "unet.onnx").session.get_session_options().intra_op_num_threads == \
+    assert models.load_session(model_dir / "unet_328.onnx").session.get_session_options().intra_op_num_threads == \
         models.default_threads()
 
 
@@ -285,8 +277,8 @@ def test_io_binding_gives_the_plain_results(model_dir):
     rng = np.random.default_rng(0)
     img = rng.random((3, 6, 320, 320), dtype=np.float32)
     aud = rng.standard_normal((3, 32, 16, 16)).astype(np.float32)
-    plain = models.load_session(model_dir / "unet.onnx")
-    bound = models.load_session(model_dir / "unet.onnx", io_binding=True)
+    plain = models.load_session(model_dir / "unet_328.onnx")
+    bound = models.load_session(model_dir / "unet_328.onnx", io_binding=True)
     assert not plain.io_binding and bound.io_binding
     want = plain.run(image=img, audio=aud)
     first = bound.run(image=img, audio=aud)
@@ -297,14 +289,14 @@ def test_io_binding_gives_the_plain_results(model_dir):
 
 
 def test_fp16_precision(model_dir, template_dir, feats):
-    half = stf.Pipeline(model_dir / "unet.onnx", precision="fp16")
-    full = stf.Pipeline(model_dir / "unet.onnx")
-    assert half.unet.precision == "fp16" and half.unet.model_path.name.startswith("unet.fp16-")
+    half = stf.Pipeline(model_dir / "unet_328.onnx", precision="fp16")
+    full = stf.Pipeline(model_dir / "unet_328.onnx")
+    assert half.unet.precision == "fp16" and half.unet.model_path.name.startswith("unet_328.fp16-")
     a = np.stack(list(full.frames(feats[:6], template_dir))).astype(int)
     b = np.stack(list(half.frames(feats[:6], template_dir)))
     assert 0 < np.abs(a - b).mean() < 1.0  # a fraction of a level on average
     with pytest.raises(ValueError, match="precision"):
-        models.load_session(model_dir / "unet.onnx", precision="int4")
+        models.load_session(model_dir / "unet_328.onnx", precision="int4")
 
 
 # --- the benchmark -------------------------------------------------------------

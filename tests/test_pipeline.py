@@ -31,15 +31,6 @@ from synctalk_fast.reference import (
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    """Demo U-Net (ave) and audio encoder with fixed random weights."""
-    folder = tmp_path_factory.mktemp("models")
-    for kind, name in (("unet", "unet_328.onnx"), ("audio_encoder", "audio_encoder.onnx")):
-        models.export_onnx(models.random_state_dict(kind), folder / name, kind=kind)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def pipe(model_dir):
     return stf.Pipeline(model_dir / "unet_328.onnx", audio_encoder=model_dir / "audio_encoder.onnx", batch_size=8)
 
