@@ -5,7 +5,8 @@ Data flows one way: :mod:`~synctalk_fast.audio` (sound -> mel) ->
 :mod:`~synctalk_fast.frames` / :mod:`~synctalk_fast.template` (template
 frames in and out of the network) -> :mod:`~synctalk_fast.video`;
 :mod:`~synctalk_fast.pipeline` drives them with the networks of
-:mod:`~synctalk_fast.models`.
+:mod:`~synctalk_fast.models`, and :mod:`~synctalk_fast.stream` does the same
+for speech that arrives in chunks.
 """
 
 from . import _backend
@@ -16,6 +17,7 @@ from .errors import AudioError, BoxError, Error, FeatureError, ModelError, Outpu
 from .features import feature_windows, load_features, pad_embeddings, save_features
 from .frames import clip_box, crop_box, load_landmarks, paste_back, prepare_input
 from .pipeline import GenerateResult, Pipeline, audio_features, generate
+from .stream import Stream, StreamFrame
 from .template import Template
 
 __all__ = [
@@ -27,6 +29,8 @@ __all__ = [
     "generate",
     "audio_features",
     "GenerateResult",
+    "Stream",
+    "StreamFrame",
     "Template",
     "load_audio",
     "mel_spectrogram",

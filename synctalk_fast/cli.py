@@ -92,6 +92,119 @@ def _features(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_native(path: str):
+    """(samples, rate, channels) of a sound file as stored: int16 [n, ch] for
+    16-bit PCM, else float32; formats soundfile lacks come decoded at 16 kHz mono."""
+    import soundfile as sf
+
+    from synctalk_fast import load_audio
+
+    try:
+        info = sf.info(path)
+        dtype = "int16" if info.subtype == "PCM_16" else "float32"
+        data, rate = sf.read(path, dtype=dtype, always_2d=True)
+        return data, rate, data.shape[1]
+    except Exception:  # noqa: BLE001 - let load_audio decode it (or say why not)
+        return load_audio(path)[:, None], 16000, 1
+
+
+def _feed(stream, data, rate: int, chunk: int, realtime: bool, errors: list, speed: float = 1.0) -> None:
+    """Push ``data`` in chunks, at wall-clock pace (times ``speed``) when
+    ``realtime``; then flush and close."""
+    import time
+
+    try:
+        t0 = time.perf_counter()
+        for i in range(0, len(data), chunk):
+            if realtime:
+                time.sleep(max(0.0, t0 + (i + chunk) / rate / speed - time.perf_counter()))  # the chunk has been spoken
+            stream.push_audio(data[i : i + chunk], sample_rate=rate)
+        stream.close()
+    except BaseException as exc:  # noqa: BLE001 - re-raised by the consumer
+        errors.append(exc)
+        stream.close(drain=False)
+
+
+def _stream(args: argparse.Namespace) -> int:
+    import json
+    import threading
+    import time
+
+    from synctalk_fast import Pipeline
+    from synctalk_fast.pipeline import VIDEO_SUFFIXES
+    from synctalk_fast.video import FrameFolderWriter, VideoWriter
+
+    if args.chunk_ms <= 0:
+        raise ValueError("--chunk-ms must be > 0")
+    if args.speed <= 0:
+        raise ValueError("--speed must be > 0")
+    data, rate, channels = _read_native(args.audio)
+    encoder = args.audio_encoder or (DEFAULT_ENCODER if Path(DEFAULT_ENCODER).is_file() else None)
+    providers = args.providers.split(",") if args.providers else None
+    pipe = Pipeline(args.model, audio_encoder=encoder, providers=providers, batch_size=args.batch_size,
+                    threads=args.threads, sessions=args.sessions, cache_mb=args.cache_mb)
+    stream = pipe.stream(args.template, start=args.start, idle=args.idle)
+    writer = None
+    if args.output:
+        out = Path(args.output)
+        writer = (VideoWriter(out, fps=stream.fps, crf=args.crf, preset=args.preset, frame_audio=True,
+                              audio_rate=16000, sample_rate=48000)
+                  if out.suffix.lower() in VIDEO_SUFFIXES else FrameFolderWriter(out, ext="png"))
+    chunk = max(1, int(round(rate * args.chunk_ms / 1000)))
+    seconds = len(data) / rate
+    if not args.quiet:
+        mode = (("real time" if args.speed == 1 else f"{args.speed:g} x real time") if args.realtime
+                else "as fast as possible")
+        print(f"streaming {args.audio} ({seconds:.2f} s, {rate} Hz x {channels}) in {args.chunk_ms:g} ms chunks, "
+              f"{mode}; {pipe.unet.providers[0]}, {len(pipe.unets)} U-Net session(s), batch <= {pipe.batch_size}")
+    errors: list = []
+    feeder = threading.Thread(target=_feed, args=(stream, data, rate, chunk, args.realtime, errors, args.speed),
+                              name="synctalk-feeder", daemon=True)
+    t0 = time.perf_counter()
+    first = None
+    try:
+        feeder.start()
+        for f in stream.frames(follow=True):
+            if first is None and not f.idle:
+                first = time.perf_counter() - t0
+            if writer is not None:
+                if isinstance(writer, VideoWriter):
+                    writer.write(f.image, audio=f.audio)
+                else:
+                    writer.write(f.image)
+        feeder.join()
+        if errors:
+            raise errors[0]
+        if writer is not None:
+            writer.close()
+    except BaseException:
+        stream.close(drain=False)
+        if writer is not None:
+            writer.abort()
+        raise
+    wall = time.perf_counter() - t0
+    stats = stream.stats()
+    stats.update(audio_seconds=seconds, wall_seconds=wall, frames_per_second=stats["frames"] / wall if wall else 0.0,
+                 first_frame_seconds=first, realtime=bool(args.realtime), speed=args.speed, chunk_ms=args.chunk_ms,
+                 provider=pipe.unet.providers[0], sessions=len(pipe.unets), batch_size=pipe.batch_size)
+    if args.json:
+        Path(args.json).write_text(json.dumps(stats, indent=2))
+    if not args.quiet:
+        ms = {k: v * 1000 for k, v in stats.items() if k.startswith(("wait_", "delay_"))}
+        print(f"{stats['frames']} frames ({stats['idle_frames']} idle) in {wall:.2f} s: "
+              f"{stats['frames_per_second']:.1f} frames/s (real time needs {stream.fps:g})")
+        print(f"wait (last needed sample -> frame out): p50 {ms['wait_p50']:.0f} ms, p95 {ms['wait_p95']:.0f} ms, "
+              f"max {ms['wait_max']:.0f} ms")
+        print(f"delay (frame's own audio in -> frame out): p50 {ms['delay_p50']:.0f} ms, "
+              f"p95 {ms['delay_p95']:.0f} ms, max {ms['delay_max']:.0f} ms")
+        if first is not None:
+            print(f"first lip-synced frame after {first * 1000:.0f} ms; most frames waiting at once: "
+                  f"{stats['max_buffered']} (bound {stats['max_ready']})")
+        if writer is not None:
+            print(f"recorded: {writer.path}")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     import soundfile as sf
 
@@ -206,6 +319,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--providers", help="ONNX Runtime providers, comma-separated")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=_features)
+
+    p = sub.add_parser(
+        "stream",
+        help="feed a sound file as a live source through the streaming engine; latency statistics",
+        description="Push a sound file into a Stream in small chunks (at wall-clock pace with --realtime, "
+        "as a microphone or TTS would), take the frames as they come, and print throughput and latency: "
+        "wait (from the arrival of the last sample a frame needs to its emission) and delay (from its own "
+        "audio's arrival to its emission). With --output the stream is recorded with its audio.",
+    )
+    p.add_argument("--audio", required=True, help="speech file (any rate and channel count)")
+    p.add_argument("--template", required=True, help="template folder (full_body_img/, landmarks/)")
+    p.add_argument("--model", default=DEFAULT_UNET, help=f"U-Net ONNX file (default: {DEFAULT_UNET})")
+    p.add_argument("--audio-encoder", help=f"audio encoder ONNX file (default: {DEFAULT_ENCODER} if present)")
+    p.add_argument("--realtime", action="store_true", help="push the audio at wall-clock pace")
+    p.add_argument("--chunk-ms", type=float, default=20.0, help="chunk length in ms (default: 20)")
+    p.add_argument("--speed", type=float, default=1.0,
+                   help="with --realtime, feed at this multiple of real time (e.g. 0.5 on a CPU that cannot keep up)")
+    p.add_argument("-o", "--output", help="record the stream: an .mp4 (with the audio) or a folder of frames")
+    p.add_argument("--idle", action="store_true", help="emit template frames at the frame rate while no speech plays")
+    p.add_argument("--start", type=int, default=0, help="template frame offset (default: 0)")
+    p.add_argument("--json", help="write the statistics to this JSON file")
+    p.add_argument("--batch-size", type=int, help="largest U-Net batch (default: 4 on CPU, 16 on GPU)")
+    p.add_argument("--sessions", type=int, help="parallel U-Net sessions (default: one per core up to 4 on CPU)")
+    p.add_argument("--threads", type=int, help="ONNX Runtime threads per U-Net session")
+    p.add_argument("--providers", help="ONNX Runtime providers, comma-separated (default: best available)")
+    p.add_argument("--cache-mb", type=float, help="decoded template frame cache in MiB")
+    p.add_argument("--crf", type=int, default=20, help="H.264 quality for --output (default: 20)")
+    p.add_argument("--preset", default="superfast", help="x264 preset for --output (default: superfast)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no summary")
+    p.set_defaults(func=_stream)
 
     p = sub.add_parser(
         "demo",

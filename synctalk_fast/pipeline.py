@@ -302,6 +302,15 @@ class Pipeline:
                 pasted = paste_back(frame, box, p, feather=feather, out=out)
             yield pasted
 
+    def stream(self, template, *, start: int = 0, **options):
+        """A :class:`~synctalk_fast.Stream` on this pipeline's sessions:
+        speech pushed in chunks, frames out as soon as they are computable.
+        ``options`` go to :class:`~synctalk_fast.Stream` (``idle``,
+        ``max_ready``, ``feather``)."""
+        from .stream import Stream
+
+        return Stream(self, template=template, start=start, **options)
+
     # -- frames -> video --------------------------------------------------
     @staticmethod
     def _writer(output: Path, fps, crf, preset, samples, image_format):

@@ -26,25 +26,27 @@ LANDMARKS = 110  # points per .lms file
 _IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 
 
-def ping_pong(n_template: int, n_frames: int, *, start: int = 0) -> np.ndarray:
+def ping_pong(n_template: int, n_frames: int, *, start: int = 0, first: int = 0) -> np.ndarray:
     """Template frame index of each output frame (SPEC 2, "Frame order").
 
     The reference visits 1, 2, ..., N-1, N-2, ..., 0, 1, ...: per output frame
     ``if idx > N-2: step = -1; if idx < 1: step = 1; idx += step`` from idx = 0,
     step = 0. ``start`` is added to the file index, wrapping around the
-    template (the reference simply fails past its end).
+    template (the reference simply fails past its end). ``first`` is the
+    number of the first output frame wanted (a stream continues the sweep).
 
     Returns
     -------
     np.ndarray
-        int64 ``[n_frames]``.
+        int64 ``[n_frames]``: the indices of output frames ``first ..
+        first + n_frames - 1``.
     """
     if n_template < 1:
         raise TemplateError("a template needs at least one frame")
     if n_template == 1:
         return np.zeros(n_frames, dtype=np.int64)
     period = 2 * (n_template - 1)
-    p = (np.arange(n_frames, dtype=np.int64) + 1) % period
+    p = (np.arange(first, first + n_frames, dtype=np.int64) + 1) % period
     idx = np.where(p <= n_template - 1, p, period - p)
     return (idx + start) % n_template
 
@@ -283,9 +285,10 @@ class Template:
             raise TemplateError(f"{path}: decoded size {img.shape[1]}x{img.shape[0]} differs from {self.size[0]}x{self.size[1]}")
         return img
 
-    def order(self, n_frames: int, *, start: int = 0) -> np.ndarray:
-        """Template index of each of ``n_frames`` output frames (:func:`ping_pong`)."""
-        return ping_pong(len(self), n_frames, start=start)
+    def order(self, n_frames: int, *, start: int = 0, first: int = 0) -> np.ndarray:
+        """Template index of each of ``n_frames`` output frames from number
+        ``first`` on (:func:`ping_pong`)."""
+        return ping_pong(len(self), n_frames, start=start, first=first)
 
     def frames(self, n_frames: int, *, start: int = 0) -> Iterator[tuple[int, np.ndarray]]:
         """(template index, decoded frame) for each output frame, in order."""

@@ -292,6 +292,12 @@ class VideoWriter(_Writer):
         22050, 44100, 48000, ...).
     threads : int, default 0
         libx264 threads; 0 lets libx264 choose.
+    frame_audio : bool, default False
+        The sound track comes with the frames instead of ``audio``: each
+        :meth:`write` takes the samples shown with its frame
+        (``write(frame, audio=samples)``, mono at ``audio_rate``), as a
+        :class:`~synctalk_fast.Stream` delivers them. It is encoded as it
+        arrives.
 
     Raises
     ------
@@ -327,6 +333,7 @@ class VideoWriter(_Writer):
         sample_rate: int = 16000,
         audio_rate: int | None = None,
         threads: int = 0,
+        frame_audio: bool = False,
     ):
         self._dest = Path(os.fspath(path))
         self._rate = _frame_rate(fps)
@@ -336,10 +343,14 @@ class VideoWriter(_Writer):
             raise ValueError(f"preset must be one of {', '.join(X264_PRESETS)}; got {preset!r}")
         if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 0:
             raise ValueError(f"threads must be an integer >= 0, got {threads!r}")
-        if audio is not None and sample_rate not in _AAC_RATES:
+        if audio is not None and frame_audio:
+            raise ValueError("give audio= or frame_audio=True, not both")
+        if (audio is not None or frame_audio) and sample_rate not in _AAC_RATES:
             raise ValueError(f"sample_rate {sample_rate!r} is not an AAC sample rate ({', '.join(map(str, _AAC_RATES))})")
         self._sample_rate = int(sample_rate)
         self._audio = None if audio is None else _AudioSource(_check_audio(audio), int(audio_rate or sample_rate), self._sample_rate)
+        if frame_audio:
+            self._audio = _LiveAudio(int(audio_rate or sample_rate), self._sample_rate)
         self._apos = 0  # audio samples handed to the encoder so far
 
         part = _VideoPart(*self._create_part())
@@ -381,8 +392,11 @@ class VideoWriter(_Writer):
             raise _output_error(dest, exc) from exc
         return file, created
 
-    def write(self, frame: np.ndarray) -> None:
+    def write(self, frame: np.ndarray, *, audio: np.ndarray | None = None) -> None:
         """Encode one BGR uint8 ``[H, W, 3]`` frame; the first frame fixes the size.
+
+        ``audio``: with ``frame_audio=True``, the mono samples shown with this
+        frame (required there, refused otherwise).
 
         Raises
         ------
@@ -394,7 +408,14 @@ class VideoWriter(_Writer):
         """
         self._check_open()
         frame = _check_frame(frame, self._shape)
+        live = isinstance(self._audio, _LiveAudio)
+        if (audio is not None) != live:
+            raise ValueError("write(frame, audio=...) takes audio exactly when the writer has frame_audio=True")
+        if live:
+            audio = _check_audio(audio)
         try:
+            if live:
+                self._audio.append(audio)
             h, w = frame.shape[:2]
             if self._shape is None:
                 self._vstream.width = w + (w & 1)
@@ -424,6 +445,8 @@ class VideoWriter(_Writer):
     def _encode_audio(self, end: int) -> None:
         """Encode audio samples up to ``end`` (or the next frame boundary past it)."""
         audio, size, container = self._audio, self._audio_frame, self._part.container
+        if isinstance(audio, _LiveAudio) and not audio.last:  # whole AAC frames until the end is known
+            end = self._apos + (min(end, audio.length) - self._apos) // size * size
         while self._apos < end:
             chunk = audio.take(size)  # shorter only at the end of the audio
             aframe = av.AudioFrame.from_ndarray(chunk[None, :], format="fltp", layout="mono")
@@ -461,6 +484,8 @@ class VideoWriter(_Writer):
             container = part.container
             container.mux(self._vstream.encode(None))
             if self._audio is not None:
+                if isinstance(self._audio, _LiveAudio):
+                    self._audio.append(np.zeros(0, np.float32), last=True)
                 self._encode_audio(self._audio.length)
                 container.mux(self._astream.encode(None))
             part.container = None
@@ -534,6 +559,34 @@ class _AudioSource:
                 self._buf = np.concatenate([self._buf, more.astype(np.float32, copy=False)])
             out, self._buf = self._buf[:n], self._buf[n:]
         self._emitted += n
+        return out
+
+
+class _LiveAudio:
+    """Mono samples that arrive with the frames, resampled to the output rate as they come.
+
+    ``length``: samples at the output rate available so far (all of them once
+    ``last``).
+    """
+
+    def __init__(self, in_rate: int, out_rate: int):
+        self._stream = None
+        if in_rate != out_rate:
+            import soxr
+
+            self._stream = soxr.ResampleStream(in_rate, out_rate, 1, dtype="float32", quality="HQ")
+        self._buf = np.zeros(0, np.float32)
+        self.length = 0
+        self.last = False
+
+    def append(self, samples: np.ndarray, *, last: bool = False) -> None:
+        more = samples if self._stream is None else self._stream.resample_chunk(samples, last=last)
+        self._buf = np.concatenate([self._buf, np.asarray(more, np.float32)])
+        self.length += len(more)
+        self.last = last
+
+    def take(self, n: int) -> np.ndarray:
+        out, self._buf = self._buf[:n], self._buf[n:]
         return out
 
 

@@ -1,0 +1,868 @@
+"""Stage 5: streaming. Audio chunks in, lip-synced frames out, as soon as each
+frame can be computed.
+
+:class:`Stream` runs on a :class:`~synctalk_fast.Pipeline`'s sessions and the
+same kernels as offline generation, in overlapped threads:
+
+- the caller's :meth:`Stream.push_audio` converts a chunk (any rate, int16 or
+  float, mono or interleaved channels) to 16 kHz mono, through soxr's
+  streaming resampler, which gives the same samples as the one-shot
+  resampler of :func:`~synctalk_fast.load_audio`;
+- a feature thread extends the mel spectrogram by the frames that no later
+  sample can change, encodes the encoder windows that lie inside them, and
+  turns every frame whose 16 feature rows are known into a job;
+- one worker per U-Net session takes whatever jobs are ready (up to the
+  pipeline's batch size: batch 1 when keeping up, larger batches when
+  behind), prepares, runs and pastes them;
+- the consumer iterates :meth:`Stream.frames` and gets frames in order.
+
+Exactness (SPEC 1). Mel frame ``t`` covers samples ``200 t - 400 .. 200 t +
+399``: once ``200 t + 400`` samples have arrived it is final, and it is
+computed by :func:`~synctalk_fast.mel_spectrogram` on a slice starting at a
+multiple of 200 samples whose own padding and pre-emphasis do not reach
+frame ``t``. Window ``i`` (mel frames ``s .. s + 15``, ``s =
+int(80.0 * (i / 25.0))``) is final when its last mel frame is; video frame
+``i`` reads feature rows ``i - 8 .. i + 7`` (row ``r`` is embedding ``r -
+1``), so it needs window ``i + 6``: about ``0.04 i + 0.45`` s of audio. The
+end of an utterance (its window count, the windows moved back to ``T - 16``,
+the end padding of the STFT and the repeated last embedding of SPEC 1.8) is
+only known at :meth:`Stream.flush`, which computes the rest. Every value is
+the one offline generation computes; ONNX Runtime's CPU results do not
+depend on the batch composition, so the frames are identical.
+
+Positions. Each frame the stream emits (lip-synced or idle) takes the next
+position of the template's ping-pong sweep (SPEC 2), so the person keeps
+moving naturally across utterances, pauses and interruptions.
+
+Invariants: every shared field is guarded by ``self._cond``'s lock; the
+chunk converter has its own lock, always taken before it; results are
+keyed by position and dropped when their generation (bumped by
+:meth:`Stream.interrupt`) is stale; at most ``max_ready`` frames are in
+compute or waiting for the consumer, so memory stays flat whatever the
+consumer's pace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import logging
+import math
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Iterator
+
+import numpy as np
+
+from ._filters import HOP, N_MELS, SAMPLE_RATE
+from .audio import MEL_WINDOW, _to_mono, mel_spectrogram, num_mel_windows
+from .errors import AudioError, FeatureError
+from .features import CONTEXT, FPS
+from .frames import INPUT_SHAPE, paste_back, prepare_input
+
+__all__ = ["Stream", "StreamFrame"]
+
+log = logging.getLogger(__name__)
+
+N_FFT_HALF = 400  # centred STFT: frame t covers samples 200 t - 400 .. 200 t + 399
+EMBEDDING = 512
+ENCODER_BATCH = 64
+_LOOKAHEAD = 6  # frame i needs window i + 6 (feature row i + 7)
+_MIN_SAMPLES = (MEL_WINDOW - 1) * HOP  # 16 mel frames: 1 + n // 200 >= 16
+_END = object()
+
+
+def _window_start(i: int) -> int:
+    return int(80.0 * (i / 25.0))  # SPEC 1.6, in double as the reference
+
+
+def _frame_need(i: int) -> int:
+    """Samples that must have arrived before frame ``i`` of an utterance is
+    computable without knowing where the utterance ends."""
+    return HOP * (_window_start(i + _LOOKAHEAD) + MEL_WINDOW - 1) + N_FFT_HALF
+
+
+@dataclass(eq=False)
+class StreamFrame:
+    """One frame out of a :class:`Stream`.
+
+    Attributes
+    ----------
+    index : int
+        Frame number in the stream (lip-synced and idle frames alike).
+    time : float
+        Its time in the stream, ``index / fps`` seconds.
+    image : np.ndarray
+        BGR uint8 ``[H, W, 3]``; the caller owns it.
+    audio : np.ndarray
+        float32 ``[640]``: the 40 ms of 16 kHz speech this frame shows
+        (zeros for idle frames and past the end of an utterance).
+    utterance : int
+        Number of the utterance (0, 1, ...), -1 for an idle frame.
+    frame : int
+        Frame number within the utterance (the row of offline
+        ``pipe.frames``), -1 for an idle frame.
+    ready : float
+        ``time.perf_counter()`` when the last audio the frame needs arrived
+        (for frames that need the end of the utterance: the :meth:`Stream.flush`).
+    audio_in : float
+        ``time.perf_counter()`` when the first sample of its own 40 ms arrived.
+    emitted : float
+        ``time.perf_counter()`` when :meth:`Stream.frames` handed it out.
+    """
+
+    index: int
+    time: float
+    image: np.ndarray
+    audio: np.ndarray
+    utterance: int = -1
+    frame: int = -1
+    ready: float = math.nan
+    audio_in: float = math.nan
+    emitted: float = math.nan
+    _gen: int = field(default=0, repr=False)
+
+    @property
+    def idle(self) -> bool:
+        """True for a template frame shown while no speech plays."""
+        return self.utterance < 0
+
+    @property
+    def wait(self) -> float:
+        """Seconds from the arrival of the audio it needs to its emission."""
+        return self.emitted - self.ready
+
+    @property
+    def delay(self) -> float:
+        """Seconds from the arrival of its own first audio sample to its emission."""
+        return self.emitted - self.audio_in
+
+
+class _Buffer:
+    """Rows appended at the end, addressed by absolute index, released at the front.
+
+    Not thread-safe: the stream calls it under its lock. ``get`` returns copies.
+    """
+
+    def __init__(self, tail: tuple[int, ...] = (), capacity: int = 4096):
+        self._a = np.empty((capacity, *tail), np.float32)
+        self.start = 0  # absolute index of self._a[0]
+        self.end = 0  # absolute index one past the last row
+
+    def append(self, rows: np.ndarray) -> None:
+        used, n = self.end - self.start, len(rows)
+        if used + n > len(self._a):
+            grown = np.empty((max(2 * len(self._a), used + n), *self._a.shape[1:]), np.float32)
+            grown[:used] = self._a[:used]
+            self._a = grown
+        self._a[used : used + n] = rows
+        self.end += n
+
+    def get(self, lo: int, hi: int) -> np.ndarray:
+        """Rows ``lo .. hi - 1`` (absolute), a copy; rows past the end are zeros."""
+        assert lo >= self.start, (lo, self.start)
+        out = np.zeros((hi - lo, *self._a.shape[1:]), np.float32)
+        top = min(hi, self.end)
+        if top > lo:
+            out[: top - lo] = self._a[lo - self.start : top - self.start]
+        return out
+
+    def truncate(self, end: int) -> None:
+        self.end = max(self.start, min(self.end, end))
+
+    def release(self, lo: int) -> None:
+        """Rows before ``lo`` are no longer needed."""
+        lo = min(lo, self.end)
+        k = lo - self.start
+        if k > 0 and k >= len(self._a) // 2:
+            used = self.end - self.start
+            self._a[: used - k] = self._a[k:used]
+            self.start = lo
+
+
+class _ChunkConverter:
+    """Chunks of any layout -> 16 kHz mono float32, one utterance at a time.
+
+    Mono mixing and resampling are those of :func:`~synctalk_fast.load_audio`
+    (channel mean in float32, soxr "HQ"); soxr's streaming resampler gives
+    the one-shot resampler's samples whatever the chunk sizes.
+    """
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.rate: int | None = None
+        self.channels: int | None = None
+        self.n_in = 0  # input frames (one sample per channel) in this utterance
+        self.n_out = 0  # 16 kHz samples produced
+        self._resampler = None
+        self._carry = np.zeros(0, np.float32)  # values of an incomplete interleaved frame
+        self._byte = b""  # odd byte of int16 PCM bytes
+
+    def _values(self, chunk) -> tuple[np.ndarray, bytes]:
+        """float32 values of ``chunk`` and the odd byte left over from PCM bytes."""
+        byte = self._byte
+        if isinstance(chunk, (bytes, bytearray, memoryview)):
+            data = byte + bytes(chunk)
+            cut = len(data) - len(data) % 2
+            chunk, byte = np.frombuffer(data[:cut], dtype="<i2"), data[cut:]
+        a = np.asarray(chunk)
+        if a.dtype == np.int16:
+            return a.astype(np.float32) / np.float32(32768.0), byte  # as soundfile reads PCM_16
+        if not np.issubdtype(a.dtype, np.floating):
+            raise AudioError(f"audio chunk must be float or int16 samples (or int16 PCM bytes), got {a.dtype}")
+        return a.astype(np.float32, copy=False), byte
+
+    def convert(self, chunk, sample_rate: int, channels: int | None) -> np.ndarray:
+        if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
+            raise AudioError(f"sample_rate must be a positive integer, got {sample_rate!r}")
+        x, byte = self._values(chunk)
+        if x.ndim == 2:  # [n, channels]
+            ch = x.shape[1]
+            if channels is not None and channels != ch:
+                raise AudioError(f"chunk has {ch} channels (shape {x.shape}), but channels={channels}")
+        elif x.ndim == 1:
+            ch = 1 if channels is None else int(channels)
+            if ch < 1:
+                raise AudioError(f"channels must be >= 1, got {channels!r}")
+        else:
+            raise AudioError(f"audio chunk must be [n] (mono or interleaved) or [n, channels], got shape {x.shape}")
+        if self.rate is not None and (int(sample_rate), ch) != (self.rate, self.channels):
+            raise AudioError(
+                f"chunk of {sample_rate} Hz x {ch} channels in an utterance of {self.rate} Hz x "
+                f"{self.channels} channels: call flush() before changing the format"
+            )
+        if not np.isfinite(x).all():
+            raise AudioError("audio chunk contains NaN or infinite samples")
+        # the chunk is good: from here on the converter's state changes
+        self._byte = byte
+        if self.rate is None:
+            self.rate, self.channels = int(sample_rate), ch
+            if self.rate != SAMPLE_RATE:
+                import soxr
+
+                self._resampler = soxr.ResampleStream(self.rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
+        if x.ndim == 1 and ch > 1:
+            x = np.concatenate([self._carry, x])
+            whole = len(x) - len(x) % ch
+            self._carry = x[whole:].copy()
+            x = x[:whole].reshape(-1, ch)
+        mono = _to_mono(np.ascontiguousarray(x.T)) if x.ndim == 2 else x
+        mono = np.ascontiguousarray(mono, dtype=np.float32)
+        self.n_in += len(mono)
+        out = mono if self._resampler is None else self._resampler.resample_chunk(mono, last=False)
+        self.n_out += len(out)
+        return np.asarray(out, np.float32)
+
+    def finish(self) -> tuple[np.ndarray, int]:
+        """The resampler's tail and the utterance's length at 16 kHz
+        (``ceil(n * 16000 / rate)``, librosa's length)."""
+        tail = np.zeros(0, np.float32)
+        total = self.n_out
+        if self._resampler is not None:
+            tail = np.asarray(self._resampler.resample_chunk(np.zeros(0, np.float32), last=True), np.float32)
+            total = int(np.ceil(self.n_in * (SAMPLE_RATE / self.rate)))
+        self.reset()
+        return tail, total
+
+
+class _Utterance:
+    """Speech from the first chunk after a flush (or interrupt) to the next flush."""
+
+    def __init__(self, number: int, gen: int):
+        self.number = number
+        self.gen = gen
+        self.samples = _Buffer()  # 16 kHz mono
+        self.arrival_end: list[int] = []  # samples received after each push ...
+        self.arrival_time: list[float] = []  # ... and when
+        self.closed = False
+        self.closed_at = math.nan
+        self.dirty = False  # the feature thread has work here
+        self.dropped = False
+        # feature thread state (mel is its own; the rest is read under the lock)
+        self.mel = _Buffer((N_MELS,))  # mel frames as rows
+        self.t_done = 0  # final mel frames
+        self.emb = _Buffer((EMBEDDING,))
+        self.w_done = 0  # encoded windows
+        self.n_windows: int | None = None  # known at flush
+        self.made = 0  # frames turned into jobs
+        self.taken = 0  # frames taken by the workers (jobs leave in order)
+        self.base: int | None = None  # stream position of frame 0
+
+    @property
+    def finished(self) -> bool:
+        return self.n_windows is not None and self.made == self.n_windows + 2
+
+    def add(self, samples: np.ndarray, now: float) -> None:
+        if len(samples):
+            self.samples.append(samples)
+            self.arrival_end.append(self.samples.end)
+            self.arrival_time.append(now)
+
+    def arrival(self, n: int) -> float:
+        """When sample ``n - 1`` arrived (``closed_at`` for samples past the end)."""
+        j = bisect.bisect_left(self.arrival_end, n)
+        return self.arrival_time[j] if j < len(self.arrival_end) else self.closed_at
+
+    def row_window(self, i: int) -> np.ndarray:
+        """U-Net audio input of frame ``i``: feature rows ``i - 8 .. i + 7``
+        (row 0 = e0, row r = e(r - 1), row n + 1 = e(n - 1), zeros outside),
+        float32 ``[16, 512]``. Exactly :func:`feature_windows` of :func:`pad_embeddings`."""
+        out = np.zeros((CONTEXT, EMBEDDING), np.float32)
+        n_rows = None if self.n_windows is None else self.n_windows + 2
+        for j, r in enumerate(range(i - CONTEXT // 2, i + CONTEXT // 2)):
+            if r < 0 or (n_rows is not None and r >= n_rows):
+                continue
+            e = 0 if r == 0 else (self.n_windows - 1 if n_rows is not None and r == n_rows - 1 else r - 1)
+            out[j] = self.emb.get(e, e + 1)[0]
+        return out
+
+    def forget_pushes(self, before: int) -> None:
+        k = bisect.bisect_left(self.arrival_end, before)
+        if k > 1024:
+            del self.arrival_end[:k], self.arrival_time[:k]
+
+
+@dataclass(eq=False)
+class _Job:
+    pos: int
+    gen: int
+    utt: _Utterance
+    i: int
+    audio: np.ndarray
+    ready: float
+    audio_in: float
+
+
+class Stream:
+    """Real-time lip-sync: push speech in chunks, get frames as soon as they
+    can be computed, exactly the frames offline generation makes.
+
+    Parameters
+    ----------
+    pipe : Pipeline
+        An ave pipeline with an audio encoder (its sessions, batch size and
+        template cache are used). One stream per pipeline at a time.
+    template : Template, str or os.PathLike, keyword-only
+    start : int, keyword-only
+        Template frame offset (SPEC 2), as in :meth:`Pipeline.frames`.
+    idle : bool, keyword-only
+        While no speech is pending, :meth:`frames` with ``follow=True``
+        emits the template frames untouched at the frame rate (the person
+        idles as recorded), continuing the ping-pong sweep.
+    max_ready : int, optional, keyword-only
+        Frames in compute or waiting for the consumer, at most (default:
+        twice the batch size times the sessions, at least 8). Audio keeps
+        being accepted beyond it, as features (2 KB a frame); only the
+        images wait.
+    feather : int, keyword-only
+        Soft paste band in pixels (0: the reference's hard paste).
+    warmup : bool, keyword-only
+        Run each session once now, so that the first frame does not pay
+        for ONNX Runtime's first-run setup (or a TensorRT engine build).
+
+    Examples
+    --------
+    >>> stream = stf.Stream(pipe, template="dataset/May")        # doctest: +SKIP
+    >>> stream.push_audio(chunk, sample_rate=24000)               # doctest: +SKIP
+    >>> for f in stream.frames():  # the frames this audio makes  # doctest: +SKIP
+    ...     show(f.image, f.audio)
+    >>> stream.flush()                                            # doctest: +SKIP
+    >>> for f in stream.frames(): ...                             # doctest: +SKIP
+
+    Notes
+    -----
+    ``push_audio``, ``flush``, ``interrupt`` and ``close`` are thread-safe
+    and never wait for compute. One consumer iterates the frames, in the
+    caller's thread (``frames()``) or in asyncio (``async for f in
+    stream``). Close the stream (``close()`` or a ``with`` block) to end
+    its threads.
+    """
+
+    def __init__(self, pipe, *, template, start: int = 0, idle: bool = False, max_ready: int | None = None,
+                 feather: int = 0, warmup: bool = True):
+        if pipe.mode != "ave":
+            raise FeatureError(f"streaming computes features from audio: it needs an ave U-Net, not {pipe.mode}")
+        if pipe.encoder is None:
+            raise FeatureError("streaming needs the pipeline's audio_encoder=...")
+        if max_ready is not None and int(max_ready) < 1:
+            raise ValueError(f"max_ready must be >= 1, got {max_ready!r}")
+        self.pipe = pipe
+        self.template = pipe.template(template)
+        self.start = int(start)
+        self.idle = bool(idle)
+        self.feather = int(feather)
+        self.fps = float(FPS["ave"])
+        self.frame_samples = int(SAMPLE_RATE / self.fps)  # 640
+        self.batch_size = pipe.batch_size
+        self.max_ready = int(max_ready or max(8, 2 * pipe.batch_size * len(pipe.unets)))
+
+        if warmup:
+            pipe.encoder.run(mel=np.zeros((1, 1, N_MELS, MEL_WINDOW), np.float32))
+            for unet in pipe.unets:
+                unet.run(image=np.zeros((1, *INPUT_SHAPE), np.float32), audio=np.zeros((1, 32, 16, 16), np.float32))
+
+        self._cond = threading.Condition()
+        self._input_lock = threading.Lock()  # taken before self._cond, never after
+        self._converter = _ChunkConverter()
+        self._gen = 0
+        self._utts: deque[_Utterance] = deque()  # oldest first; the last one may be open
+        self._n_utts = 0
+        self._jobs: deque[_Job] = deque()
+        self._inflight = 0  # jobs in the workers (current generation)
+        self._done: dict[int, StreamFrame] = {}  # position -> frame, waiting for the consumer
+        self._ready_times: deque[tuple[int, float]] = deque()  # (position, ready) of frames not emitted
+        self._next_pos = 0  # next stream position to give out
+        self._next_emit = 0  # next position the consumer gets
+        self._last_emit = -math.inf
+        self._busy = False  # the feature thread holds work outside the lock
+        self._closed = False
+        self._stop = False
+        self._error: BaseException | None = None
+        self._stats = {"frames": 0, "idle_frames": 0, "dropped_frames": 0, "utterances": 0, "interrupts": 0}
+        self._waits: deque[float] = deque(maxlen=100_000)
+        self._delays: deque[float] = deque(maxlen=100_000)
+        self._max_buffered = 0
+        self._threads = [threading.Thread(target=self._feature_loop, name="synctalk-stream-features", daemon=True)]
+        self._threads += [threading.Thread(target=self._unet_loop, args=(u,), name=f"synctalk-stream-unet-{k}",
+                                           daemon=True) for k, u in enumerate(pipe.unets)]
+        for t in self._threads:
+            t.start()
+
+    def __repr__(self) -> str:
+        return (f"Stream(template={str(self.template.folder)!r}, position={self._next_emit}, "
+                f"backlog={self.backlog}, closed={self._closed})")
+
+    # -- input ---------------------------------------------------------------
+    def push_audio(self, chunk, *, sample_rate: int = SAMPLE_RATE, channels: int | None = None) -> None:
+        """Add speech to the current utterance (a new one after a flush).
+
+        Parameters
+        ----------
+        chunk : np.ndarray or bytes
+            Samples of any length (one sample is fine): float (in [-1, 1]) or
+            int16; ``[n]`` mono, ``[n * channels]`` interleaved, or ``[n,
+            channels]``; bytes are int16 little-endian PCM. An interleaved
+            frame or a PCM sample cut between two chunks is completed by
+            the next chunk.
+        sample_rate : int, keyword-only
+            Its sample rate (resampled to 16 kHz as :func:`load_audio` does).
+        channels : int, optional, keyword-only
+            Channels of an interleaved 1-D chunk (default 1); mixed to mono
+            by averaging. Rate and channels are fixed within an utterance.
+
+        Raises
+        ------
+        AudioError
+            A chunk of another dtype, shape or format than the utterance's,
+            or with NaN / infinite samples (nothing of it is used).
+        """
+        self._raise_error()
+        now = time.perf_counter()
+        with self._input_lock:
+            if self._closed:
+                raise ValueError("the stream is closed")
+            samples = self._converter.convert(chunk, sample_rate, channels)
+            with self._cond:
+                utt = self._open_utterance()
+                utt.add(samples, now)
+                utt.dirty = True
+                self._cond.notify_all()
+
+    def flush(self) -> None:
+        """End the utterance: its remaining frames (the end padding of SPEC
+        1.8) are computed and emitted. A no-op without pending speech.
+
+        Raises
+        ------
+        AudioError
+            The utterance is shorter than one encoder window (about 0.19 s):
+            it makes no frame and is dropped; the stream goes on.
+        """
+        self._raise_error()
+        now = time.perf_counter()
+        with self._input_lock:
+            tail, total = self._converter.finish()
+            with self._cond:
+                utt = self._utts[-1] if self._utts and not self._utts[-1].closed else None
+                if utt is None:
+                    return
+                utt.add(tail, now)
+                # librosa's length: ceil(n * 16000 / rate). The resampler holds back more
+                # than its rounding, so only samples not yet used can be cut.
+                if utt.samples.end > total:
+                    utt.samples.truncate(total)
+                else:
+                    utt.add(np.zeros(total - utt.samples.end, np.float32), now)
+                utt.closed, utt.closed_at = True, now
+                if total < _MIN_SAMPLES:
+                    utt.dropped = True
+                    self._utts.remove(utt)
+                    raise AudioError(f"utterance too short: {total / SAMPLE_RATE:.3f} s of audio, one encoder window "
+                                     f"needs {_MIN_SAMPLES / SAMPLE_RATE:.3f} s; it was dropped")
+                utt.dirty = True
+                self._cond.notify_all()
+
+    def interrupt(self) -> None:
+        """Barge-in: drop all pending audio and every frame not yet emitted,
+        at once. The next chunk starts a new utterance; the template sweep
+        continues from the last frame emitted."""
+        with self._input_lock:
+            self._converter.reset()
+            with self._cond:
+                self._gen += 1
+                dropped = len(self._ready_times)
+                self._stats["dropped_frames"] += dropped
+                self._stats["interrupts"] += 1
+                for utt in self._utts:
+                    utt.dropped = True
+                self._utts.clear()
+                self._jobs.clear()
+                self._done.clear()
+                self._ready_times.clear()
+                self._inflight = 0
+                self._next_pos = self._next_emit
+                self._cond.notify_all()
+        if dropped:
+            log.info("stream interrupted: %d frames dropped", dropped)
+
+    def close(self, *, drain: bool = True) -> None:
+        """No more audio. With ``drain`` the open utterance is flushed and
+        :meth:`frames` ends after the last frame; otherwise pending frames
+        are dropped (as :meth:`interrupt`). The threads end once drained."""
+        if not drain:
+            self.interrupt()
+        try:
+            self.flush()
+        except AudioError as exc:
+            log.warning("%s", exc)
+        except Exception:  # noqa: BLE001 - the stream failed; frames() raises it
+            pass
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if not drain:
+            self._shutdown()
+
+    def __enter__(self) -> Stream:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close(drain=exc[0] is None)
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._closed = True
+            self._cond.notify_all()
+        me = threading.current_thread()
+        for t in self._threads:
+            if t is not me:
+                t.join()
+
+    # -- state (under the lock) ------------------------------------------------
+    def _open_utterance(self) -> _Utterance:
+        if not self._utts or self._utts[-1].closed:
+            self._utts.append(_Utterance(self._n_utts, self._gen))
+            self._n_utts += 1
+            self._stats["utterances"] += 1
+        return self._utts[-1]
+
+    def _work(self) -> _Utterance | None:
+        while self._utts and self._utts[0].finished:
+            self._utts.popleft()
+        return next((u for u in self._utts if u.dirty), None)
+
+    def _speaking(self) -> bool:
+        return any(u.made > 0 and not u.finished for u in self._utts)
+
+    def _quiet(self) -> bool:
+        return not (self._busy or self._jobs or self._inflight or self._done or self._work() is not None)
+
+    def _fail(self, exc: BaseException) -> None:
+        with self._cond:
+            if self._error is None:
+                self._error = exc
+            self._stop = True
+            self._cond.notify_all()
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    @property
+    def backlog(self) -> int:
+        """Frames whose audio has arrived but that are not yet emitted."""
+        with self._cond:
+            return len(self._ready_times)
+
+    @property
+    def lag(self) -> float:
+        """Seconds the oldest computable, not yet emitted frame has waited
+        since its audio arrived (0 when none waits). Grows when compute is
+        slower than real time; frames stay in order."""
+        with self._cond:
+            return max(0.0, time.perf_counter() - self._ready_times[0][1]) if self._ready_times else 0.0
+
+    @property
+    def position(self) -> int:
+        """Index of the next frame :meth:`frames` will emit."""
+        return self._next_emit
+
+    def stats(self) -> dict:
+        """Counters and latency figures of the frames emitted so far.
+
+        ``wait_*``: seconds from the arrival of the last audio a frame needs
+        to its emission (compute and queueing); ``delay_*``: from the arrival
+        of its own first sample to its emission (audio-in -> frame-out,
+        including the ~0.45 s the model's context needs). p50 / p95 / max.
+        """
+        with self._cond:
+            out = dict(self._stats)
+            waits, delays = np.array(self._waits), np.array(self._delays)
+            out.update(backlog=len(self._ready_times), lag=self.lag, max_buffered=self._max_buffered,
+                       max_ready=self.max_ready)
+        for name, values in (("wait", waits), ("delay", delays)):
+            for label, q in (("p50", 50), ("p95", 95), ("max", 100)):
+                out[f"{name}_{label}"] = float(np.percentile(values, q)) if len(values) else math.nan
+        return out
+
+    # -- feature thread --------------------------------------------------------
+    def _feature_loop(self) -> None:
+        encoder = self.pipe.encoder
+        try:
+            while True:
+                with self._cond:
+                    while True:
+                        if self._stop:
+                            return
+                        utt = self._work()
+                        if utt is not None:
+                            break
+                        self._cond.wait()
+                    utt.dirty = False
+                    gen, n, closed = self._gen, utt.samples.end, utt.closed
+                    plan = self._mel_plan(utt, n, closed)
+                    self._busy = True
+                if plan is not None:  # mel frames that are now final (this thread's own state)
+                    seg, a, t_to = plan
+                    m = mel_spectrogram(seg, n_threads=1)
+                    utt.mel.append(m[:, utt.t_done - a : t_to - a].T)
+                    utt.t_done = t_to
+                T = utt.t_done
+                n_win = num_mel_windows(T) if closed else None
+                w_to = utt.w_done
+                while (w_to < n_win) if closed else (_window_start(w_to) + MEL_WINDOW <= T):
+                    w_to += 1
+                more = w_to - utt.w_done > ENCODER_BATCH
+                w_to = min(w_to, utt.w_done + ENCODER_BATCH)
+                emb = None
+                if w_to > utt.w_done:
+                    starts = [min(_window_start(i), T - MEL_WINDOW) for i in range(utt.w_done, w_to)]
+                    windows = np.stack([utt.mel.get(s, s + MEL_WINDOW).T for s in starts])[:, None]
+                    emb = encoder.run(mel=windows)
+                    utt.mel.release(max(0, min(_window_start(w_to), T - MEL_WINDOW)))
+                with self._cond:
+                    self._busy = False  # in the same critical section as the jobs: never quiet in between
+                    self._cond.notify_all()
+                    if gen != self._gen or utt.dropped:
+                        continue
+                    if emb is not None:
+                        utt.emb.append(emb)
+                        utt.w_done = w_to
+                    if more:
+                        utt.dirty = True
+                    if closed and not more:
+                        utt.n_windows = n_win
+                    self._make_jobs(utt)
+                    self._cond.notify_all()
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            self._fail(exc)
+
+    @staticmethod
+    def _mel_plan(utt: _Utterance, n: int, closed: bool):
+        """(samples, first mel frame they start at, mel frames final after them) or None."""
+        if closed:
+            t_to = 1 + n // HOP
+        else:
+            t_to = (n - N_FFT_HALF) // HOP + 1 if n >= N_FFT_HALF else 0
+        if t_to <= utt.t_done:
+            return None
+        # Start 3 hops before the first new frame, on a hop boundary: the slice's
+        # own zero padding (400) and first pre-emphasised sample stay outside it.
+        a = max(0, utt.t_done - 3)
+        hi = n if closed else HOP * (t_to - 1) + N_FFT_HALF
+        return utt.samples.get(HOP * a, hi), a, t_to
+
+    def _make_jobs(self, utt: _Utterance) -> None:
+        """Jobs for the frames whose feature rows are now all known (under the lock)."""
+        if utt.n_windows is not None:
+            f_to = utt.n_windows + 2
+        else:
+            f_to = max(utt.made, utt.w_done - _LOOKAHEAD)
+        if f_to > utt.made and utt.base is None:
+            utt.base = self._next_pos
+        total = utt.samples.end
+        for i in range(utt.made, f_to):
+            ready = utt.arrival(_frame_need(i))  # the flush, for frames that need the utterance's end
+            first = self.frame_samples * i
+            audio_in = utt.arrival(first + 1)
+            audio = utt.samples.get(first, first + self.frame_samples)
+            job = _Job(self._next_pos, self._gen, utt, i, audio, ready, audio_in)
+            self._next_pos += 1
+            self._jobs.append(job)
+            self._ready_times.append((job.pos, ready))
+        utt.made = max(utt.made, f_to)
+        keep = min(HOP * max(0, utt.t_done - 3), self.frame_samples * utt.made)
+        utt.samples.release(keep)
+        utt.forget_pushes(keep)
+
+    # -- U-Net workers -----------------------------------------------------------
+    def _unet_loop(self, unet) -> None:
+        tpl = self.template
+        images = np.empty((self.batch_size, *INPUT_SHAPE), np.float32)
+        try:
+            while True:
+                with self._cond:
+                    while not self._stop and not (self._jobs and self._inflight + len(self._done) < self.max_ready):
+                        self._cond.wait()
+                    if self._stop:
+                        return
+                    room = self.max_ready - self._inflight - len(self._done)
+                    batch = [self._jobs.popleft() for _ in range(min(self.batch_size, len(self._jobs), room))]
+                    gen = self._gen
+                    self._inflight += len(batch)
+                    self._max_buffered = max(self._max_buffered, self._inflight + len(self._done))
+                    audio = np.stack([job.utt.row_window(job.i) for job in batch]).reshape(len(batch), 32, 16, 16)
+                    for job in batch:
+                        job.utt.taken = job.i + 1
+                        job.utt.emb.release(max(0, job.utt.taken - CONTEXT // 2 - 1))
+                frames = []
+                for j, job in enumerate(batch):
+                    k = int(tpl.order(1, start=self.start, first=job.pos)[0])
+                    frame, box = tpl.frame(k, copy=False), tpl.box(k)
+                    prepare_input(frame, box, out=images[j])
+                    frames.append((frame, box))
+                pred = unet.run(image=images[: len(batch)], audio=audio)
+                out = [StreamFrame(index=job.pos, time=job.pos / self.fps,
+                                   image=paste_back(frame, box, p, feather=self.feather), audio=job.audio,
+                                   utterance=job.utt.number, frame=job.i, ready=job.ready, audio_in=job.audio_in,
+                                   _gen=gen)
+                       for job, (frame, box), p in zip(batch, frames, pred)]
+                with self._cond:
+                    if gen == self._gen:
+                        self._inflight -= len(batch)
+                        for f in out:
+                            self._done[f.index] = f
+                        self._cond.notify_all()
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            self._fail(exc)
+
+    # -- output ----------------------------------------------------------------
+    def _next(self, follow: bool, timeout: float | None = None):
+        """The next frame, ``_END`` when there is none to come, or None at ``timeout``."""
+        deadline = None if timeout is None else time.perf_counter() + timeout
+        idle_pos = None
+        with self._cond:
+            while True:
+                self._raise_error()
+                now = time.perf_counter()
+                f = self._done.pop(self._next_emit, None)
+                if f is not None:
+                    self._next_emit += 1
+                    self._last_emit = f.emitted = now
+                    if self._ready_times and self._ready_times[0][0] == f.index:
+                        self._ready_times.popleft()
+                    self._stats["frames"] += 1
+                    self._waits.append(f.wait)
+                    self._delays.append(f.delay)
+                    self._cond.notify_all()
+                    return f
+                wake = deadline
+                if (follow and self.idle and not self._closed and self._next_pos == self._next_emit
+                        and not self._speaking()):
+                    due = self._last_emit + 1.0 / self.fps
+                    if now >= due:
+                        idle_pos = self._next_pos
+                        self._next_pos += 1
+                        self._next_emit += 1
+                        self._last_emit = now
+                        self._stats["idle_frames"] += 1
+                        break
+                    wake = due if wake is None else min(wake, due)
+                if self._quiet() and (not follow or (self._closed and not self._utts)):
+                    return _END
+                if deadline is not None and now >= deadline:
+                    return None
+                self._cond.wait(None if wake is None else max(0.0, wake - now))
+        k = int(self.template.order(1, start=self.start, first=idle_pos)[0])
+        return StreamFrame(index=idle_pos, time=idle_pos / self.fps, image=self.template.frame(k),
+                           audio=np.zeros(self.frame_samples, np.float32), emitted=now)
+
+    def _unget(self, f: StreamFrame) -> None:
+        """Put back the frame just emitted (an asyncio consumer cancelled while it came)."""
+        with self._cond:
+            if f.idle or f._gen != self._gen or f.index != self._next_emit - 1:
+                return
+            self._done[f.index] = f
+            self._next_emit -= 1
+            self._ready_times.appendleft((f.index, f.ready))
+            self._stats["frames"] -= 1
+            self._cond.notify_all()
+
+    def _unget_done(self, fut) -> None:
+        if not fut.cancelled() and fut.exception() is None and isinstance(fut.result(), StreamFrame):
+            self._unget(fut.result())
+
+    def frames(self, *, follow: bool = False, timeout: float | None = None) -> Iterator[StreamFrame]:
+        """Frames in order, each as soon as it is computed.
+
+        Parameters
+        ----------
+        follow : bool, keyword-only
+            False: the frames the audio pushed so far makes, then stop (after
+            :meth:`flush`: the rest of the utterance). True: keep waiting for
+            more audio (with ``idle``, emitting idle frames meanwhile) until
+            :meth:`close` and the last frame; for a consumer in its own thread.
+        timeout : float, optional, keyword-only
+            Stop when no frame came for this many seconds.
+
+        Yields
+        ------
+        StreamFrame
+        """
+        while True:
+            f = self._next(follow, timeout)
+            if f is None or f is _END:
+                if f is _END and self._closed:
+                    self._shutdown()
+                return
+            yield f
+
+    def __iter__(self) -> Iterator[StreamFrame]:
+        return self.frames(follow=True)
+
+    async def _aframes(self) -> AsyncIterator[StreamFrame]:
+        loop = asyncio.get_running_loop()
+        while True:
+            fut = loop.run_in_executor(None, self._next, True, 0.1)
+            try:
+                f = await asyncio.shield(fut)
+            except asyncio.CancelledError:
+                fut.add_done_callback(self._unget_done)
+                raise
+            if f is _END:
+                if self._closed:
+                    await loop.run_in_executor(None, self._shutdown)
+                return
+            if f is not None:
+                yield f
+
+    def __aiter__(self) -> AsyncIterator[StreamFrame]:
+        """``async for f in stream``: frames as with ``frames(follow=True)``,
+        waited for in a worker thread so the event loop keeps running."""
+        return self._aframes()
