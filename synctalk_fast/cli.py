@@ -143,7 +143,7 @@ def _stream(args: argparse.Namespace) -> int:
     providers = args.providers.split(",") if args.providers else None
     pipe = Pipeline(args.model, audio_encoder=encoder, providers=providers, batch_size=args.batch_size,
                     threads=args.threads, sessions=args.sessions, cache_mb=args.cache_mb)
-    stream = pipe.stream(args.template, start=args.start, idle=args.idle)
+    stream = pipe.stream(args.template, start=args.start, idle=args.idle, max_lag=args.max_lag, layout=args.layout)
     writer = None
     if args.output:
         out = Path(args.output)
@@ -156,7 +156,8 @@ def _stream(args: argparse.Namespace) -> int:
         mode = (("real time" if args.speed == 1 else f"{args.speed:g} x real time") if args.realtime
                 else "as fast as possible")
         print(f"streaming {args.audio} ({seconds:.2f} s, {rate} Hz x {channels}) in {args.chunk_ms:g} ms chunks, "
-              f"{mode}; {pipe.unet.providers[0]}, {len(pipe.unets)} U-Net session(s), batch <= {pipe.batch_size}")
+              f"{mode}; {pipe.unet.providers[0]}, {len(stream.unets)} U-Net session(s) ({stream.layout} layout), "
+              f"batch <= {pipe.batch_size}")
     errors: list = []
     feeder = threading.Thread(target=_feed, args=(stream, data, rate, chunk, args.realtime, errors, args.speed),
                               name="synctalk-feeder", daemon=True)
@@ -186,12 +187,12 @@ def _stream(args: argparse.Namespace) -> int:
     stats = stream.stats()
     stats.update(audio_seconds=seconds, wall_seconds=wall, frames_per_second=stats["frames"] / wall if wall else 0.0,
                  first_frame_seconds=first, realtime=bool(args.realtime), speed=args.speed, chunk_ms=args.chunk_ms,
-                 provider=pipe.unet.providers[0], sessions=len(pipe.unets), batch_size=pipe.batch_size)
+                 provider=pipe.unet.providers[0], batch_size=pipe.batch_size)
     if args.json:
         Path(args.json).write_text(json.dumps(stats, indent=2))
     if not args.quiet:
         ms = {k: v * 1000 for k, v in stats.items() if k.startswith(("wait_", "delay_"))}
-        print(f"{stats['frames']} frames ({stats['idle_frames']} idle) in {wall:.2f} s: "
+        print(f"{stats['frames']} frames ({stats['idle_frames']} idle, {stats['skipped_frames']} skipped) in {wall:.2f} s: "
               f"{stats['frames_per_second']:.1f} frames/s (real time needs {stream.fps:g})")
         print(f"wait (last needed sample -> frame out): p50 {ms['wait_p50']:.0f} ms, p95 {ms['wait_p95']:.0f} ms, "
               f"max {ms['wait_max']:.0f} ms")
@@ -338,7 +339,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --realtime, feed at this multiple of real time (e.g. 0.5 on a CPU that cannot keep up)")
     p.add_argument("-o", "--output", help="record the stream: an .mp4 (with the audio) or a folder of frames")
     p.add_argument("--idle", action="store_true", help="emit template frames at the frame rate while no speech plays")
+    p.add_argument("--max-lag", type=float,
+                   help="seconds behind the audio after which frames are emitted unsynced to catch up (default: never)")
     p.add_argument("--start", type=int, default=0, help="template frame offset (default: 0)")
+    p.add_argument("--layout", choices=["auto", "throughput", "latency"], default="auto",
+                   help="CPU sessions: one per core (throughput) or one on all cores (latency); "
+                   "auto measures which keeps up (default)")
     p.add_argument("--json", help="write the statistics to this JSON file")
     p.add_argument("--batch-size", type=int, help="largest U-Net batch (default: 4 on CPU, 16 on GPU)")
     p.add_argument("--sessions", type=int, help="parallel U-Net sessions (default: one per core up to 4 on CPU)")

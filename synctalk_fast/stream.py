@@ -74,6 +74,10 @@ _MIN_SAMPLES = (MEL_WINDOW - 1) * HOP  # 16 mel frames: 1 + n // 200 >= 16
 _END = object()
 
 
+def _run_blank(unet) -> None:
+    unet.run(image=np.zeros((1, *INPUT_SHAPE), np.float32), audio=np.zeros((1, 32, 16, 16), np.float32))
+
+
 def _window_start(i: int) -> int:
     return int(80.0 * (i / 25.0))  # SPEC 1.6, in double as the reference
 
@@ -111,6 +115,10 @@ class StreamFrame:
         ``time.perf_counter()`` when the first sample of its own 40 ms arrived.
     emitted : float
         ``time.perf_counter()`` when :meth:`Stream.frames` handed it out.
+    skipped : bool
+        The stream was more than ``max_lag`` behind: the frame is the
+        template frame untouched (not lip-synced), with its audio, so that
+        the stream catches up with real time.
     """
 
     index: int
@@ -122,6 +130,7 @@ class StreamFrame:
     ready: float = math.nan
     audio_in: float = math.nan
     emitted: float = math.nan
+    skipped: bool = False
     _gen: int = field(default=0, repr=False)
 
     @property
@@ -360,6 +369,20 @@ class Stream:
         images wait.
     feather : int, keyword-only
         Soft paste band in pixels (0: the reference's hard paste).
+    max_lag : float, optional, keyword-only
+        Real-time guard for hardware slower than the frame rate: a frame
+        whose audio arrived more than this many seconds before a U-Net
+        session could take it is emitted as its template frame instead
+        (``skipped``, counted in :meth:`stats`, logged once), so the lag
+        stays near ``max_lag`` plus one batch's compute instead of growing. Default None: every frame is
+        lip-synced, however late.
+    layout : {"auto", "throughput", "latency"}, keyword-only
+        U-Net sessions on CPU. "throughput": the pipeline's (one session per
+        core: the most frames per second when behind); "latency": one
+        session on every core (each frame done soonest, when the hardware
+        keeps up); "auto" (default): "latency" if that session measures at
+        least 1.25 x the frame rate on this machine, else "throughput". On
+        a GPU the pipeline has one session and this changes nothing.
     warmup : bool, keyword-only
         Run each session once now, so that the first frame does not pay
         for ONNX Runtime's first-run setup (or a TensorRT engine build).
@@ -383,13 +406,16 @@ class Stream:
     """
 
     def __init__(self, pipe, *, template, start: int = 0, idle: bool = False, max_ready: int | None = None,
-                 feather: int = 0, warmup: bool = True):
+                 feather: int = 0, max_lag: float | None = None, layout: str = "auto", warmup: bool = True):
         if pipe.mode != "ave":
             raise FeatureError(f"streaming computes features from audio: it needs an ave U-Net, not {pipe.mode}")
         if pipe.encoder is None:
             raise FeatureError("streaming needs the pipeline's audio_encoder=...")
         if max_ready is not None and int(max_ready) < 1:
             raise ValueError(f"max_ready must be >= 1, got {max_ready!r}")
+        if max_lag is not None and not max_lag >= 0:
+            raise ValueError(f"max_lag must be >= 0 seconds, got {max_lag!r}")
+        self.max_lag = None if max_lag is None else float(max_lag)
         self.pipe = pipe
         self.template = pipe.template(template)
         self.start = int(start)
@@ -398,12 +424,15 @@ class Stream:
         self.fps = float(FPS["ave"])
         self.frame_samples = int(SAMPLE_RATE / self.fps)  # 640
         self.batch_size = pipe.batch_size
-        self.max_ready = int(max_ready or max(8, 2 * pipe.batch_size * len(pipe.unets)))
+        self.max_ready = int(max_ready or max(8, 2 * pipe.batch_size * len(pipe.unets)))  # both layouts alike
 
+        if layout not in ("auto", "throughput", "latency"):
+            raise ValueError(f"layout must be 'auto', 'throughput' or 'latency', got {layout!r}")
+        self.unets, self.layout = self._plan_sessions(layout)
         if warmup:
             pipe.encoder.run(mel=np.zeros((1, 1, N_MELS, MEL_WINDOW), np.float32))
-            for unet in pipe.unets:
-                unet.run(image=np.zeros((1, *INPUT_SHAPE), np.float32), audio=np.zeros((1, 32, 16, 16), np.float32))
+            for unet in self.unets:
+                _run_blank(unet)
 
         self._cond = threading.Condition()
         self._input_lock = threading.Lock()  # taken before self._cond, never after
@@ -422,19 +451,43 @@ class Stream:
         self._closed = False
         self._stop = False
         self._error: BaseException | None = None
-        self._stats = {"frames": 0, "idle_frames": 0, "dropped_frames": 0, "utterances": 0, "interrupts": 0}
+        self._stats = {"frames": 0, "idle_frames": 0, "skipped_frames": 0, "dropped_frames": 0, "utterances": 0,
+                       "interrupts": 0}
         self._waits: deque[float] = deque(maxlen=100_000)
         self._delays: deque[float] = deque(maxlen=100_000)
         self._max_buffered = 0
         self._threads = [threading.Thread(target=self._feature_loop, name="synctalk-stream-features", daemon=True)]
         self._threads += [threading.Thread(target=self._unet_loop, args=(u,), name=f"synctalk-stream-unet-{k}",
-                                           daemon=True) for k, u in enumerate(pipe.unets)]
+                                           daemon=True) for k, u in enumerate(self.unets)]
         for t in self._threads:
             t.start()
 
     def __repr__(self) -> str:
-        return (f"Stream(template={str(self.template.folder)!r}, position={self._next_emit}, "
-                f"backlog={self.backlog}, closed={self._closed})")
+        return (f"Stream(template={str(self.template.folder)!r}, layout={self.layout!r} ({len(self.unets)} "
+                f"session(s)), position={self._next_emit}, backlog={self.backlog}, closed={self._closed})")
+
+    def _plan_sessions(self, layout: str) -> tuple[list, str]:
+        """The U-Net sessions the workers use, and the layout they make."""
+        pipe = self.pipe
+        if pipe.unet.device != "cpu" or len(pipe.unets) == 1 or layout == "throughput":
+            return list(pipe.unets), "throughput" if len(pipe.unets) > 1 else "latency"
+        from .models import default_threads, load_session
+
+        single = load_session(pipe.unet.model_path, providers=pipe.unet.providers, threads=default_threads(),
+                              batch_size=pipe.batch_size)
+        if layout == "auto":
+            _run_blank(single)
+            times = []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                _run_blank(single)
+                times.append(time.perf_counter() - t0)
+            if 1.0 / sorted(times)[1] < 1.25 * self.fps:  # cannot keep up with margin: most frames per second
+                log.info("stream: one session takes %.0f ms a frame; using %d sessions", 1000 * sorted(times)[1],
+                         len(pipe.unets))
+                return list(pipe.unets), "throughput"
+        return [single], "latency"
+
 
     # -- input ---------------------------------------------------------------
     def push_audio(self, chunk, *, sample_rate: int = SAMPLE_RATE, channels: int | None = None) -> None:
@@ -625,7 +678,7 @@ class Stream:
             out = dict(self._stats)
             waits, delays = np.array(self._waits), np.array(self._delays)
             out.update(backlog=len(self._ready_times), lag=self.lag, max_buffered=self._max_buffered,
-                       max_ready=self.max_ready)
+                       max_ready=self.max_ready, layout=self.layout, sessions=len(self.unets))
         for name, values in (("wait", waits), ("delay", delays)):
             for label, q in (("p50", 50), ("p95", 95), ("max", 100)):
                 out[f"{name}_{label}"] = float(np.percentile(values, q)) if len(values) else math.nan
@@ -737,22 +790,30 @@ class Stream:
                     gen = self._gen
                     self._inflight += len(batch)
                     self._max_buffered = max(self._max_buffered, self._inflight + len(self._done))
-                    audio = np.stack([job.utt.row_window(job.i) for job in batch]).reshape(len(batch), 32, 16, 16)
                     for job in batch:
                         job.utt.taken = job.i + 1
                         job.utt.emb.release(max(0, job.utt.taken - CONTEXT // 2 - 1))
-                frames = []
+                    late = 0
+                    if self.max_lag is not None:  # ready times grow along the queue: the late ones lead
+                        now = time.perf_counter()
+                        late = next((j for j, job in enumerate(batch) if now - job.ready <= self.max_lag), len(batch))
+                        self._note_skips(late)
+                    run = batch[late:]
+                    audio = (np.stack([job.utt.row_window(job.i) for job in run]).reshape(len(run), 32, 16, 16)
+                             if run else None)
+                out, frames = [], []
                 for j, job in enumerate(batch):
                     k = int(tpl.order(1, start=self.start, first=job.pos)[0])
                     frame, box = tpl.frame(k, copy=False), tpl.box(k)
-                    prepare_input(frame, box, out=images[j])
+                    if j < late:
+                        out.append(self._frame(job, frame.copy(), gen, skipped=True))
+                        continue
+                    prepare_input(frame, box, out=images[len(frames)])
                     frames.append((frame, box))
-                pred = unet.run(image=images[: len(batch)], audio=audio)
-                out = [StreamFrame(index=job.pos, time=job.pos / self.fps,
-                                   image=paste_back(frame, box, p, feather=self.feather), audio=job.audio,
-                                   utterance=job.utt.number, frame=job.i, ready=job.ready, audio_in=job.audio_in,
-                                   _gen=gen)
-                       for job, (frame, box), p in zip(batch, frames, pred)]
+                if run:
+                    pred = unet.run(image=images[: len(run)], audio=audio)
+                    out += [self._frame(job, paste_back(frame, box, p, feather=self.feather), gen)
+                            for job, (frame, box), p in zip(run, frames, pred)]
                 with self._cond:
                     if gen == self._gen:
                         self._inflight -= len(batch)
@@ -761,6 +822,18 @@ class Stream:
                         self._cond.notify_all()
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer
             self._fail(exc)
+
+    def _frame(self, job: _Job, image: np.ndarray, gen: int, *, skipped: bool = False) -> StreamFrame:
+        return StreamFrame(index=job.pos, time=job.pos / self.fps, image=image, audio=job.audio,
+                           utterance=job.utt.number, frame=job.i, ready=job.ready, audio_in=job.audio_in,
+                           skipped=skipped, _gen=gen)
+
+    def _note_skips(self, late: int) -> None:
+        """Count frames emitted unsynced; warn once per late stretch (under the lock)."""
+        if late and not self._stats["skipped_frames"]:
+            log.warning("stream is more than %.2f s behind its audio: emitting template frames until it "
+                        "catches up (counted in Stream.stats()['skipped_frames'])", self.max_lag)
+        self._stats["skipped_frames"] += late
 
     # -- output ----------------------------------------------------------------
     def _next(self, follow: bool, timeout: float | None = None):

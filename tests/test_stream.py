@@ -27,7 +27,9 @@ RATE_IN = 44100
 
 @pytest.fixture(scope="module")
 def pipe(model_dir):
-    return stf.Pipeline(model_dir / "unet_328.onnx", audio_encoder=model_dir / "audio_encoder.onnx")
+    # two sessions even on a one-core runner, so both stream layouts exist
+    return stf.Pipeline(model_dir / "unet_328.onnx", audio_encoder=model_dir / "audio_encoder.onnx", sessions=2,
+                        threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +124,20 @@ def test_float_frames_by_channels_and_pcm_bytes(pipe, tpl, stereo_file, offline)
             stream.push_audio(raw[i : i + 3001], sample_rate=rate, channels=2)
         stream.flush()
         assert_same(list(stream.frames()), want)
+
+
+@pytest.mark.parametrize("layout", ["throughput", "latency"])
+def test_session_layouts_give_the_same_frames(pipe, tpl, offline, layout):
+    _, want, wav16 = offline
+    with stf.Stream(pipe, template=tpl, layout=layout) as stream:
+        assert stream.layout == layout
+        assert len(stream.unets) == (1 if layout == "latency" else len(pipe.unets))
+        stream.push_audio(wav16)
+        stream.flush()
+        assert_same(list(stream.frames()), want)
+        assert stream.stats()["layout"] == layout
+    with pytest.raises(ValueError, match="layout"):
+        stf.Stream(pipe, template=tpl, layout="fast")
 
 
 @needs_data
@@ -280,6 +296,24 @@ def test_slow_consumer_keeps_the_backlog_bounded(pipe, tpl, offline):
     assert_same(got, want)
     assert stats["max_buffered"] <= 3  # images in compute or waiting; the rest waits as features
     assert stats["wait_max"] > 0.5
+
+
+def test_max_lag_catches_up_with_template_frames(pipe, tpl, offline):
+    """Hardware too slow for real time: late frames come out unsynced, counted, in order."""
+    _, want, wav16 = offline
+    with stf.Stream(pipe, template=tpl, max_lag=0.05) as stream:
+        stream.push_audio(wav16)
+        stream.flush()
+        time.sleep(0.2)  # every frame is now later than max_lag
+        got = list(stream.frames())
+        stats = stream.stats()
+    assert [f.index for f in got] == list(range(len(want)))
+    skipped = [f for f in got if f.skipped]
+    assert len(skipped) == stats["skipped_frames"] > 0
+    for f in got:
+        k = int(ping_pong(len(tpl), 1, first=f.index)[0])
+        expected = tpl.frame(k) if f.skipped else want[f.frame]
+        np.testing.assert_array_equal(f.image, expected)
 
 
 # --- bad input -------------------------------------------------------------------------
