@@ -286,7 +286,7 @@ def write_chart(record: dict, path: Path) -> Path:
     cv2.putText(img, sub[:110], (16, 54), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (80, 80, 80), 1, cv2.LINE_AA)
     top_fps = max(r["fps"] for r in rows)
     colors = {"naive": (90, 90, 200), "torch": (60, 60, 160), "unet": (160, 120, 60), "frames": (80, 170, 80),
-              "mp4": (40, 140, 40)}
+              "mp4": (40, 140, 40), "unet_int8": (200, 150, 70), "mp4_int8": (20, 110, 20)}
     for i, r in enumerate(rows):
         y = top + i * bar_h
         w = int((width - left - 110) * r["fps"] / top_fps)
@@ -349,6 +349,8 @@ def _ratios(rows: dict[str, dict]) -> dict[str, float]:
         "mp4_vs_naive": ("mp4", "naive"),
         "frames_vs_naive": ("frames", "naive"),
         "unet_vs_torch": ("unet", "torch"),
+        "unet_int8_vs_unet": ("unet_int8", "unet"),
+        "mp4_int8_vs_mp4": ("mp4_int8", "mp4"),
     }.items():
         if a in rows and b in rows:
             out[key] = round(rows[a]["fps"] / rows[b]["fps"], 3)
@@ -370,9 +372,15 @@ def run(
     rounds: int = 1,
     presets: bool = False,
     precision: str = "fp32",
+    int8: bool = False,
     output: str | os.PathLike = "bench/results",
 ) -> dict:
     """Run the benchmark and write ``bench-<time>.json`` + ``.png`` into ``output``.
+
+    ``int8`` also quantizes the U-Net (:func:`synctalk_fast.models.quantize`,
+    MinMax, every block, calibrated on the template and speech) and adds the
+    int8 U-Net alone and the int8 pipeline to MP4, with the int8 model's
+    fidelity on held-out frames.
 
     Returns the JSON record (a dict).
     """
@@ -420,6 +428,21 @@ def run(
         def unet_frames(b: int, sessions: list) -> int:
             return max(1, frames // b // len(sessions)) * b * len(sessions)
 
+        quant = None
+        if int8:
+            from .quantization import quantize
+
+            print("quantizing the U-Net to int8 (MinMax, every block) ...", flush=True)
+            quant = quantize(work / "unet.onnx", work / "unet_int8.onnx", template=tpl, features=feats_all,
+                             methods=("MinMax",), target_psnr=None, calibration=16, validation=1, heldout=16)
+            pipe8 = Pipeline(work / "unet_int8.onnx", work / "encoder.onnx", providers=providers,
+                             batch_size=batch_size)
+            single8 = load_session(work / "unet_int8.onnx", providers=providers, batch_size=batch_size)
+            layouts8 = {"sessions": pipe8.unets, "single": [single8]}
+            for b in batch_sizes:
+                for sess in pipe8.unets + [single8]:
+                    sess.run(image=inputs[b][0], audio=inputs[b][1])
+
         naive = _naive_loop(work / "unet.onnx", tpl_dir, feats, providers)
         torch_loop = _torch_loop(state, tpl_dir, feats) if have_torch else None
         for b in batch_sizes:  # warm every shape once, outside the timings
@@ -455,6 +478,19 @@ def run(
             rows["mp4"] = _row("mp4", "pipeline -> MP4 (default settings)", frames,
                                lambda: pipe.generate(clip, features=feats, template=tpl, output=work / "out.mp4",
                                                      progress=False).timings)
+            if quant is not None:
+                per8 = {}
+                for layout, sessions in layouts8.items():
+                    for b in batch_sizes:
+                        key = f"unet8:{layout}:b{b}"
+                        per8[key] = _row(key, f"int8 U-Net alone, {len(sessions)} session(s), batch {b}",
+                                         unet_frames(b, sessions), lambda b=b, sessions=sessions: unet_alone(b, sessions))
+                best8 = max(per8, key=lambda k: per8[k]["fps"])
+                rows["unet_int8"] = dict(per8[best8], name="unet_int8", label="int8 U-Net alone, best of these")
+                rows["mp4_int8"] = _row("mp4_int8", "pipeline -> MP4, int8 U-Net", frames,
+                                        lambda: pipe8.generate(clip, features=feats, template=tpl,
+                                                               output=work / "out8.mp4", progress=False).timings)
+                rows.update(per8)
             rows.update(per_batch)
             all_rounds.append({"rows": rows, "ratios": _ratios(rows), "features_60s": round(features_60s, 3)})
             print("  ratios: " + ", ".join(f"{k} {v:.2f}" for k, v in all_rounds[-1]["ratios"].items()), flush=True)
@@ -464,7 +500,7 @@ def run(
         fp16 = _fp16_report(pipe, work, feats, tpl, providers) if gpu and precision == "fp32" else None
         preset_rows = _presets(tpl, min(frames, 100)) if presets else None
 
-    order = ["naive", "torch", "unet", "frames_cold", "frames", "mp4"]
+    order = ["naive", "torch", "unet", "frames_cold", "frames", "mp4", "unet_int8", "mp4_int8"]
     rows = chosen["rows"]
     record = {
         "synctalk_fast": __version__,
@@ -475,7 +511,7 @@ def run(
             "precision": precision, "batch_size": pipe.batch_size, "sessions": len(pipe.unets), "threads_per_session": pipe.unet.threads,
             "rounds": rounds, "weights": "fixed random (seed 0)",
         },
-        "rows": [rows[k] for k in order if k in rows] + [rows[k] for k in rows if k.startswith("unet:")],
+        "rows": [rows[k] for k in order if k in rows] + [rows[k] for k in rows if k.startswith(("unet:", "unet8:"))],
         "ratios": chosen["ratios"],
         "all_rounds_ratios": [x["ratios"] for x in all_rounds],
         "targets": {k: {"target": t, "value": chosen["ratios"].get(k), "met": chosen["ratios"].get(k, 0) >= t}
@@ -484,6 +520,10 @@ def run(
     }
     if fp16:
         record["fp16"] = fp16
+    if quant is not None:
+        record["int8"] = {"fidelity_heldout": quant.fidelity, "method": quant.method,
+                          "unet_speedup_same_run": chosen["ratios"].get("unet_int8_vs_unet"),
+                          "mp4_fps": rows["mp4_int8"]["fps"], "real_time": rows["mp4_int8"]["fps"] >= 25.0}
     if preset_rows:
         record["x264_presets"] = preset_rows
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -550,6 +590,7 @@ def build_parser(prog: str = "synctalk-fast bench") -> argparse.ArgumentParser:
     p.add_argument("--torch-frames", type=int, help="frames for the PyTorch loop (default: min(frames, 40))")
     p.add_argument("--rounds", type=int, default=1, help="repeat everything; report the median round (default 1)")
     p.add_argument("--presets", action="store_true", help="also measure libx264 presets at CRF 20")
+    p.add_argument("--int8", action="store_true", help="also quantize the U-Net and measure it (alone and to MP4)")
     p.add_argument("-o", "--output", default="bench/results", help="folder for the JSON and PNG (default: bench/results)")
     return p
 
@@ -561,7 +602,7 @@ def main(argv: list[str] | None = None, *, prog: str = "synctalk-fast bench") ->
         batch_sizes=[int(b) for b in args.batch_sizes.split(",")] if args.batch_sizes else None,
         batch_size=args.batch_size, torch=not args.no_torch, naive_frames=args.naive_frames,
         torch_frames=args.torch_frames, rounds=args.rounds, presets=args.presets, precision=args.precision,
-        output=args.output)
+        int8=args.int8, output=args.output)
     return 0
 
 

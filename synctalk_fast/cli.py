@@ -206,6 +206,27 @@ def _stream(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quantize(args: argparse.Namespace) -> int:
+    from synctalk_fast import models
+
+    if args.audio is None and args.features is None:
+        raise ValueError("give --audio (with --audio-encoder) or --features")
+    encoder = args.audio_encoder
+    if encoder is None and args.features is None and Path(DEFAULT_ENCODER).is_file():
+        encoder = DEFAULT_ENCODER
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    target = None if args.target_psnr <= 0 else args.target_psnr
+    keep = [b.strip() for b in args.keep_fp32.split(",") if b.strip()] if args.keep_fp32 else []
+    report = models.quantize(args.model, args.output, template=args.template, audio=args.audio, audio_encoder=encoder,
+                             features=args.features, report=args.report, methods=methods, target_psnr=target,
+                             calibration=args.calibration, validation=args.validation, heldout=args.heldout,
+                             keep_fp32=keep, threads=args.threads, seed=args.seed,
+                             progress=None if args.quiet else print)
+    print(report)
+    print(f"report: {args.report or str(args.output) + '.json'}")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     import soundfile as sf
 
@@ -240,6 +261,15 @@ def _bench(args: argparse.Namespace) -> int:
 
 DEFAULT_UNET = "./models/unet_328.onnx"
 DEFAULT_ENCODER = "./models/audio_encoder.onnx"
+
+
+def _engine_options(p: argparse.ArgumentParser) -> None:
+    """The Pipeline's session and cache options, shared by generate and stream."""
+    p.add_argument("--batch-size", type=int, help="frames per U-Net call, at most (default: 4 on CPU, 16 on GPU)")
+    p.add_argument("--providers", help="ONNX Runtime providers, comma-separated (default: best available)")
+    p.add_argument("--threads", type=int, help="ONNX Runtime threads per U-Net session (default: cores / sessions)")
+    p.add_argument("--sessions", type=int, help="parallel U-Net sessions (default: one per core up to 4 on CPU, 1 on GPU)")
+    p.add_argument("--cache-mb", type=float, help="decoded template frame cache in MiB (default: 1/4 of free memory)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -294,14 +324,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=float, help="frame rate (default: 25; 20 for wenet)")
     p.add_argument("--audio-encoder", help=f"audio encoder ONNX file (default: {DEFAULT_ENCODER} if present)")
     p.add_argument("--features", help="precomputed features (.bin + .bin.json, .npy, or a frames folder)")
-    p.add_argument("--batch-size", type=int, help="frames per U-Net call (default: 4)")
-    p.add_argument("--providers", help="ONNX Runtime providers, comma-separated (default: best available)")
+    _engine_options(p)
     p.add_argument("--feather", type=int, default=0, help="soft paste band in pixels (default: 0, hard paste)")
     p.add_argument("--crf", type=int, default=20, help="H.264 quality, lower is better (default: 20)")
     p.add_argument("--preset", default="superfast", help="x264 speed preset (default: superfast)")
-    p.add_argument("--threads", type=int, help="ONNX Runtime threads per U-Net session (default: cores / sessions)")
-    p.add_argument("--sessions", type=int, help="parallel U-Net sessions (default: one per core up to 4 on CPU, 1 on GPU)")
-    p.add_argument("--cache-mb", type=float, help="decoded template frame cache in MiB (default: 1/4 of free memory)")
     p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32", help="U-Net precision (fp16: GPUs)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=_generate)
@@ -346,15 +372,41 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CPU sessions: one per core (throughput) or one on all cores (latency); "
                    "auto measures which keeps up (default)")
     p.add_argument("--json", help="write the statistics to this JSON file")
-    p.add_argument("--batch-size", type=int, help="largest U-Net batch (default: 4 on CPU, 16 on GPU)")
-    p.add_argument("--sessions", type=int, help="parallel U-Net sessions (default: one per core up to 4 on CPU)")
-    p.add_argument("--threads", type=int, help="ONNX Runtime threads per U-Net session")
-    p.add_argument("--providers", help="ONNX Runtime providers, comma-separated (default: best available)")
-    p.add_argument("--cache-mb", type=float, help="decoded template frame cache in MiB")
+    _engine_options(p)
     p.add_argument("--crf", type=int, default=20, help="H.264 quality for --output (default: 20)")
     p.add_argument("--preset", default="superfast", help="x264 preset for --output (default: superfast)")
     p.add_argument("-q", "--quiet", action="store_true", help="no summary")
     p.set_defaults(func=_stream)
+
+    p = sub.add_parser(
+        "quantize",
+        help="int8 U-Net calibrated on your template and speech, with a fidelity report",
+        description="Static int8 quantization (QDQ, per-channel weights) calibrated on inputs drawn from the "
+        "template's frames and the speech's features. The calibration method is chosen by measurement on "
+        "validation frames; blocks whose quantization hurts most stay in fp32 until --target-psnr holds. "
+        "The report (printed, and saved as JSON) compares int8 with fp32 on held-out frames never used for "
+        "calibration: PSNR and max/mean level difference over the mouth box and the whole frame, and the "
+        "speed of both.",
+    )
+    p.add_argument("--model", default=DEFAULT_UNET, help=f"fp32 U-Net ONNX file (default: {DEFAULT_UNET})")
+    p.add_argument("--template", required=True, help="template folder (full_body_img/, landmarks/)")
+    p.add_argument("--audio", help="speech file for the audio inputs (with --audio-encoder)")
+    p.add_argument("--audio-encoder", help=f"audio encoder ONNX file (default: {DEFAULT_ENCODER} if present)")
+    p.add_argument("--features", help="precomputed features instead of --audio (.bin + .bin.json, .npy)")
+    p.add_argument("-o", "--output", required=True, help="int8 model to write (.onnx)")
+    p.add_argument("--report", help="JSON report path (default: OUTPUT.json)")
+    p.add_argument("--methods", default="MinMax,Percentile,Entropy",
+                   help="calibration methods to try, comma-separated (default: all three)")
+    p.add_argument("--target-psnr", type=float, default=40.0,
+                   help="mouth PSNR vs fp32 to reach, in dB; 0 quantizes every block (default: 40)")
+    p.add_argument("--keep-fp32", help="blocks to keep in fp32 in any case, comma-separated (names as in the report)")
+    p.add_argument("--calibration", type=int, default=32, help="calibration frames (default: 32)")
+    p.add_argument("--validation", type=int, default=8, help="validation frames (default: 8)")
+    p.add_argument("--heldout", type=int, default=32, help="held-out frames for the report (default: 32)")
+    p.add_argument("--threads", type=int, help="ONNX Runtime threads (default: all cores)")
+    p.add_argument("--seed", type=int, default=0, help="frame split seed (default: 0)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=_quantize)
 
     p = sub.add_parser(
         "demo",

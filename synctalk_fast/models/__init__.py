@@ -8,6 +8,9 @@
 - :func:`load_session` opens any U-Net / encoder ONNX file, binding inputs by
   shape and making a fixed batch of 1 dynamic.
 - :func:`random_state_dict` makes fixed-seed weights for tests and demos.
+- :func:`quantize` makes an int8 U-Net calibrated on a template and speech;
+  it drives the template and frame stages, so it lives in
+  :mod:`synctalk_fast.quantization` and is imported from there on first use.
 """
 
 from .checkpoint import CheckpointError, load_state_dict
@@ -44,8 +47,18 @@ __all__ = [
     "infer_mode",
     "load_session",
     "load_state_dict",
+    "quantize",
+    "QuantizeReport",
     "random_state_dict",
     "save_model",
     "session_plan",
     "state_dict_spec",
 ]
+
+
+def __getattr__(name: str):
+    if name in ("quantize", "QuantizeReport"):
+        from .. import quantization
+
+        return getattr(quantization, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,543 @@
+"""int8 U-Net: static quantization calibrated on the user's own template and
+speech, with a fidelity report (issue 8).
+
+:func:`quantize` (also ``synctalk_fast.models.quantize``) draws network
+inputs from the template's frames and the speech's features (the real input
+distribution), splits the frames into calibration, validation and held-out
+sets, and:
+
+1. calibrates the activation ranges with each method asked for (ONNX
+   Runtime's MinMax, Percentile, Entropy; one frame at a time, so memory
+   stays flat) and keeps the one whose fully quantized model is closest to
+   fp32 on the validation frames;
+2. when that misses ``target_psnr``, measures the sensitivity of every block
+   (quantize that block alone, measure), then keeps the most sensitive
+   blocks in fp32, as few as reach the target (binary search over the
+   ranking);
+3. writes the QDQ model (int8 per-channel weights, uint8 activations, opset
+   >= 17) and a report: PSNR and max / mean level difference against fp32 on
+   the held-out frames (never used above), over the mouth box and the whole
+   frame, and the speed of both models measured in the same run.
+
+It drives the template and frame stages, so it lives above them, beside
+:mod:`~synctalk_fast.pipeline`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import io
+import json
+import logging
+import math
+import os
+import re
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .errors import FeatureError, ModelError, TemplateError
+from .features import MODES, feature_windows, load_features
+from .frames import INPUT_SHAPE, paste_back, prepare_input
+from .template import Template
+
+__all__ = ["quantize", "QuantizeReport", "name_blocks", "fidelity", "METHODS"]
+
+log = logging.getLogger(__name__)
+
+METHODS = ("MinMax", "Percentile", "Entropy")
+_BATCH = 4
+
+
+# --- blocks -------------------------------------------------------------------------
+
+
+def _block_of(weight: str) -> str | None:
+    """The network block a weight belongs to, from its state-dict name: an
+    inverted-residual block (``down3...double_conv.1``), an audio layer
+    (``audio_model.conv4``), ``inc`` or ``outc``; None for other names."""
+    parts = re.sub(r"_\d+$", "", weight).split(".")
+    if parts[0] in ("inc", "outc"):
+        return parts[0]
+    if parts[0] == "audio_model" and len(parts) > 1:
+        return ".".join(parts[:2])
+    if "double_conv" in parts:
+        i = parts.index("double_conv")
+        return ".".join(parts[: i + 2])
+    return None
+
+
+def name_blocks(model) -> list[str]:
+    """Name every node of a U-Net graph ``"<block>/<op>_<k>"`` and return the
+    blocks in graph order.
+
+    A convolution's block comes from its weight's name (the state-dict keys
+    of SPEC 5, as :func:`~synctalk_fast.models.export_onnx` writes them);
+    with other names, every three convolutions make a block (an inverted
+    residual). Nodes without weights join the block of their first input.
+    The model is changed in place.
+    """
+    inits = {t.name for t in model.graph.initializer}
+    producer: dict[str, str] = {}
+    blocks: list[str] = []
+    convs = 0
+    for k, node in enumerate(model.graph.node):
+        weights = [x for x in node.input if x in inits]
+        if node.op_type == "Conv" and weights:
+            block = _block_of(weights[0]) or f"conv{convs // 3:02d}"
+            convs += 1
+        else:
+            block = next((producer[x] for x in node.input if x in producer), "input")
+        node.name = f"{block}/{node.op_type}_{k}"
+        for out in node.output:
+            producer[out] = block
+        if block not in blocks:
+            blocks.append(block)
+    return blocks
+
+
+# --- metrics ------------------------------------------------------------------------
+
+
+def _psnr(mse: float) -> float:
+    return math.inf if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
+
+
+def fidelity(reference: Sequence[np.ndarray], test: Sequence[np.ndarray], *, boxes: Sequence | None = None) -> dict:
+    """PSNR (dB) and max / mean absolute difference in levels between uint8 images.
+
+    Parameters
+    ----------
+    reference, test : sequences of np.ndarray
+        uint8 images of equal shapes, pairwise.
+    boxes : sequence of (x0, y0, x1, y1), optional, keyword-only
+        Compare only these regions (one per pair), e.g. the mouth boxes.
+
+    Returns
+    -------
+    dict
+        ``{"psnr", "max", "mean", "pixels"}`` over all pairs together.
+    """
+    sq = ab = 0.0
+    worst, count = 0, 0
+    for j, (a, b) in enumerate(zip(reference, test)):
+        if boxes is not None:
+            x0, y0, x1, y1 = boxes[j]
+            a, b = a[y0:y1, x0:x1], b[y0:y1, x0:x1]
+        d = np.abs(a.astype(np.int16) - b.astype(np.int16))
+        sq += float(np.square(d, dtype=np.float64).sum())
+        ab += float(d.sum(dtype=np.float64))
+        worst = max(worst, int(d.max()) if d.size else 0)
+        count += d.size
+    return {"psnr": _psnr(sq / count), "max": worst, "mean": ab / count, "pixels": count}
+
+
+# --- report -------------------------------------------------------------------------
+
+
+@dataclass
+class QuantizeReport:
+    """What :func:`quantize` did and measured. ``save`` writes it as JSON."""
+
+    model: str
+    output: str
+    method: str  # calibration method kept
+    methods: dict[str, float]  # method -> validation PSNR (mouth box) of the fully quantized model
+    target_psnr: float | None
+    met: bool  # the held-out mouth PSNR reaches the target
+    fp32_blocks: list[str]  # blocks left in fp32
+    int8_blocks: list[str]
+    sensitivity: dict[str, float]  # block -> validation PSNR with only that block quantized
+    frames: dict[str, list[int]]  # "calibration" / "validation" / "heldout" -> template frame indices
+    feature_rows: dict[str, list[int]]  # the feature row paired with each of those frames
+    fidelity: dict[str, dict]  # "mouth" / "frame" / "unet" -> psnr, max, mean, pixels (held-out)
+    speed: dict[str, float]  # seconds per frame of both models, same run
+    seconds: float  # wall time of the whole quantization
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        def clean(v):
+            if isinstance(v, float) and not math.isfinite(v):
+                return None if math.isnan(v) else ("inf" if v > 0 else "-inf")
+            if isinstance(v, dict):
+                return {k: clean(x) for k, x in v.items()}
+            if isinstance(v, list):
+                return [clean(x) for x in v]
+            return v
+
+        return clean(asdict(self))
+
+    def save(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+    def __str__(self) -> str:
+        f, s = self.fidelity, self.speed
+        lines = [
+            f"{self.output}: int8 ({self.method} calibration), {len(self.int8_blocks)} blocks int8, "
+            f"{len(self.fp32_blocks)} kept in fp32",
+            f"held-out frames ({len(self.frames['heldout'])}), int8 vs fp32:",
+        ]
+        for region in ("mouth", "frame", "unet"):
+            r = f[region]
+            lines.append(f"  {region:6s} PSNR {r['psnr']:6.2f} dB, max {r['max']:3d} levels, mean {r['mean']:.3f}")
+        lines.append(f"speed: fp32 {1000 * s['fp32']:.1f} ms/frame, int8 {1000 * s['int8']:.1f} ms/frame: "
+                     f"{s['speedup']:.2f} x (batch {int(s['batch'])}, {int(s['threads'])} threads)")
+        if self.target_psnr is not None:
+            verdict = "met" if self.met else "NOT met"
+            lines.append(f"target: mouth PSNR >= {self.target_psnr:g} dB on held-out frames: {verdict}")
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+# --- ONNX Runtime glue ----------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _quiet_ort_logging():
+    """ONNX Runtime's quantization tools log advice through the root logger."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def _session(path, threads: int | None = None):
+    import onnxruntime as ort
+
+    from .models.session import _session_options
+
+    return ort.InferenceSession(str(path), _session_options(threads), providers=["CPUExecutionProvider"])
+
+
+class _Feeds:
+    """Batches of the U-Net's two inputs, by graph input name."""
+
+    def __init__(self, names: dict[str, str], images: np.ndarray, audio: np.ndarray):
+        self.names, self.images, self.audio = names, images, audio
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def batch(self, i: int, n: int = 1) -> dict[str, np.ndarray]:
+        return {self.names["image"]: self.images[i : i + n], self.names["audio"]: self.audio[i : i + n]}
+
+    def reader(self, i: int, n: int = 1):
+        from onnxruntime.quantization import CalibrationDataReader
+
+        feeds = self
+
+        class Reader(CalibrationDataReader):
+            def __init__(self):
+                self.k = i
+
+            def get_next(self):
+                if self.k >= min(i + n, len(feeds)):
+                    return None
+                self.k += 1
+                return feeds.batch(self.k - 1)
+
+        return Reader()
+
+
+def _run(sess, feeds: _Feeds) -> np.ndarray:
+    """U-Net predictions, float32 [N, 3, 320, 320]."""
+    return np.concatenate([sess.run(None, feeds.batch(i, _BATCH))[0] for i in range(0, len(feeds), _BATCH)])
+
+
+def _levels(pred: np.ndarray) -> np.ndarray:
+    """uint8 [N, 320, 320, 3] as the reference makes them (truncation, SPEC 3.6)."""
+    return np.ascontiguousarray((pred * 255.0).astype(np.uint8).transpose(0, 2, 3, 1))
+
+
+def _op_types() -> list[str]:
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    return sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
+
+
+def _calibrate(src: Path, method: str, feeds: _Feeds, cache: Path, work: Path) -> None:
+    """Activation ranges from ``feeds``, one frame per pass (histogram methods
+    keep every intermediate output of a pass in memory), saved to ``cache``."""
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator, save_tensors_data
+
+    options = {"percentile": 99.999} if method == "Percentile" else {}
+    with _quiet_ort_logging(), contextlib.redirect_stdout(io.StringIO()):  # its histogram collector prints
+        cal = create_calibrator(src, _op_types(), augmented_model_path=str(work / f"augmented_{method}.onnx"),
+                                calibrate_method=getattr(CalibrationMethod, method), extra_options=options)
+        for i in range(len(feeds)):
+            cal.collect_data(feeds.reader(i))
+        save_tensors_data(cal.compute_data(), cache)
+    del cal
+
+
+def _quantize_file(src: Path, dst: Path, method: str, cache: Path, exclude: Sequence[str] = (),
+                   include: Sequence[str] | None = None) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    with _quiet_ort_logging():
+        quantize_static(str(src), str(dst), None, quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=getattr(CalibrationMethod, method), nodes_to_quantize=list(include or []),
+                        nodes_to_exclude=list(exclude), calibration_cache_path=str(cache))
+
+
+def search_fp32_blocks(ranking: Sequence[str], score: Callable[[list[str]], float], target: float) -> tuple[list[str], float]:
+    """The fewest most-sensitive blocks to keep in fp32 for ``score >= target``.
+
+    ``ranking``: blocks, most sensitive first; ``score(fp32_blocks)``: the
+    fidelity of the model with those blocks in fp32. Binary search on the
+    number kept (fidelity grows with it, up to noise); returns the blocks
+    and their score. Keeping every block (no int8 left) is the last resort.
+    """
+    lo, hi = 0, len(ranking)  # score(ranking[:hi]) >= target is assumed (all fp32)
+    scores: dict[int, float] = {}
+    while lo < hi:
+        mid = (lo + hi) // 2
+        scores[mid] = score(list(ranking[:mid]))
+        if scores[mid] >= target:
+            hi = mid
+        else:
+            lo = mid + 1
+    if lo not in scores:
+        scores[lo] = score(list(ranking[:lo])) if lo < len(ranking) else math.inf
+    return list(ranking[:lo]), scores[lo]
+
+
+# --- the command ----------------------------------------------------------------------
+
+
+def _split(n: int, sizes: dict[str, int], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Disjoint random frame sets; scaled down (each >= 1) for a short template."""
+    want = sum(sizes.values())
+    if n < len(sizes):
+        raise TemplateError(f"quantization needs at least {len(sizes)} template frames, the template has {n}")
+    if want > n:
+        scaled = {k: max(1, int(v * n / want)) for k, v in sizes.items()}
+        while sum(scaled.values()) > n:
+            big = max(scaled, key=scaled.get)
+            scaled[big] -= 1
+        sizes = scaled
+    perm = rng.permutation(n)
+    out, at = {}, 0
+    for name, size in sizes.items():
+        out[name] = np.sort(perm[at : at + size])
+        at += size
+    return out
+
+
+def _features(features, audio, audio_encoder, mode: str) -> tuple[np.ndarray, bool]:
+    if features is not None:
+        return load_features(features, mode=mode)
+    if audio is None:
+        raise FeatureError("quantize needs the speech's features: audio=... with audio_encoder=..., or features=...")
+    if mode != "ave":
+        raise FeatureError(f"{mode} models take precomputed features (features=...), not audio")
+    if audio_encoder is None:
+        raise FeatureError("computing features from audio needs audio_encoder=...; or pass features=...")
+    from .pipeline import audio_features
+
+    return audio_features(audio, audio_encoder=audio_encoder), False
+
+
+def _timed(sess, feeds: _Feeds, rounds: int = 2) -> float:
+    """Seconds per frame, best of ``rounds`` passes over ``feeds`` in batches."""
+    sess.run(None, feeds.batch(0, _BATCH))
+    best = math.inf
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for i in range(0, len(feeds), _BATCH):
+            sess.run(None, feeds.batch(i, _BATCH))
+        best = min(best, (time.perf_counter() - t0) / len(feeds))
+    return best
+
+
+def quantize(
+    model: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    template,
+    audio=None,
+    audio_encoder=None,
+    features=None,
+    report: str | os.PathLike | None = None,
+    methods: Sequence[str] = METHODS,
+    target_psnr: float | None = 40.0,
+    calibration: int = 32,
+    validation: int = 8,
+    heldout: int = 32,
+    keep_fp32: Sequence[str] = (),
+    threads: int | None = None,
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+) -> QuantizeReport:
+    """Quantize a U-Net to int8, calibrated on the user's template and speech.
+
+    Parameters
+    ----------
+    model : str or os.PathLike
+        fp32 U-Net ONNX file (any exporter; see :func:`~synctalk_fast.models.load_session`).
+    output : str or os.PathLike
+        Where to write the int8 model (QDQ ONNX). ``Pipeline(unet=output)`` runs it.
+    template : Template, str or os.PathLike, keyword-only
+        The person's template: its frames are the image inputs.
+    audio, audio_encoder : keyword-only
+        Speech (file or 16 kHz samples) and the ave encoder, for the audio
+        inputs; or ``features`` (file or array, any mode) instead.
+    report : str or os.PathLike, optional, keyword-only
+        JSON report path (default: ``output`` with ``.json`` added).
+    methods : sequence of {"MinMax", "Percentile", "Entropy"}, keyword-only
+        Calibration methods to try; the best on the validation frames is kept.
+    target_psnr : float or None, keyword-only
+        Mouth-box PSNR (dB) against fp32 the int8 model must reach on the
+        validation frames; the most sensitive blocks stay fp32 until it
+        does. None quantizes every block.
+    calibration, validation, heldout : int, keyword-only
+        Template frames for calibration, for choosing the method and the
+        fp32 blocks, and for the report (disjoint; scaled down for a short
+        template).
+    keep_fp32 : sequence of str, keyword-only
+        Blocks (names as in the report) kept in fp32 in any case.
+    threads : int, optional, keyword-only
+        ONNX Runtime threads (default: all cores).
+    seed : int, keyword-only
+        Seed of the frame split and the frame / feature pairing.
+    progress : callable, optional, keyword-only
+        Called with a line of text at each step.
+
+    Returns
+    -------
+    QuantizeReport
+        Also written to ``report``.
+    """
+    import onnx
+
+    from .models import load_session
+
+    t_start = time.perf_counter()
+    say = progress or (lambda line: log.info("%s", line))
+    for m in methods:
+        if m not in METHODS:
+            raise ValueError(f"unknown calibration method {m!r}; expected some of {', '.join(METHODS)}")
+    if not methods:
+        raise ValueError("give at least one calibration method")
+    if "calibration_cache_path" not in inspect.signature(__import__("onnxruntime.quantization",
+                                                                    fromlist=["quantize_static"]).quantize_static).parameters:
+        raise ModelError("int8 quantization needs a newer onnxruntime (calibration caches); pip install -U onnxruntime")
+    fp32 = load_session(model, threads=threads, providers=["CPUExecutionProvider"])
+    if fp32.kind != "unet":
+        raise ModelError(f"{model}: is an audio encoder; quantize takes a U-Net")
+    tpl = template if isinstance(template, Template) else Template(template)
+    rows, windowed = _features(features, audio, audio_encoder, fp32.mode)
+    c, h, w = MODES[fp32.mode]
+
+    rng = np.random.default_rng(seed)
+    sets = _split(len(tpl), {"heldout": heldout, "calibration": calibration, "validation": validation}, rng)
+    pairing = {k: rng.integers(0, rows.shape[0], len(v)) for k, v in sets.items()}
+
+    def feeds_for(name: str) -> _Feeds:
+        idx, rws = sets[name], pairing[name]
+        images = np.empty((len(idx), *INPUT_SHAPE), np.float32)
+        for j, k in enumerate(idx):
+            prepare_input(tpl.frame(int(k), copy=False), tpl.box(int(k)), out=images[j])
+        audio_in = np.concatenate([rows[r : r + 1].reshape(1, c, h, w) if windowed else
+                                   feature_windows(rows, mode=fp32.mode, start=int(r), stop=int(r) + 1) for r in rws])
+        return _Feeds(fp32.inputs, images, audio_in)
+
+    def pasted(name: str, preds: np.ndarray) -> list[np.ndarray]:
+        out = []
+        for k, p in zip(sets[name], preds):
+            out.append(paste_back(tpl.frame(int(k), copy=False), tpl.box(int(k)), p))
+        return out
+
+    say(f"frames: {len(sets['calibration'])} calibration, {len(sets['validation'])} validation, "
+        f"{len(sets['heldout'])} held out (of {len(tpl)})")
+    cal, val = feeds_for("calibration"), feeds_for("validation")
+    ref_val = _run(_session(fp32.model_path, threads), val)
+    val_boxes = [tpl.box(int(k)) for k in sets["validation"]]
+    ref_val_frames = pasted("validation", ref_val)
+
+    with tempfile.TemporaryDirectory(prefix="synctalk-quant-") as tmp:
+        work = Path(tmp)
+        named = onnx.load(str(fp32.model_path))
+        blocks = name_blocks(named)
+        src = work / "named.onnx"
+        onnx.save(named, str(src))
+        node_names = {b: [n.name for n in named.graph.node if n.name.startswith(b + "/")] for b in blocks}
+        del named
+        unknown = sorted(set(keep_fp32) - set(blocks))
+        if unknown:
+            raise ValueError(f"keep_fp32: no block {unknown[0]!r}; blocks are {', '.join(blocks)}")
+
+        def score(method: str, fp32_blocks: Sequence[str] = (), only: str | None = None) -> float:
+            dst = work / "candidate.onnx"
+            exclude = [n for b in fp32_blocks for n in node_names[b]]
+            _quantize_file(src, dst, method, work / f"{method}.json", exclude=exclude,
+                           include=node_names[only] if only else None)
+            pred = _run(_session(dst, threads), val)
+            return fidelity(ref_val_frames, pasted("validation", pred), boxes=val_boxes)["psnr"]
+
+        method_scores = {}
+        for method in methods:
+            say(f"calibrating ({method}) ...")
+            _calibrate(src, method, cal, work / f"{method}.json", work)
+            method_scores[method] = score(method, keep_fp32)
+            say(f"  {method}: every block int8 -> validation mouth PSNR {method_scores[method]:.2f} dB")
+        method = max(method_scores, key=method_scores.get)
+
+        sensitivity: dict[str, float] = {}
+        kept = list(keep_fp32)
+        if target_psnr is not None and method_scores[method] < target_psnr:
+            say(f"below {target_psnr:g} dB: measuring each block's sensitivity ...")
+            for b in blocks:
+                if b not in keep_fp32:
+                    sensitivity[b] = score(method, only=b)
+            ranking = sorted(sensitivity, key=sensitivity.get)
+            say("most sensitive: " + ", ".join(f"{b} {sensitivity[b]:.1f} dB" for b in ranking[:5]))
+            extra, best = search_fp32_blocks(ranking, lambda fb: score(method, kept + fb), target_psnr)
+            kept += extra
+            say(f"{len(kept)} of {len(blocks)} blocks kept in fp32 -> validation mouth PSNR {best:.2f} dB")
+
+        output = Path(output)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        part = output.with_name(f".{output.name}.part")
+        _quantize_file(src, part, method, work / f"{method}.json", exclude=[n for b in kept for n in node_names[b]])
+        if not any(n.op_type == "QuantizeLinear" for n in onnx.load(str(part)).graph.node):
+            notes = ["every block is in fp32: the output is the fp32 model with no int8 left"]
+        else:
+            notes = []
+        os.replace(part, output)
+
+    say("measuring held-out fidelity and speed ...")
+    held = feeds_for("heldout")
+    s32, s8 = _session(fp32.model_path, threads), _session(output, threads)
+    p32, p8 = _run(s32, held), _run(s8, held)
+    f32, f8 = pasted("heldout", p32), pasted("heldout", p8)
+    boxes = [tpl.box(int(k)) for k in sets["heldout"]]
+    fid = {"mouth": fidelity(f32, f8, boxes=boxes), "frame": fidelity(f32, f8),
+           "unet": fidelity(_levels(p32), _levels(p8))}
+    speed_feeds = held if len(held) >= 2 * _BATCH else cal
+    t32, t8 = _timed(s32, speed_feeds), _timed(s8, speed_feeds)
+    from .models import default_threads
+
+    speed = {"fp32": t32, "int8": t8, "speedup": t32 / t8, "batch": _BATCH, "threads": threads or default_threads(),
+             "frames": len(speed_feeds)}
+    met = target_psnr is None or fid["mouth"]["psnr"] >= target_psnr
+    result = QuantizeReport(
+        model=str(model), output=str(output), method=method, methods=method_scores, target_psnr=target_psnr, met=met,
+        fp32_blocks=[b for b in blocks if b in kept], int8_blocks=[b for b in blocks if b not in kept],
+        sensitivity=sensitivity, frames={k: [int(i) for i in v] for k, v in sets.items()},
+        feature_rows={k: [int(i) for i in v] for k, v in pairing.items()}, fidelity=fid, speed=speed,
+        seconds=time.perf_counter() - t_start, notes=notes,
+    )
+    result.save(report if report is not None else output.with_name(output.name + ".json"))
+    return result

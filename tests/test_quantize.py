@@ -1,0 +1,174 @@
+"""int8 U-Net calibrated on the template (issue 8): the model, the report, the search."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import soundfile as sf
+
+import synctalk_fast as stf
+from synctalk_fast import models
+from synctalk_fast.demo import synthetic_speech, synthetic_template
+from synctalk_fast.quantization import name_blocks, search_fp32_blocks
+from synctalk_fast.reference import (
+    reference_audio_window,
+    reference_box,
+    reference_landmarks,
+    reference_paste,
+    reference_prepare,
+)
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory, model_dir):
+    """A 12-frame template, 2 s of speech and its features."""
+    root = tmp_path_factory.mktemp("quant")
+    tpl = synthetic_template(root / "person", frames=12, width=320, height=240)
+    speech = root / "speech.wav"
+    sf.write(speech, synthetic_speech(2.0), 16000, subtype="PCM_16")
+    feats = stf.audio_features(speech, audio_encoder=model_dir / "audio_encoder.onnx")
+    return tpl, speech, feats
+
+
+@pytest.fixture(scope="module")
+def quantized(small, model_dir, tmp_path_factory):
+    tpl, speech, _ = small
+    out = tmp_path_factory.mktemp("int8") / "unet_int8.onnx"
+    report = models.quantize(model_dir / "unet_328.onnx", out, template=tpl, audio=speech,
+                             audio_encoder=model_dir / "audio_encoder.onnx", methods=("MinMax",), target_psnr=None,
+                             calibration=4, validation=2, heldout=4, keep_fp32=["outc"])
+    return out, report
+
+
+def test_name_blocks(model_dir):
+    model = onnx.load(str(model_dir / "unet_328.onnx"))
+    blocks = name_blocks(model)
+    assert blocks[0] == "audio_model.conv1" and blocks[-1] == "outc" and "inc" in blocks
+    assert len(blocks) == 33  # 7 audio layers, inc, 2 x 5 down, 2 x 2 fuse, 2 x 5 up, outc
+    assert all(n.name.split("/")[0] in blocks for n in model.graph.node)
+    assert len({n.name for n in model.graph.node}) == len(model.graph.node)
+    renamed = {init.name: f"onnx::Conv_{k}" for k, init in enumerate(model.graph.initializer)}
+    for init in model.graph.initializer:  # another exporter's weight names: blocks of three convolutions
+        init.name = renamed[init.name]
+    for node in model.graph.node:
+        node.input[:] = [renamed.get(x, x) for x in node.input]
+    assert name_blocks(model)[:2] == ["conv00", "conv01"]
+
+
+def test_search_keeps_the_fewest_sensitive_blocks():
+    ranking = [f"b{i}" for i in range(20)]
+    calls = []
+
+    def score(kept):  # fidelity grows as blocks go back to fp32
+        calls.append(len(kept))
+        return 20.0 + 2.0 * len(kept)
+
+    kept, psnr = search_fp32_blocks(ranking, score, 40.0)
+    assert kept == ranking[:10] and psnr == 40.0
+    assert len(calls) <= 6  # a binary search, not a scan
+    assert search_fp32_blocks(ranking, lambda kept: 50.0, 40.0) == ([], 50.0)
+    assert search_fp32_blocks(ranking, lambda kept: 10.0, 40.0)[0] == ranking  # last resort: all fp32
+
+
+def test_int8_model_loads_runs_batched_and_keeps_requested_blocks(quantized):
+    out, report = quantized
+    sess = models.load_session(out)
+    assert sess.kind == "unet" and sess.mode == "ave" and sess.dynamic_batch
+    rng = np.random.default_rng(0)
+    pred = sess.run(image=rng.random((3, 6, 320, 320), dtype=np.float32),
+                    audio=rng.normal(size=(3, 32, 16, 16)).astype(np.float32))
+    assert pred.shape == (3, 3, 320, 320) and np.isfinite(pred).all() and 0 <= pred.min() and pred.max() <= 1
+    graph = onnx.load(str(out)).graph
+    assert sum(n.op_type == "QuantizeLinear" for n in graph.node) > 50
+    assert report.fp32_blocks == ["outc"] and "outc" not in report.int8_blocks and len(report.int8_blocks) == 32
+    outc = [n for n in graph.node if n.op_type == "Conv" and any("outc" in x for x in n.input)]
+    assert outc and all("DequantizeLinear" not in x for x in outc[0].input)  # its weights stayed float
+    frames = report.frames
+    assert not set(frames["heldout"]) & (set(frames["calibration"]) | set(frames["validation"]))
+    assert sum(len(v) for v in frames.values()) == 10
+
+
+def test_report_matches_an_independent_recomputation(quantized, small, model_dir, scalar_cv2):
+    """PSNR / max / mean over the mouth box and the whole frame, recomputed
+    from the report's held-out frames with the reference code and plain ORT."""
+    out, report = quantized
+    tpl, _, feats = small
+    assert json.loads(Path(str(out) + ".json").read_text())["fidelity"]["mouth"]["max"] == report.fidelity["mouth"]["max"]
+    s32 = ort.InferenceSession(str(model_dir / "unet_328.onnx"), providers=["CPUExecutionProvider"])
+    s8 = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    sq = {"mouth": 0.0, "frame": 0.0}
+    ab = {"mouth": 0.0, "frame": 0.0}
+    worst = {"mouth": 0, "frame": 0}
+    count = {"mouth": 0, "frame": 0}
+    for k, row in zip(report.frames["heldout"], report.feature_rows["heldout"]):
+        img = cv2.imread(str(tpl.folder / "full_body_img" / f"{k}.jpg"))
+        box = reference_box(reference_landmarks(tpl.folder / "landmarks" / f"{k}.lms"))
+        feed = {"image": reference_prepare(img, box)[None], "audio": reference_audio_window(feats, row)}
+        a = reference_paste(img, box, s32.run(None, feed)[0][0]).astype(np.int64)
+        b = reference_paste(img, box, s8.run(None, feed)[0][0]).astype(np.int64)
+        x0, y0, x1, y1 = box
+        for region, (ra, rb) in {"mouth": (a[y0:y1, x0:x1], b[y0:y1, x0:x1]), "frame": (a, b)}.items():
+            d = np.abs(ra - rb)
+            sq[region] += float((d**2).sum())
+            ab[region] += float(d.sum())
+            worst[region] = max(worst[region], int(d.max()))
+            count[region] += d.size
+    for region in ("mouth", "frame"):
+        got = report.fidelity[region]
+        mse = sq[region] / count[region]
+        assert got["psnr"] == pytest.approx(10 * math.log10(255**2 / mse) if mse else math.inf, abs=1e-9)
+        assert got["max"] == worst[region]
+        assert got["mean"] == pytest.approx(ab[region] / count[region], abs=1e-12)
+        assert got["pixels"] == count[region]
+    assert report.fidelity["frame"]["psnr"] > report.fidelity["mouth"]["psnr"]  # outside the box nothing moves
+    s = report.speed
+    assert s["fp32"] > 0 and s["int8"] > 0 and s["speedup"] == pytest.approx(s["fp32"] / s["int8"])
+    assert report.method == "MinMax" and set(report.methods) == {"MinMax"} and report.met  # no target
+
+
+def test_pipeline_runs_the_int8_model(quantized, small, model_dir, tmp_path):
+    out, _ = quantized
+    tpl, speech, _ = small
+    result = stf.generate(speech, template=tpl, output=tmp_path / "int8.mp4", unet=out,
+                          audio_encoder=model_dir / "audio_encoder.onnx", progress=False)
+    assert result.output.is_file() and result.frames > 40
+
+
+@pytest.mark.slow
+def test_search_until_the_target_holds(small, model_dir, tmp_path):
+    """Below the target, every block's sensitivity is measured and the most
+    sensitive ones go back to fp32; the report says whether the target held."""
+    tpl, _, feats = small
+    report = models.quantize(model_dir / "unet_328.onnx", tmp_path / "u8.onnx", template=tpl, features=feats,
+                             methods=("MinMax",), target_psnr=60.0, calibration=3, validation=2, heldout=3)
+    assert len(report.sensitivity) == 33
+    ranking = sorted(report.sensitivity, key=report.sensitivity.get)
+    assert sorted(report.fp32_blocks, key=ranking.index) == ranking[: len(report.fp32_blocks)]
+    assert report.fp32_blocks  # random weights amplify int8 noise: 60 dB needs fp32 blocks
+    assert report.met == (report.fidelity["mouth"]["psnr"] >= 60.0)
+
+
+def test_cli_quantize(small, model_dir, tmp_path):
+    tpl, _, feats = small
+    np.save(tmp_path / "feats.npy", feats)
+    out = tmp_path / "u8.onnx"
+    cmd = [sys.executable, "-m", "synctalk_fast", "quantize", "--model", str(model_dir / "unet_328.onnx"),
+           "--template", str(tpl.folder), "--features", str(tmp_path / "feats.npy"), "-o", str(out),
+           "--methods", "MinMax", "--target-psnr", "0", "--calibration", "3", "--validation", "1", "--heldout", "2",
+           "--report", str(tmp_path / "r.json")]
+    run = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert "mouth  PSNR" in run.stdout and "x (batch" in run.stdout
+    assert json.loads((tmp_path / "r.json").read_text())["output"] == str(out) and out.is_file()
+    bad = subprocess.run(cmd[:5] + [str(model_dir / "audio_encoder.onnx")] + cmd[6:], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=300)
+    assert bad.returncode == 2 and "audio encoder" in bad.stderr and "Traceback" not in bad.stderr
