@@ -430,8 +430,9 @@ def quantize(
             raise ValueError(f"unknown calibration method {m!r}; expected some of {', '.join(METHODS)}")
     if not methods:
         raise ValueError("give at least one calibration method")
-    if "calibration_cache_path" not in inspect.signature(__import__("onnxruntime.quantization",
-                                                                    fromlist=["quantize_static"]).quantize_static).parameters:
+    from onnxruntime.quantization import quantize_static
+
+    if "calibration_cache_path" not in inspect.signature(quantize_static).parameters:
         raise ModelError("int8 quantization needs a newer onnxruntime (calibration caches); pip install -U onnxruntime")
     fp32 = load_session(model, threads=threads, providers=["CPUExecutionProvider"])
     if fp32.kind != "unet":
@@ -462,9 +463,8 @@ def quantize(
     say(f"frames: {len(sets['calibration'])} calibration, {len(sets['validation'])} validation, "
         f"{len(sets['heldout'])} held out (of {len(tpl)})")
     cal, val = feeds_for("calibration"), feeds_for("validation")
-    ref_val = _run(_session(fp32.model_path, threads), val)
     val_boxes = [tpl.box(int(k)) for k in sets["validation"]]
-    ref_val_frames = pasted("validation", ref_val)
+    ref_val_frames = pasted("validation", _run(_session(fp32.model_path, threads), val))
 
     with tempfile.TemporaryDirectory(prefix="synctalk-quant-") as tmp:
         work = Path(tmp)

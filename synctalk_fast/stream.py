@@ -281,9 +281,8 @@ class _ChunkConverter:
 class _Utterance:
     """Speech from the first chunk after a flush (or interrupt) to the next flush."""
 
-    def __init__(self, number: int, gen: int):
+    def __init__(self, number: int):
         self.number = number
-        self.gen = gen
         self.samples = _Buffer()  # 16 kHz mono
         self.arrival_end: list[int] = []  # samples received after each push ...
         self.arrival_time: list[float] = []  # ... and when
@@ -338,7 +337,6 @@ class _Utterance:
 @dataclass(eq=False)
 class _Job:
     pos: int
-    gen: int
     utt: _Utterance
     i: int
     audio: np.ndarray
@@ -439,7 +437,6 @@ class Stream:
         self._converter = _ChunkConverter()
         self._gen = 0
         self._utts: deque[_Utterance] = deque()  # oldest first; the last one may be open
-        self._n_utts = 0
         self._jobs: deque[_Job] = deque()
         self._inflight = 0  # jobs in the workers (current generation)
         self._done: dict[int, StreamFrame] = {}  # position -> frame, waiting for the consumer
@@ -620,8 +617,7 @@ class Stream:
     # -- state (under the lock) ------------------------------------------------
     def _open_utterance(self) -> _Utterance:
         if not self._utts or self._utts[-1].closed:
-            self._utts.append(_Utterance(self._n_utts, self._gen))
-            self._n_utts += 1
+            self._utts.append(_Utterance(self._stats["utterances"]))
             self._stats["utterances"] += 1
         return self._utts[-1]
 
@@ -765,7 +761,7 @@ class Stream:
             first = self.frame_samples * i
             audio_in = utt.arrival(first + 1)
             audio = utt.samples.get(first, first + self.frame_samples)
-            job = _Job(self._next_pos, self._gen, utt, i, audio, ready, audio_in)
+            job = _Job(self._next_pos, utt, i, audio, ready, audio_in)
             self._next_pos += 1
             self._jobs.append(job)
             self._ready_times.append((job.pos, ready))
