@@ -69,7 +69,7 @@ def frame_and_box():
 
 
 def cv2_numpy_frame(img, box, pred):
-    """SPEC 3 written with cv2 + numpy, the way the reference and the Go ports do it."""
+    """numerics §3 written with cv2 + numpy, the way the reference and the Go ports do it."""
     x0, y0, x1, y1 = box
     crop = cv2.resize(img[y0:y1, x0:x1], (328, 328), interpolation=cv2.INTER_CUBIC)
     real = crop[4:324, 4:324].copy()
@@ -105,7 +105,7 @@ def main(argv=None) -> int:
             rows.append(("mel", "cpp backend, 1 thread", median_time(lambda: k.mel_spectrogram(wav, 1), args.repeat)))
 
     frame_repeat = args.repeat * 30
-    rows.append(("prepare+paste", "cv2+numpy (SPEC 3 as written)", median_time(lambda: cv2_numpy_frame(img, box, pred), frame_repeat)))
+    rows.append(("prepare+paste", "cv2+numpy (numerics §3 as written)", median_time(lambda: cv2_numpy_frame(img, box, pred), frame_repeat)))
     for name in backends:
         k = _backend.load(name)
         out = np.empty((6, 320, 320), np.float32)

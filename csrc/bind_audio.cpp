@@ -71,7 +71,7 @@ void bind_audio(py::module_& m) {
     m.def("rfft", &rfft, py::arg("x"),
           "Real FFT of a float64 [n] signal (n with prime factors 2, 3, 5) -> complex128 [n//2 + 1].");
     m.def("mel_spectrogram", &mel_spectrogram, py::arg("wav"), py::arg("n_threads") = 0,
-          "SPEC 1.2-1.5 log-mel of float32 [n] audio at 16 kHz -> float32 [80, 1 + n//200].");
+          "numerics section 1.2-1.5 log-mel of float32 [n] audio at 16 kHz -> float32 [80, 1 + n//200].");
     m.def("mel_filterbank", &mel_filterbank,
           "librosa.filters.mel(sr=16000, n_fft=800, n_mels=80, fmin=55, fmax=7600) -> float32 [80, 401].");
 }

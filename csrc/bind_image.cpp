@@ -104,8 +104,8 @@ void bind_image(py::module_& m) {
           "cv2.resize(src, (width, height), interpolation=INTER_CUBIC), bit-exact with OpenCV's scalar path.");
     m.def("prepare_input", &prepare_input, py::arg("frame"), py::arg("x0"), py::arg("y0"), py::arg("x1"),
           py::arg("y1"), py::arg("out"),
-          "SPEC 3.1-3.4: BGR uint8 [H, W, 3] frame and box -> out float32 [6, 320, 320] (written in place).");
+          "numerics section 3.1-3.4: BGR uint8 [H, W, 3] frame and box -> out float32 [6, 320, 320] (written in place).");
     m.def("paste_back", &paste_back, py::arg("frame"), py::arg("x0"), py::arg("y0"), py::arg("x1"), py::arg("y1"),
           py::arg("pred"), py::arg("feather") = 0,
-          "SPEC 3.6-3.7: paste pred float32 [3, 320, 320] into the BGR uint8 frame at the box, in place.");
+          "numerics section 3.6-3.7: paste pred float32 [3, 320, 320] into the BGR uint8 frame at the box, in place.");
 }

@@ -1,22 +1,35 @@
 """synctalk_fast: fast, exact SyncTalk_2D lip-sync inference.
 
-Data flows one way: :mod:`~synctalk_fast.audio` (sound -> mel) ->
-:mod:`~synctalk_fast.features` (per-frame audio input) ->
-:mod:`~synctalk_fast.frames` / :mod:`~synctalk_fast.template` (template
-frames in and out of the network) -> :mod:`~synctalk_fast.video`;
-:mod:`~synctalk_fast.pipeline` drives them with the networks of
-:mod:`~synctalk_fast.models`, and :mod:`~synctalk_fast.stream` does the same
-for speech that arrives in chunks.
+Data flows one way (each module imports only those before it):
+
+- :mod:`~synctalk_fast.shapes`: shapes, modes, frame rates, crop geometry;
+- :mod:`~synctalk_fast.audio` (sound -> mel) -> :mod:`~synctalk_fast.features`
+  (per-frame audio input) -> :mod:`~synctalk_fast.live_features` (the same,
+  incrementally, for speech that arrives in chunks);
+- :mod:`~synctalk_fast.frames` / :mod:`~synctalk_fast.template` (template
+  frames in and out of the network);
+- :mod:`~synctalk_fast.runtime` (inference runtimes and their provider
+  tables) -> :mod:`~synctalk_fast.models` (checkpoints, ONNX graphs, model
+  sessions) -> :mod:`~synctalk_fast.engine` (one person's networks and the
+  U-Net step, shared by every producer);
+- :mod:`~synctalk_fast.video` -> :mod:`~synctalk_fast.sinks` (where frames go);
+- :mod:`~synctalk_fast.stream` (live), :mod:`~synctalk_fast.pipeline`
+  (whole utterances), :mod:`~synctalk_fast.quantization` (int8),
+  :mod:`~synctalk_fast.replay` -> :mod:`~synctalk_fast.benchmark` ->
+  :mod:`~synctalk_fast.cli`.
 """
 
 from . import _backend
 from ._config import config, show_config
 from ._version import __version__
 from .audio import load_audio, mel_spectrogram, mel_windows, num_mel_windows
+from .engine import Engine, Producer
 from .errors import AudioError, BoxError, Error, FeatureError, ModelError, OutputError, TemplateError
 from .features import feature_windows, load_features, pad_embeddings, save_features
 from .frames import clip_box, crop_box, load_landmarks, paste_back, prepare_input
 from .pipeline import GenerateResult, Pipeline, audio_features, generate
+from .quantization import QuantizeReport, quantize
+from .sinks import CallbackSink, FrameFolderSink, MemorySink, Mp4Sink, Sink, open_sink
 from .stream import Stream, StreamFrame
 from .template import Template
 
@@ -25,8 +38,18 @@ __all__ = [
     "backend",
     "show_config",
     "config",
+    "Engine",
+    "Producer",
     "Pipeline",
     "generate",
+    "quantize",
+    "QuantizeReport",
+    "Sink",
+    "open_sink",
+    "Mp4Sink",
+    "FrameFolderSink",
+    "CallbackSink",
+    "MemorySink",
     "audio_features",
     "GenerateResult",
     "Stream",

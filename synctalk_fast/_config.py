@@ -7,6 +7,7 @@ import platform
 import sys
 
 from . import _backend
+from .runtime import default_providers
 from ._version import __version__
 
 __all__ = ["config", "show_config"]
@@ -54,8 +55,6 @@ def config() -> dict:
         info["core"] = dict(_core.build_info())
     try:
         import onnxruntime as ort
-
-        from .models import default_providers
 
         info["onnxruntime"] = ort.__version__
         info["onnxruntime_device"] = ort.get_device()

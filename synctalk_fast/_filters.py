@@ -1,4 +1,4 @@
-"""Audio constants and the mel filterbank of SPEC 1.4, in plain numpy.
+"""Audio constants and the mel filterbank of numerics §1.4, in plain numpy.
 
 Shared by the numba and numpy backends (the C++ core builds the same table
 in ``csrc/include/synctalk_fast/mel.hpp``). The operation order follows

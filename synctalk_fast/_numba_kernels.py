@@ -319,7 +319,7 @@ def _mel_kernel(wav, window, lo, hi, ofs, weights, radices, tw, post, min_level)
 
 
 def mel_spectrogram(wav, n_threads: int = 0) -> np.ndarray:
-    """SPEC 1.2-1.5 log-mel of float32 [n] audio at 16 kHz -> float32 [80, 1 + n//200].
+    """numerics §1.2-1.5 log-mel of float32 [n] audio at 16 kHz -> float32 [80, 1 + n//200].
 
     ``n_threads`` is accepted for signature parity and ignored (one thread).
     """
@@ -513,7 +513,7 @@ def _paste_kernel(frame, x0, y0, w, h, pred, feather, fx_idx, fx_w, fy_idx, fy_w
 
 
 def prepare_input(frame, x0: int, y0: int, x1: int, y1: int, out: np.ndarray) -> None:
-    """SPEC 3.1-3.4: BGR uint8 [H, W, 3] frame and box -> out float32 [6, 320, 320] (written in place)."""
+    """numerics §3.1-3.4: BGR uint8 [H, W, 3] frame and box -> out float32 [6, 320, 320] (written in place)."""
     frame = np.asarray(frame, dtype=np.uint8, order="C")
     check_frame("prepare_input", frame)
     x0, y0, x1, y1 = check_box("prepare_input", frame.shape, x0, y0, x1, y1)
@@ -525,7 +525,7 @@ def prepare_input(frame, x0: int, y0: int, x1: int, y1: int, out: np.ndarray) ->
 
 
 def paste_back(frame: np.ndarray, x0: int, y0: int, x1: int, y1: int, pred, feather: int = 0) -> None:
-    """SPEC 3.6-3.7: paste pred float32 [3, 320, 320] into the BGR uint8 frame at the box, in place."""
+    """numerics §3.6-3.7: paste pred float32 [3, 320, 320] into the BGR uint8 frame at the box, in place."""
     check_writable("paste_back", "frame", frame, np.uint8, (-1, -1, 3))
     x0, y0, x1, y1 = check_box("paste_back", frame.shape, x0, y0, x1, y1)
     pred = np.asarray(pred, dtype=np.float32, order="C")

@@ -1,6 +1,6 @@
 """Stage 1: sound -> samples -> log-mel spectrogram -> encoder windows.
 
-SPEC section 1.1-1.6. Everything here returns C-contiguous float32 arrays
+numerics §1.1-1.6. Everything here returns C-contiguous float32 arrays
 ready for ONNX Runtime.
 """
 
@@ -15,10 +15,13 @@ import numpy as np
 from . import _backend
 from ._filters import HOP, N_MELS, SAMPLE_RATE
 from .errors import AudioError
+from .shapes import MEL_WINDOW
 
-__all__ = ["load_audio", "mel_spectrogram", "mel_windows", "num_mel_windows", "AudioError", "MEL_WINDOW"]
+__all__ = [
+    "load_audio", "mel_spectrogram", "mel_windows", "num_mel_windows", "window_start", "StreamResampler", "AudioError",
+    "MEL_WINDOW",
+]
 
-MEL_WINDOW = 16  # mel frames per encoder window (0.2 s)
 AudioSource = Union[str, os.PathLike, np.ndarray]
 
 
@@ -41,6 +44,111 @@ def _resample(y: np.ndarray, orig_sr: float, sr: int) -> np.ndarray:
     elif y_hat.shape[-1] < n_out:
         y_hat = np.pad(y_hat, (0, n_out - y_hat.shape[-1]))
     return np.asarray(y_hat, dtype=y.dtype)
+
+
+class StreamResampler:
+    """Mono float32 resampling of a signal that arrives in pieces (soxr, "HQ").
+
+    Feed the signal with :meth:`push`, end it with :meth:`finish`. The
+    concatenation of everything returned equals the one-shot
+    ``soxr.resample(signal, in_rate, out_rate, quality="soxr_hq")`` of the
+    whole signal, sample for sample, whatever the chunk sizes: soxr's
+    streaming resampler (``soxr.ResampleStream``, the same filter) guarantees
+    it, and the package relies on it wherever audio is resampled
+    incrementally. The total length is therefore soxr's, about
+    ``round(n * out_rate / in_rate)`` for ``n`` input samples; callers that
+    need another length pad or trim (:func:`load_audio` makes it
+    ``ceil(n * out_rate / in_rate)``, as librosa does).
+
+    With equal rates no soxr is involved: samples pass through unchanged.
+
+    Parameters
+    ----------
+    in_rate, out_rate : int
+        Sample rates in Hz, > 0.
+
+    Attributes
+    ----------
+    samples_in : int
+        Samples pushed so far.
+    samples_out : int
+        Samples returned so far (by :meth:`push` and :meth:`finish`).
+
+    Raises
+    ------
+    ValueError
+        A rate that is not a positive integer.
+    """
+
+    def __init__(self, in_rate: int, out_rate: int):
+        for name, rate in (("in_rate", in_rate), ("out_rate", out_rate)):
+            if isinstance(rate, bool) or not isinstance(rate, (int, np.integer)) or rate <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {rate!r}")
+        self.in_rate = int(in_rate)
+        self.out_rate = int(out_rate)
+        self.samples_in = 0
+        self.samples_out = 0
+        self._finished = False
+        self._stream = None
+        if self.in_rate != self.out_rate:
+            import soxr
+
+            self._stream = soxr.ResampleStream(self.in_rate, self.out_rate, 1, dtype="float32", quality="HQ")
+
+    def _check_open(self) -> None:
+        if self._finished:
+            raise ValueError("StreamResampler is finished; make a new one for another signal")
+
+    def push(self, samples: np.ndarray) -> np.ndarray:
+        """Resample the next piece of the signal.
+
+        Parameters
+        ----------
+        samples : np.ndarray
+            float ``[m]`` mono samples at ``in_rate`` (converted to float32;
+            ``m`` may be 0).
+
+        Returns
+        -------
+        np.ndarray
+            float32 ``[k]``: the output samples available so far, C-contiguous
+            (the filter's delay holds some back until later pushes or
+            :meth:`finish`). With equal rates this is ``samples`` as
+            contiguous float32: the caller's own array when it already is
+            one, so copy it before reusing that buffer.
+
+        Raises
+        ------
+        ValueError
+            ``samples`` is not 1-D floating point, or :meth:`finish` was called.
+        """
+        self._check_open()
+        x = np.asarray(samples)
+        if x.ndim != 1 or not np.issubdtype(x.dtype, np.floating):
+            raise ValueError(f"samples must be 1-D float mono samples, got shape {x.shape} dtype {x.dtype}")
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        out = x if self._stream is None else np.asarray(self._stream.resample_chunk(x, last=False), np.float32)
+        self.samples_in += len(x)
+        self.samples_out += len(out)
+        return out
+
+    def finish(self) -> np.ndarray:
+        """End the signal and return the samples still held back.
+
+        Returns
+        -------
+        np.ndarray
+            float32 ``[k]`` (empty with equal rates). The resampler is spent
+            afterwards: :meth:`push` and :meth:`finish` raise ``ValueError``.
+        """
+        self._check_open()
+        self._finished = True
+        if self._stream is None:
+            return np.zeros(0, np.float32)
+        tail = np.asarray(self._stream.resample_chunk(np.zeros(0, np.float32), last=True), np.float32)
+        self._stream = None
+        self.samples_out += len(tail)
+        return tail
 
 
 def _read_soundfile(path: str) -> tuple[np.ndarray, int]:
@@ -71,7 +179,7 @@ def _read_av(path: str) -> tuple[np.ndarray, int]:
 
 
 def load_audio(source: AudioSource, *, sr: int = SAMPLE_RATE, orig_sr: float | None = None) -> np.ndarray:
-    """Load speech as mono float32 samples at ``sr`` Hz (SPEC 1.1).
+    """Load speech as mono float32 samples at ``sr`` Hz (numerics §1.1).
 
     Parameters
     ----------
@@ -130,7 +238,7 @@ def load_audio(source: AudioSource, *, sr: int = SAMPLE_RATE, orig_sr: float | N
 
 
 def mel_spectrogram(wav: np.ndarray, *, n_threads: int = 0) -> np.ndarray:
-    """Normalised log-mel spectrogram of SPEC 1.2-1.5.
+    """Normalised log-mel spectrogram of numerics §1.2-1.5.
 
     Parameters
     ----------
@@ -165,14 +273,21 @@ def mel_spectrogram(wav: np.ndarray, *, n_threads: int = 0) -> np.ndarray:
 def num_mel_windows(n_mel_frames: int) -> int:
     """Encoder windows for ``T`` mel frames: ``int((T - 16) / 80.0 * 25.0) + 2``.
 
-    Evaluated in IEEE double in exactly the reference's order (SPEC 1.6);
+    Evaluated in IEEE double in exactly the reference's order (numerics §1.6);
     for about 0.5% of lengths this is one less than the exact rational value.
     """
     return int((n_mel_frames - MEL_WINDOW) / 80.0 * 25.0) + 2
 
 
+def window_start(i: int) -> int:
+    """First mel frame of encoder window ``i``: ``int(80.0 * (i / 25.0))`` in
+    IEEE double, as the reference computes it (numerics §1.6), before any
+    move back to ``T - 16``."""
+    return int(80.0 * (i / 25.0))
+
+
 def mel_windows(mel: np.ndarray, *, start: int = 0, stop: int | None = None) -> np.ndarray:
-    """Cut a mel spectrogram into the audio encoder's input windows (SPEC 1.6).
+    """Cut a mel spectrogram into the audio encoder's input windows (numerics §1.6).
 
     Parameters
     ----------
@@ -207,6 +322,6 @@ def mel_windows(mel: np.ndarray, *, start: int = 0, stop: int | None = None) -> 
         )
     n = num_mel_windows(T)
     stop = n if stop is None else min(stop, n)
-    starts = np.array([min(int(80.0 * (i / 25.0)), T - MEL_WINDOW) for i in range(start, stop)], dtype=np.intp)
+    starts = np.array([min(window_start(i), T - MEL_WINDOW) for i in range(start, stop)], dtype=np.intp)
     view = np.lib.stride_tricks.sliding_window_view(mel, MEL_WINDOW, axis=1)  # [80, T-15, 16]
     return np.ascontiguousarray(view[:, starts, :].transpose(1, 0, 2)[:, None, :, :])

@@ -5,8 +5,8 @@ one process, on the real template when it is found (``--data`` /
 ``$SYNCTALK_FAST_DATA`` / ``../shared/data``), else on a synthetic 720p
 template, with fixed random weights (no trained weights are needed):
 
-- ``naive``: one frame at a time, cv2 + numpy + ONNX Runtime exactly as SPEC
-  3 (:mod:`synctalk_fast.reference`): the way the Go ports run; no video;
+- ``naive``: one frame at a time, cv2 + numpy + ONNX Runtime exactly as
+  numerics §3 (:mod:`synctalk_fast.reference`): the way the Go ports run; no video;
 - ``torch``: the same loop with the PyTorch networks (when torch is installed);
 - ``unet``: the U-Net alone on prepared inputs, at each batch size;
 - ``frames``: :meth:`Pipeline.frames` to memory, cold and warm template cache;
@@ -29,7 +29,6 @@ import os
 import platform
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,12 +39,20 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from . import __version__
+from ._version import __version__
 from . import _backend
 from .audio import load_audio
-from .features import load_features
-from .models import default_providers, export_onnx, load_session, random_state_dict
-from .pipeline import Pipeline, _Timer
+from ._filters import SAMPLE_RATE
+from ._progress import StageTimer
+from .demo import synthetic_speech, synthetic_template
+from .engine import Engine
+from .features import feature_windows
+from .frames import prepare_input
+from .models import export_onnx, random_state_dict, resolve_model
+from .pipeline import Pipeline
+from .quantization import quantize
+from .runtime import SessionRequest, default_providers, default_threads, get_runtime, is_accelerator, resolve_providers
+from .video import X264_PRESETS
 from .reference import (
     reference_audio_window,
     reference_box,
@@ -58,7 +65,7 @@ from .template import Template
 
 __all__ = ["run", "main", "machine_info"]
 
-TARGETS = {  # issue 5, 2-core CPU, fp32, real template, same run
+TARGETS = {  # 2-core CPU, fp32, real template, same run
     "mp4_vs_unet": 0.8,
     "frames_vs_unet": 0.9,
     "mp4_vs_torch": 4.0,
@@ -103,8 +110,6 @@ def _version(module: str) -> str | None:
 
 def machine_info() -> dict:
     """CPU model, cores, memory, GPUs, ONNX Runtime providers, package versions."""
-    import onnxruntime as ort
-
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:
@@ -121,7 +126,7 @@ def machine_info() -> dict:
         "gpus": _gpus(),
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "available_providers": ort.get_available_providers(),
+        "available_providers": default_providers(),
         "kernel_backend": _backend.name,
         "versions": {
             name: _version(dist)
@@ -178,7 +183,7 @@ def _row(name: str, label: str, frames: int, fn) -> dict:
 
 
 def _reference_loop(template: Path, feats: np.ndarray, unet) -> callable:
-    """SPEC 3 one frame at a time, as the reference and the Go ports run it:
+    """numerics §3 one frame at a time, as the reference and the Go ports run it:
     imread, landmarks, crop + cv2.resize + mask, the U-Net at batch 1
     (``unet(image, audio) -> pred``), cv2.resize back and paste. Returns
     ``loop(n)``; the model is warmed up here, outside the timings."""
@@ -196,21 +201,20 @@ def _reference_loop(template: Path, feats: np.ndarray, unet) -> callable:
 
 
 def _naive_loop(unet_path: Path, template: Path, feats: np.ndarray, providers):
-    """The reference loop on ONNX Runtime with its default session options."""
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(str(unet_path), providers=list(providers))
-    names = [i.name for i in sess.get_inputs()]
-    return _reference_loop(template, feats, lambda image, audio: sess.run(None, {names[0]: image, names[1]: audio})[0])
+    """The reference loop on the runtime with its default session options."""
+    sess = get_runtime().open(str(unet_path), providers=list(providers), request=SessionRequest(threads=0, plain=True))
+    names = resolve_model(unet_path).roles.inputs  # role -> graph input name
+    return _reference_loop(template, feats,
+                           lambda image, audio: sess.run({names["image"]: image, names["audio"]: audio})[0])
 
 
 def _torch_loop(state: dict, template: Path, feats: np.ndarray):
     """The PyTorch reference: the same loop with the torch U-Net (CPU, all cores, inference mode)."""
     import torch
 
-    from .reference.torch_nets import UNet, load_numpy_state
+    from .reference.torch_nets import UNet, load_numpy_state  # needs torch: the bench extra
 
-    torch.set_num_threads(_threads())
+    torch.set_num_threads(default_threads())
     net = load_numpy_state(UNet("ave"), state)
 
     def unet(image, audio):
@@ -221,9 +225,6 @@ def _torch_loop(state: dict, template: Path, feats: np.ndarray):
 
 
 def _unet_inputs(tpl: Template, feats: np.ndarray, batch: int) -> tuple[np.ndarray, np.ndarray]:
-    from .features import feature_windows
-    from .frames import prepare_input
-
     images = np.stack([prepare_input(tpl.frame(k % len(tpl), copy=False), tpl.box(k % len(tpl))) for k in range(batch)])
     return images, feature_windows(feats, mode="ave", start=0, stop=batch)
 
@@ -237,8 +238,6 @@ def _presets(tpl: Template, n: int) -> list[dict]:
     import io
 
     import av
-
-    from .video import X264_PRESETS
 
     frames = [tpl.frame(k % len(tpl), copy=False) for k in range(n)]
     yuv = [cv2.cvtColor(f, cv2.COLOR_BGR2YUV_I420) for f in frames]
@@ -319,8 +318,6 @@ def _inputs(work: Path, data: Path | None, template: str | None, audio: str | No
     """(template folder, speech file, description)."""
     import soundfile as sf
 
-    from .demo import synthetic_speech, synthetic_template
-
     if template is None and data is not None:
         template = str(data / "sanders")
     if audio is None and data is not None:
@@ -333,7 +330,7 @@ def _inputs(work: Path, data: Path | None, template: str | None, audio: str | No
         what.append(f"template {template}")
     if audio is None:
         audio = str(work / "speech.wav")
-        sf.write(audio, synthetic_speech(20.0), 16000, subtype="PCM_16")
+        sf.write(audio, synthetic_speech(20.0), SAMPLE_RATE, subtype="PCM_16")
         what.append("synthetic speech")
     else:
         what.append(f"audio {audio}")
@@ -384,8 +381,8 @@ def run(
 
     Returns the JSON record (a dict).
     """
-    providers = list(providers or default_providers())
-    gpu = providers[0] != "CPUExecutionProvider"
+    providers = resolve_providers(providers)
+    gpu = is_accelerator(providers)
     out_dir = Path(output)
     with tempfile.TemporaryDirectory(prefix="synctalk-bench-") as tmp:
         work = Path(tmp)
@@ -402,7 +399,7 @@ def run(
         reps = -(-frames // len(feats_all))
         feats = np.concatenate([feats_all] * reps)[:frames] if reps > 1 else feats_all[:frames]
         clip = np.tile(wav, reps)[: max(1, (frames - 2)) * 640]
-        sixty = np.tile(wav, -(-60 * 16000 // len(wav)))[: 60 * 16000]
+        sixty = np.tile(wav, -(-60 * SAMPLE_RATE // len(wav)))[: 60 * SAMPLE_RATE]
 
         batch_sizes = batch_sizes or ([1, 4, 8, 16, 32] if gpu else [1, 2, 4, 8])
         inputs = {b: _unet_inputs(tpl, feats_all, b) for b in batch_sizes}
@@ -412,42 +409,47 @@ def run(
 
         # The U-Net alone in two layouts: the pipeline's sessions side by side
         # (one per core on CPU), and one session with every core's thread.
-        single = load_session(work / "unet.onnx", providers=providers, precision=precision, batch_size=batch_size)
-        layouts = {"sessions": pipe.unets, "single": [single]}
+        engine = pipe.engine
+        layouts = {"sessions": (engine, "throughput"), "single": (engine, "latency")}
 
-        def unet_alone(b: int, sessions: list) -> None:
+        def unet_alone(b: int, engine: Engine, layout: str) -> None:
             img, aud = inputs[b]
-            per = max(1, frames // b // len(sessions))
-            threads = [threading.Thread(target=lambda s=s: [s.run(image=img, audio=aud) for _ in range(per)])
-                       for s in sessions]
+            n = len(engine.layout_sessions(layout))
+            per = max(1, frames // b // n)
+
+            def work(k: int) -> None:
+                for _ in range(per):
+                    engine.infer(img, aud, session=k, layout=layout)
+
+            threads = [threading.Thread(target=work, args=(k,)) for k in range(n)]
             for t in threads:
                 t.start()
             for t in threads:
                 t.join()
 
-        def unet_frames(b: int, sessions: list) -> int:
-            return max(1, frames // b // len(sessions)) * b * len(sessions)
+        def unet_frames(b: int, engine: Engine, layout: str) -> int:
+            n = len(engine.layout_sessions(layout))
+            return max(1, frames // b // n) * b * n
+
+        def warm(engine: Engine) -> None:  # every shape once, outside the timings
+            for b in batch_sizes:
+                for layout in ("throughput", "latency"):
+                    for k in range(len(engine.layout_sessions(layout))):
+                        engine.infer(*inputs[b], session=k, layout=layout)
 
         quant = None
         if int8:
-            from .quantization import quantize
-
             print("quantizing the U-Net to int8 (MinMax, every block) ...", flush=True)
             quant = quantize(work / "unet.onnx", work / "unet_int8.onnx", template=tpl, features=feats_all,
                              methods=("MinMax",), target_psnr=None, calibration=16, validation=1, heldout=16)
             pipe8 = Pipeline(work / "unet_int8.onnx", work / "encoder.onnx", providers=providers,
                              batch_size=batch_size)
-            single8 = load_session(work / "unet_int8.onnx", providers=providers, batch_size=batch_size)
-            layouts8 = {"sessions": pipe8.unets, "single": [single8]}
-            for b in batch_sizes:
-                for sess in pipe8.unets + [single8]:
-                    sess.run(image=inputs[b][0], audio=inputs[b][1])
+            layouts8 = {"sessions": (pipe8.engine, "throughput"), "single": (pipe8.engine, "latency")}
+            warm(pipe8.engine)
 
         naive = _naive_loop(work / "unet.onnx", tpl_dir, feats, providers)
         torch_loop = _torch_loop(state, tpl_dir, feats) if have_torch else None
-        for b in batch_sizes:  # warm every shape once, outside the timings
-            for sess in pipe.unets + [single]:
-                sess.run(image=inputs[b][0], audio=inputs[b][1])
+        warm(engine)
         for _ in pipe.frames(feats[:2], tpl):
             pass
 
@@ -458,13 +460,14 @@ def run(
             features_60s = _time(lambda: pipe.audio_features(sixty))
             print(f"  {'audio -> features, 60 s of speech':<34s} {features_60s:8.2f} s", flush=True)
             per_batch = {}
-            for layout, sessions in layouts.items():
+            for name, (eng, layout) in layouts.items():
+                sessions = eng.layout_sessions(layout)
                 what = (f"{len(sessions)} sessions x {sessions[0].threads} thread(s)" if len(sessions) > 1
                         else f"1 session x {sessions[0].threads} thread(s)")
                 for b in batch_sizes:
-                    key = f"unet:{layout}:b{b}"
-                    per_batch[key] = _row(key, f"U-Net alone, {what}, batch {b}", unet_frames(b, sessions),
-                                          lambda b=b, sessions=sessions: unet_alone(b, sessions))
+                    key = f"unet:{name}:b{b}"
+                    per_batch[key] = _row(key, f"U-Net alone, {what}, batch {b}", unet_frames(b, eng, layout),
+                                          lambda b=b, eng=eng, layout=layout: unet_alone(b, eng, layout))
             best = max(per_batch, key=lambda k: per_batch[k]["fps"])
             rows["unet"] = dict(per_batch[best], name="unet", label="U-Net alone, best of these")
             rows["naive"] = _row("naive", "naive loop, cv2+numpy+ORT, 1 frame", naive_n, lambda: naive(naive_n))
@@ -480,11 +483,13 @@ def run(
                                                      progress=False).timings)
             if quant is not None:
                 per8 = {}
-                for layout, sessions in layouts8.items():
+                for name, (eng, layout) in layouts8.items():
+                    n_sessions = len(eng.layout_sessions(layout))
                     for b in batch_sizes:
-                        key = f"unet8:{layout}:b{b}"
-                        per8[key] = _row(key, f"int8 U-Net alone, {len(sessions)} session(s), batch {b}",
-                                         unet_frames(b, sessions), lambda b=b, sessions=sessions: unet_alone(b, sessions))
+                        key = f"unet8:{name}:b{b}"
+                        per8[key] = _row(key, f"int8 U-Net alone, {n_sessions} session(s), batch {b}",
+                                         unet_frames(b, eng, layout),
+                                         lambda b=b, eng=eng, layout=layout: unet_alone(b, eng, layout))
                 best8 = max(per8, key=lambda k: per8[k]["fps"])
                 rows["unet_int8"] = dict(per8[best8], name="unet_int8", label="int8 U-Net alone, best of these")
                 rows["mp4_int8"] = _row("mp4_int8", "pipeline -> MP4, int8 U-Net", frames,
@@ -507,8 +512,9 @@ def run(
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": machine_info(),
         "config": {
-            "inputs": described, "frames": frames, "providers": providers, "provider": pipe.unet.providers[0],
-            "precision": precision, "batch_size": pipe.batch_size, "sessions": len(pipe.unets), "threads_per_session": pipe.unet.threads,
+            "inputs": described, "frames": frames, "providers": providers, "provider": pipe.engine.providers[0],
+            "runtime": pipe.engine.runtime, "precision": precision, "batch_size": pipe.batch_size,
+            "sessions": len(pipe.engine.sessions), "threads_per_session": pipe.engine.unet.threads,
             "rounds": rounds, "weights": "fixed random (seed 0)",
         },
         "rows": [rows[k] for k in order if k in rows] + [rows[k] for k in rows if k.startswith(("unet:", "unet8:"))],
@@ -542,14 +548,8 @@ def _time(fn) -> float:
     return time.perf_counter() - t0
 
 
-def _threads() -> int:
-    from .models import default_threads
-
-    return default_threads()
-
-
 def _frames(pipe: Pipeline, feats: np.ndarray, tpl: Template) -> dict:
-    timer = _Timer()
+    timer = StageTimer()
     for _ in pipe.frames(feats, tpl, _timer=timer):
         pass
     return dict(timer.totals)
@@ -557,17 +557,16 @@ def _frames(pipe: Pipeline, feats: np.ndarray, tpl: Template) -> dict:
 
 def _fp16_report(pipe: Pipeline, work: Path, feats: np.ndarray, tpl: Template, providers) -> dict:
     """fp16 U-Net on the GPU: speed and the frame difference against fp32."""
-    half = Pipeline(load_session(work / "unet.onnx", providers=providers, precision="fp16"),
-                    batch_size=pipe.batch_size)
+    half = Pipeline(work / "unet.onnx", providers=providers, precision="fp16", batch_size=pipe.batch_size)
     n = min(len(feats), 64)
     a = list(pipe.frames(feats[:n], tpl))
     b = list(half.frames(feats[:n], tpl))
     diff = np.abs(np.stack(a).astype(np.int16) - np.stack(b))
     img, aud = _unet_inputs(tpl, feats, pipe.batch_size)
     speed = {}
-    for name, sess in (("fp32", pipe.unet), ("fp16", half.unet)):
-        sess.run(image=img, audio=aud)
-        speed[name] = round(20 * len(img) / _time(lambda s=sess: [s.run(image=img, audio=aud) for _ in range(20)]), 2)
+    for name, engine in (("fp32", pipe.engine), ("fp16", half.engine)):
+        engine.infer(img, aud)
+        speed[name] = round(20 * len(img) / _time(lambda e=engine: [e.infer(img, aud) for _ in range(20)]), 2)
     report = {"frames": n, "max_abs_levels": int(diff.max()), "mean_abs_levels": round(float(diff.mean()), 4),
               "unet_fps": speed}
     print(f"  fp16 vs fp32: {report}", flush=True)

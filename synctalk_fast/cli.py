@@ -3,26 +3,38 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
 
+import soundfile as sf
+
+from . import models
+from ._filters import SAMPLE_RATE
+from ._config import show_config
 from ._version import __version__
+from .benchmark import main as bench_main
+from .demo import synthetic_speech, synthetic_template
+from .engine import Engine
+from .errors import Error
+from .features import save_features
+from .pipeline import Pipeline, generate
+from .quantization import quantize
+from .replay import replay
+from .runtime import DEFAULT_RUNTIME, RUNTIMES
+from .shapes import MODE_TABLE
 
 KINDS = {"unet": "unet", "audio-encoder": "audio_encoder"}
-MODES = ("ave", "hubert", "wenet")
+MODES = tuple(MODE_TABLE)
 
 
 def _info(args: argparse.Namespace) -> int:
-    import synctalk_fast
-
-    synctalk_fast.show_config()
+    show_config()
     return 0
 
 
 def _export(args: argparse.Namespace) -> int:
-    from synctalk_fast import models
-
     state = models.load_state_dict(args.checkpoint)
     summary = models.export_onnx(state, args.output, kind=KINDS.get(args.kind), mode=args.mode)
     print(summary)
@@ -30,8 +42,6 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _demo_models(args: argparse.Namespace) -> int:
-    from synctalk_fast import models
-
     out = Path(args.output)
     unet_name = "unet_328.onnx" if args.mode == "ave" else f"unet_328_{args.mode}.onnx"
     jobs = [("unet", args.mode, out / unet_name)]
@@ -50,9 +60,11 @@ def _is_features(path: str | None) -> bool:
     return p is not None and (p.suffix in (".bin", ".npy") or p.is_dir())
 
 
-def _generate(args: argparse.Namespace) -> int:
-    from synctalk_fast import generate
+def _providers(args: argparse.Namespace) -> list[str] | None:
+    return [p.strip() for p in args.providers.split(",") if p.strip()] if args.providers else None
 
+
+def _generate(args: argparse.Namespace) -> int:
     features = args.features
     audio = args.audio
     if _is_features(audio):  # the Go port's --audio features.bin
@@ -64,12 +76,12 @@ def _generate(args: argparse.Namespace) -> int:
     encoder = args.audio_encoder
     if encoder is None and features is None and Path(DEFAULT_ENCODER).is_file():
         encoder = DEFAULT_ENCODER
-    providers = args.providers.split(",") if args.providers else None
     outputs = [args.output]
     if args.video:  # the Go port: frames in --output and a video at --video-path, in one pass
         outputs.append(args.video_path)
     result = generate(audio, output=outputs, features=features, template=args.template, unet=args.model,
-                      audio_encoder=encoder, mode=args.mode, providers=providers, batch_size=args.batch_size,
+                      audio_encoder=encoder, mode=args.mode, runtime=args.runtime, providers=_providers(args),
+                      batch_size=args.batch_size,
                       start=args.start, fps=args.fps, crf=args.crf, preset=args.preset, feather=args.feather,
                       threads=args.threads, sessions=args.sessions, precision=args.precision, cache_mb=args.cache_mb,
                       progress=not args.quiet)
@@ -79,12 +91,8 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _features(args: argparse.Namespace) -> int:
-    from synctalk_fast import save_features
-    from synctalk_fast.models import load_session
-    from synctalk_fast.pipeline import audio_features
-
-    encoder = load_session(args.model, providers=args.providers.split(",") if args.providers else None)
-    feats = audio_features(args.audio, audio_encoder=encoder, progress=not args.quiet)
+    engine = Engine(audio_encoder=args.model, runtime=args.runtime, providers=_providers(args))
+    feats = engine.audio_features(args.audio, progress=not args.quiet)
     out = save_features(feats, args.output, mode="ave", fps=args.fps, metadata={"audio": str(args.audio)})
     if not args.quiet:
         print(f"{out}/: features.bin [{feats.shape[0]}, {feats.shape[1]}] + .bin.json, "
@@ -92,105 +100,28 @@ def _features(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_native(path: str):
-    """(samples, rate, channels) of a sound file as stored: int16 [n, ch] for
-    16-bit PCM, else float32; formats soundfile lacks come decoded at 16 kHz mono."""
-    import soundfile as sf
-
-    from synctalk_fast import load_audio
-
-    try:
-        info = sf.info(path)
-        dtype = "int16" if info.subtype == "PCM_16" else "float32"
-        data, rate = sf.read(path, dtype=dtype, always_2d=True)
-        return data, rate, data.shape[1]
-    except Exception:  # noqa: BLE001 - let load_audio decode it (or say why not)
-        return load_audio(path)[:, None], 16000, 1
-
-
-def _feed(stream, data, rate: int, chunk: int, realtime: bool, errors: list, speed: float = 1.0) -> None:
-    """Push ``data`` in chunks, at wall-clock pace (times ``speed``) when
-    ``realtime``; then flush and close."""
-    import time
-
-    try:
-        t0 = time.perf_counter()
-        for i in range(0, len(data), chunk):
-            if realtime:
-                time.sleep(max(0.0, t0 + (i + chunk) / rate / speed - time.perf_counter()))  # the chunk has been spoken
-            stream.push_audio(data[i : i + chunk], sample_rate=rate)
-        stream.close()
-    except BaseException as exc:  # noqa: BLE001 - re-raised by the consumer
-        errors.append(exc)
-        stream.close(drain=False)
-
-
 def _stream(args: argparse.Namespace) -> int:
-    import json
-    import threading
-    import time
-
-    from synctalk_fast import Pipeline
-    from synctalk_fast.pipeline import VIDEO_SUFFIXES
-    from synctalk_fast.video import FrameFolderWriter, VideoWriter
-
+    encoder = args.audio_encoder or (DEFAULT_ENCODER if Path(DEFAULT_ENCODER).is_file() else None)
+    pipe = Pipeline(args.model, audio_encoder=encoder, runtime=args.runtime, providers=_providers(args),
+                    batch_size=args.batch_size, threads=args.threads, sessions=args.sessions, cache_mb=args.cache_mb)
     if args.chunk_ms <= 0:
         raise ValueError("--chunk-ms must be > 0")
     if args.speed <= 0:
         raise ValueError("--speed must be > 0")
-    data, rate, channels = _read_native(args.audio)
-    encoder = args.audio_encoder or (DEFAULT_ENCODER if Path(DEFAULT_ENCODER).is_file() else None)
-    providers = args.providers.split(",") if args.providers else None
-    pipe = Pipeline(args.model, audio_encoder=encoder, providers=providers, batch_size=args.batch_size,
-                    threads=args.threads, sessions=args.sessions, cache_mb=args.cache_mb)
     stream = pipe.stream(args.template, start=args.start, idle=args.idle, max_lag=args.max_lag, layout=args.layout)
-    writer = None
-    if args.output:
-        out = Path(args.output)
-        writer = (VideoWriter(out, fps=stream.fps, crf=args.crf, preset=args.preset, frame_audio=True,
-                              audio_rate=16000, sample_rate=48000)
-                  if out.suffix.lower() in VIDEO_SUFFIXES else FrameFolderWriter(out, ext="png"))
-    chunk = max(1, int(round(rate * args.chunk_ms / 1000)))
-    seconds = len(data) / rate
     if not args.quiet:
         mode = (("real time" if args.speed == 1 else f"{args.speed:g} x real time") if args.realtime
                 else "as fast as possible")
-        print(f"streaming {args.audio} ({seconds:.2f} s, {rate} Hz x {channels}) in {args.chunk_ms:g} ms chunks, "
-              f"{mode}; {pipe.unet.providers[0]}, {len(stream.unets)} U-Net session(s) ({stream.layout} layout), "
+        print(f"streaming {args.audio} in {args.chunk_ms:g} ms chunks, {mode}; {pipe.engine.runtime} "
+              f"{pipe.engine.providers[0]}, {len(stream.unets)} U-Net session(s) ({stream.layout} layout), "
               f"batch <= {pipe.batch_size}")
-    errors: list = []
-    feeder = threading.Thread(target=_feed, args=(stream, data, rate, chunk, args.realtime, errors, args.speed),
-                              name="synctalk-feeder", daemon=True)
-    t0 = time.perf_counter()
-    first = None
-    try:
-        feeder.start()
-        for f in stream.frames(follow=True):
-            if first is None and not f.idle:
-                first = time.perf_counter() - t0
-            if writer is not None:
-                if isinstance(writer, VideoWriter):
-                    writer.write(f.image, audio=f.audio)
-                else:
-                    writer.write(f.image)
-        feeder.join()
-        if errors:
-            raise errors[0]
-        if writer is not None:
-            writer.close()
-    except BaseException:
-        stream.close(drain=False)
-        if writer is not None:
-            writer.abort()
-        raise
-    wall = time.perf_counter() - t0
-    stats = stream.stats()
-    stats.update(audio_seconds=seconds, wall_seconds=wall, frames_per_second=stats["frames"] / wall if wall else 0.0,
-                 first_frame_seconds=first, realtime=bool(args.realtime), speed=args.speed, chunk_ms=args.chunk_ms,
-                 provider=pipe.unet.providers[0], batch_size=pipe.batch_size)
+    stats = replay(stream, args.audio, chunk_ms=args.chunk_ms, realtime=args.realtime, speed=args.speed,
+                   output=args.output, crf=args.crf, preset=args.preset)
+    stats.update(pipe.engine.describe())
     if args.json:
         Path(args.json).write_text(json.dumps(stats, indent=2))
     if not args.quiet:
+        wall, first = stats["wall_seconds"], stats["first_frame_seconds"]
         ms = {k: v * 1000 for k, v in stats.items() if k.startswith(("wait_", "delay_"))}
         print(f"{stats['frames']} frames ({stats['idle_frames']} idle, {stats['skipped_frames']} skipped) in {wall:.2f} s: "
               f"{stats['frames_per_second']:.1f} frames/s (real time needs {stream.fps:g})")
@@ -201,14 +132,12 @@ def _stream(args: argparse.Namespace) -> int:
         if first is not None:
             print(f"first lip-synced frame after {first * 1000:.0f} ms; most frames waiting at once: "
                   f"{stats['max_buffered']} (bound {stats['max_ready']})")
-        if writer is not None:
-            print(f"recorded: {writer.path}")
+        if args.output:
+            print(f"recorded: {args.output}")
     return 0
 
 
 def _quantize(args: argparse.Namespace) -> int:
-    from synctalk_fast import models
-
     if args.audio is None and args.features is None:
         raise ValueError("give --audio (with --audio-encoder) or --features")
     encoder = args.audio_encoder
@@ -217,7 +146,7 @@ def _quantize(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     target = None if args.target_psnr <= 0 else args.target_psnr
     keep = [b.strip() for b in args.keep_fp32.split(",") if b.strip()] if args.keep_fp32 else []
-    report = models.quantize(args.model, args.output, template=args.template, audio=args.audio, audio_encoder=encoder,
+    report = quantize(args.model, args.output, template=args.template, audio=args.audio, audio_encoder=encoder,
                              features=args.features, report=args.report, methods=methods, target_psnr=target,
                              calibration=args.calibration, validation=args.validation, heldout=args.heldout,
                              keep_fp32=keep, threads=args.threads, seed=args.seed,
@@ -228,11 +157,6 @@ def _quantize(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    import soundfile as sf
-
-    from synctalk_fast import generate, models
-    from synctalk_fast.demo import synthetic_speech, synthetic_template
-
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     models_dir = out / "models"
@@ -241,7 +165,7 @@ def _demo(args: argparse.Namespace) -> int:
             models.export_onnx(models.random_state_dict(kind), models_dir / name, kind=kind)
     template = synthetic_template(out / "template")
     speech = out / "speech.wav"
-    sf.write(speech, synthetic_speech(args.seconds), 16000, subtype="PCM_16")
+    sf.write(speech, synthetic_speech(args.seconds), SAMPLE_RATE, subtype="PCM_16")
     result = generate(speech, template=template, output=out / "demo.mp4", unet=models_dir / "unet_328.onnx",
                       audio_encoder=models_dir / "audio_encoder.onnx", progress=not args.quiet)
     print(result)
@@ -254,8 +178,6 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from synctalk_fast.benchmark import main as bench_main
-
     return bench_main(args.args)
 
 
@@ -265,8 +187,10 @@ DEFAULT_ENCODER = "./models/audio_encoder.onnx"
 
 def _engine_options(p: argparse.ArgumentParser) -> None:
     """The Pipeline's session and cache options, shared by generate and stream."""
+    p.add_argument("--runtime", choices=sorted(RUNTIMES), default=DEFAULT_RUNTIME, help="inference runtime")
     p.add_argument("--batch-size", type=int, help="frames per U-Net call, at most (default: 4 on CPU, 16 on GPU)")
-    p.add_argument("--providers", help="ONNX Runtime providers, comma-separated (default: best available)")
+    p.add_argument("--providers", help="providers, comma-separated: names or aliases cpu, cuda, tensorrt, "
+                   "rocm, coreml, directml (default: best available)")
     p.add_argument("--threads", type=int, help="ONNX Runtime threads per U-Net session (default: cores / sessions)")
     p.add_argument("--sessions", type=int, help="parallel U-Net sessions (default: one per core up to 4 on CPU, 1 on GPU)")
     p.add_argument("--cache-mb", type=float, help="decoded template frame cache in MiB (default: 1/4 of free memory)")
@@ -343,7 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="output", help="output folder (default: output)")
     p.add_argument("--fps", type=float, default=25.0, help="video frame rate, recorded in metadata (default: 25)")
     p.add_argument("--mode", choices=["ave"], default="ave", help="only ave features are computed from audio")
-    p.add_argument("--providers", help="ONNX Runtime providers, comma-separated")
+    p.add_argument("--runtime", choices=sorted(RUNTIMES), default=DEFAULT_RUNTIME, help="inference runtime")
+    p.add_argument("--providers", help="providers, comma-separated (names or aliases)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=_features)
 
@@ -444,8 +369,6 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "func"):
         parser.print_help()
         return 0
-    from .errors import Error
-
     try:
         return args.func(args)
     except (Error, ValueError, OSError) as exc:  # each carries a one-line message for the user

@@ -1,6 +1,6 @@
 """Stage 2: per-frame audio features -> the U-Net's audio input.
 
-SPEC 1.8-1.9. ``ave`` features are the audio encoder's 512-float embeddings
+numerics §1.8-1.9. ``ave`` features are the audio encoder's 512-float embeddings
 (padded by :func:`pad_embeddings`); ``hubert`` and ``wenet`` features are
 precomputed per video frame by models outside this package.
 """
@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import FeatureError
+from .shapes import CONTEXT, FPS, MODE_TABLE, MODES
 
 __all__ = [
     "MODES",
@@ -28,22 +29,20 @@ __all__ = [
     "FeatureError",
 ]
 
-CONTEXT = 16  # feature rows per video frame: i - 8 .. i + 7
-#: U-Net audio input shape [C, H, W] per mode.
-MODES: dict[str, tuple[int, int, int]] = {"ave": (32, 16, 16), "hubert": (32, 32, 32), "wenet": (256, 16, 32)}
-#: Video frame rate per mode.
-FPS: dict[str, int] = {"ave": 25, "hubert": 25, "wenet": 20}
+
+def _mode(mode: str):
+    try:
+        return MODE_TABLE[mode]
+    except KeyError:
+        raise FeatureError(f"unknown mode {mode!r}; expected one of {', '.join(MODE_TABLE)}") from None
 
 
 def _mode_shape(mode: str) -> tuple[int, int, int]:
-    try:
-        return MODES[mode]
-    except KeyError:
-        raise FeatureError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}") from None
+    return _mode(mode).audio_shape
 
 
 def pad_embeddings(embeddings: np.ndarray) -> np.ndarray:
-    """Repeat the first and last encoder embedding once (SPEC 1.8).
+    """Repeat the first and last encoder embedding once (numerics §1.8).
 
     Parameters
     ----------
@@ -63,7 +62,7 @@ def pad_embeddings(embeddings: np.ndarray) -> np.ndarray:
 
 
 def feature_windows(features: np.ndarray, *, mode: str = "ave", start: int = 0, stop: int | None = None) -> np.ndarray:
-    """The U-Net audio input of video frames ``start .. stop - 1`` (SPEC 1.9).
+    """The U-Net audio input of video frames ``start .. stop - 1`` (numerics §1.9).
 
     Frame ``i`` takes feature rows ``i - 8 .. i + 7`` (rows outside the
     array are zeros) and reshapes the ``16 x D`` block row-major to the
@@ -107,13 +106,12 @@ def feature_windows(features: np.ndarray, *, mode: str = "ave", start: int = 0, 
 
 def window_size(mode: str) -> int:
     """Floats in one frame's U-Net audio input: C * H * W of the mode."""
-    c, h, w = _mode_shape(mode)
-    return c * h * w
+    return _mode(mode).window_size
 
 
 def row_size(mode: str) -> int:
     """Floats in one per-frame feature row: window_size / 16."""
-    return window_size(mode) // CONTEXT
+    return _mode(mode).row_size
 
 
 def _read_frame_bins(folder: Path) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Stage 3: template frame + landmarks -> network input; prediction -> frame.
 
-SPEC sections 2 and 3. Frames are BGR uint8 ``[H, W, 3]`` as OpenCV reads
+numerics §2 and §3. Frames are BGR uint8 ``[H, W, 3]`` as OpenCV reads
 them; boxes are ``(x0, y0, x1, y1)``, half-open, in pixels.
 """
 
@@ -13,13 +13,12 @@ import numpy as np
 
 from . import _backend
 from .errors import BoxError
+from .shapes import IMAGE_SHAPE
 
 __all__ = ["Box", "BoxError", "load_landmarks", "crop_box", "clip_box", "prepare_input", "paste_back", "INPUT_SHAPE"]
 
 Box = Tuple[int, int, int, int]
-#: Network image input of one frame: [real BGR, masked BGR] x 320 x 320.
-INPUT_SHAPE = (6, 320, 320)
-PRED_SHAPE = (3, 320, 320)
+INPUT_SHAPE = IMAGE_SHAPE  # the name this module has always used
 # Landmark points of the mouth box (0-based): left x, right x, top y.
 _LEFT, _RIGHT, _TOP = 1, 31, 52
 
@@ -64,7 +63,7 @@ def clip_box(box: Sequence[int], *, frame_shape: Sequence[int]) -> Box:
 
 
 def crop_box(landmarks: np.ndarray, *, frame_shape: Sequence[int] | None = None) -> Box:
-    """Mouth crop box of one template frame (SPEC 2).
+    """Mouth crop box of one template frame (numerics §2).
 
     ``x0 = p[1].x``, ``x1 = p[31].x``, ``y0 = p[52].y``, ``y1 = y0 + (x1 - x0)``:
     a square box, landmarks truncated toward zero through float32 first.
@@ -109,7 +108,7 @@ def _frame(frame: np.ndarray, fn: str) -> np.ndarray:
 
 
 def prepare_input(frame: np.ndarray, box: Sequence[int], *, out: np.ndarray | None = None) -> np.ndarray:
-    """Network image input of one frame (SPEC 3.1-3.4), fused in one pass.
+    """Network image input of one frame (numerics §3.1-3.4), fused in one pass.
 
     crop -> bicubic 328 x 328 (OpenCV INTER_CUBIC semantics) -> inner
     ``[4:324, 4:324]`` -> masked copy -> / 255 -> CHW.
@@ -146,7 +145,7 @@ def paste_back(
     out: np.ndarray | None = None,
     feather: int = 0,
 ) -> np.ndarray:
-    """Put a network prediction back into its frame (SPEC 3.6-3.7).
+    """Put a network prediction back into its frame (numerics §3.6-3.7).
 
     ``uint8(pred * 255)`` by truncation -> into the 328 crop (whose 4-pixel
     border is the resized original) -> bicubic back to the box size -> paste.

@@ -1,7 +1,7 @@
 """int8 U-Net: static quantization calibrated on the user's own template and
-speech, with a fidelity report (issue 8).
+speech, with a fidelity report.
 
-:func:`quantize` (also ``synctalk_fast.models.quantize``) draws network
+:func:`quantize` (``synctalk_fast.quantize``) draws network
 inputs from the template's frames and the speech's features (the real input
 distribution), splits the frames into calibration, validation and held-out
 sets, and:
@@ -19,8 +19,10 @@ sets, and:
    the held-out frames (never used above), over the mouth box and the whole
    frame, and the speed of both models measured in the same run.
 
-It drives the template and frame stages, so it lives above them, beside
-:mod:`~synctalk_fast.pipeline`.
+Every network run goes through an :class:`~synctalk_fast.engine.Engine` (the
+U-Net step's prepare and paste included); ONNX Runtime's quantization tools
+write the candidate models. It drives the engine, so it lives above it,
+beside :mod:`~synctalk_fast.pipeline`.
 """
 
 from __future__ import annotations
@@ -41,9 +43,12 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from ._atomic import atomic_path, write_atomic
+from .engine import Engine, StepBatch
 from .errors import FeatureError, ModelError, TemplateError
-from .features import MODES, feature_windows, load_features
-from .frames import INPUT_SHAPE, paste_back, prepare_input
+from .features import feature_windows, load_features
+from .runtime import default_threads
+from .shapes import MODES
 from .template import Template
 
 __all__ = ["quantize", "QuantizeReport", "name_blocks", "fidelity", "METHODS"]
@@ -77,7 +82,7 @@ def name_blocks(model) -> list[str]:
     blocks in graph order.
 
     A convolution's block comes from its weight's name (the state-dict keys
-    of SPEC 5, as :func:`~synctalk_fast.models.export_onnx` writes them);
+    of numerics §5, as :func:`~synctalk_fast.models.export_onnx` writes them);
     with other names, every three convolutions make a block (an inverted
     residual). Nodes without weights join the block of their first input.
     The model is changed in place.
@@ -173,9 +178,7 @@ class QuantizeReport:
         return clean(asdict(self))
 
     def save(self, path: str | os.PathLike) -> Path:
-        path = Path(path)
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        return path
+        return write_atomic(Path(path), (json.dumps(self.to_dict(), indent=2) + "\n").encode())
 
     def __str__(self) -> str:
         f, s = self.fidelity, self.speed
@@ -211,12 +214,9 @@ def _quiet_ort_logging():
         root.setLevel(level)
 
 
-def _session(path, threads: int | None = None):
-    import onnxruntime as ort
-
-    from .models.session import _session_options
-
-    return ort.InferenceSession(str(path), _session_options(threads), providers=["CPUExecutionProvider"])
+def _cpu_engine(path, threads: int | None) -> Engine:
+    """A one-session engine on the host CPU for a candidate model."""
+    return Engine(path, providers=["cpu"], sessions=1, threads=threads or default_threads())
 
 
 class _Feeds:
@@ -249,13 +249,14 @@ class _Feeds:
         return Reader()
 
 
-def _run(sess, feeds: _Feeds) -> np.ndarray:
+def _run(engine: Engine, feeds: _Feeds) -> np.ndarray:
     """U-Net predictions, float32 [N, 3, 320, 320]."""
-    return np.concatenate([sess.run(None, feeds.batch(i, _BATCH))[0] for i in range(0, len(feeds), _BATCH)])
+    return np.concatenate([engine.infer(feeds.images[i : i + _BATCH], feeds.audio[i : i + _BATCH])
+                           for i in range(0, len(feeds), _BATCH)])
 
 
 def _levels(pred: np.ndarray) -> np.ndarray:
-    """uint8 [N, 320, 320, 3] as the reference makes them (truncation, SPEC 3.6)."""
+    """uint8 [N, 320, 320, 3] as the reference makes them (truncation, numerics §3.6)."""
     return np.ascontiguousarray((pred * 255.0).astype(np.uint8).transpose(0, 2, 3, 1))
 
 
@@ -335,7 +336,7 @@ def _split(n: int, sizes: dict[str, int], rng: np.random.Generator) -> dict[str,
     return out
 
 
-def _features(features, audio, audio_encoder, mode: str) -> tuple[np.ndarray, bool]:
+def _features(features, audio, audio_encoder, mode: str, threads: int | None) -> tuple[np.ndarray, bool]:
     if features is not None:
         return load_features(features, mode=mode)
     if audio is None:
@@ -344,19 +345,18 @@ def _features(features, audio, audio_encoder, mode: str) -> tuple[np.ndarray, bo
         raise FeatureError(f"{mode} models take precomputed features (features=...), not audio")
     if audio_encoder is None:
         raise FeatureError("computing features from audio needs audio_encoder=...; or pass features=...")
-    from .pipeline import audio_features
+    encoder = Engine(audio_encoder=audio_encoder, providers=["cpu"], threads=threads)
+    return encoder.audio_features(audio), False
 
-    return audio_features(audio, audio_encoder=audio_encoder), False
 
-
-def _timed(sess, feeds: _Feeds, rounds: int = 2) -> float:
+def _timed(engine: Engine, feeds: _Feeds, rounds: int = 2) -> float:
     """Seconds per frame, best of ``rounds`` passes over ``feeds`` in batches."""
-    sess.run(None, feeds.batch(0, _BATCH))
+    engine.infer(feeds.images[:_BATCH], feeds.audio[:_BATCH])
     best = math.inf
     for _ in range(rounds):
         t0 = time.perf_counter()
         for i in range(0, len(feeds), _BATCH):
-            sess.run(None, feeds.batch(i, _BATCH))
+            engine.infer(feeds.images[i : i + _BATCH], feeds.audio[i : i + _BATCH])
         best = min(best, (time.perf_counter() - t0) / len(feeds))
     return best
 
@@ -421,8 +421,6 @@ def quantize(
     """
     import onnx
 
-    from .models import load_session
-
     t_start = time.perf_counter()
     say = progress or (lambda line: log.info("%s", line))
     for m in methods:
@@ -434,37 +432,38 @@ def quantize(
 
     if "calibration_cache_path" not in inspect.signature(quantize_static).parameters:
         raise ModelError("int8 quantization needs a newer onnxruntime (calibration caches); pip install -U onnxruntime")
-    fp32 = load_session(model, threads=threads, providers=["CPUExecutionProvider"])
-    if fp32.kind != "unet":
-        raise ModelError(f"{model}: is an audio encoder; quantize takes a U-Net")
+    try:
+        engine = _cpu_engine(model, threads)
+    except ModelError as exc:
+        if "is an audio encoder" in str(exc):
+            raise ModelError(f"{model}: is an audio encoder; quantize takes a U-Net") from None
+        raise
+    fp32 = engine.unet
     tpl = template if isinstance(template, Template) else Template(template)
-    rows, windowed = _features(features, audio, audio_encoder, fp32.mode)
-    c, h, w = MODES[fp32.mode]
+    rows, windowed = _features(features, audio, audio_encoder, fp32.mode, threads)
 
     rng = np.random.default_rng(seed)
     sets = _split(len(tpl), {"heldout": heldout, "calibration": calibration, "validation": validation}, rng)
     pairing = {k: rng.integers(0, rows.shape[0], len(v)) for k, v in sets.items()}
 
+    prepared: dict[str, StepBatch] = {}
+
     def feeds_for(name: str) -> _Feeds:
-        idx, rws = sets[name], pairing[name]
-        images = np.empty((len(idx), *INPUT_SHAPE), np.float32)
-        for j, k in enumerate(idx):
-            prepare_input(tpl.frame(int(k), copy=False), tpl.box(int(k)), out=images[j])
-        audio_in = np.concatenate([rows[r : r + 1].reshape(1, c, h, w) if windowed else
+        rws = pairing[name]
+        audio_in = np.concatenate([rows[r : r + 1].reshape(1, *MODES[fp32.mode]) if windowed else
                                    feature_windows(rows, mode=fp32.mode, start=int(r), stop=int(r) + 1) for r in rws])
-        return _Feeds(fp32.inputs, images, audio_in)
+        prepared[name] = engine.prepare([(tpl, int(k)) for k in sets[name]], audio_in)
+        return _Feeds(fp32.inputs, prepared[name].images, prepared[name].audio)
 
     def pasted(name: str, preds: np.ndarray) -> list[np.ndarray]:
-        out = []
-        for k, p in zip(sets[name], preds):
-            out.append(paste_back(tpl.frame(int(k), copy=False), tpl.box(int(k)), p))
-        return out
+        batch = prepared[name]
+        return list(engine.paste(StepBatch(batch.frames, batch.images, batch.audio, preds)))
 
     say(f"frames: {len(sets['calibration'])} calibration, {len(sets['validation'])} validation, "
         f"{len(sets['heldout'])} held out (of {len(tpl)})")
     cal, val = feeds_for("calibration"), feeds_for("validation")
     val_boxes = [tpl.box(int(k)) for k in sets["validation"]]
-    ref_val_frames = pasted("validation", _run(_session(fp32.model_path, threads), val))
+    ref_val_frames = pasted("validation", _run(engine, val))
 
     with tempfile.TemporaryDirectory(prefix="synctalk-quant-") as tmp:
         work = Path(tmp)
@@ -483,7 +482,7 @@ def quantize(
             exclude = [n for b in fp32_blocks for n in node_names[b]]
             _quantize_file(src, dst, method, work / f"{method}.json", exclude=exclude,
                            include=node_names[only] if only else None)
-            pred = _run(_session(dst, threads), val)
+            pred = _run(_cpu_engine(dst, threads), val)
             return fidelity(ref_val_frames, pasted("validation", pred), boxes=val_boxes)["psnr"]
 
         method_scores = {}
@@ -508,18 +507,17 @@ def quantize(
             say(f"{len(kept)} of {len(blocks)} blocks kept in fp32 -> validation mouth PSNR {best:.2f} dB")
 
         output = Path(output)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        part = output.with_name(f".{output.name}.part")
-        _quantize_file(src, part, method, work / f"{method}.json", exclude=[n for b in kept for n in node_names[b]])
-        if not any(n.op_type == "QuantizeLinear" for n in onnx.load(str(part)).graph.node):
-            notes = ["every block is in fp32: the output is the fp32 model with no int8 left"]
-        else:
-            notes = []
-        os.replace(part, output)
+        with atomic_path(output) as part:
+            _quantize_file(src, part, method, work / f"{method}.json",
+                           exclude=[n for b in kept for n in node_names[b]])
+            if not any(n.op_type == "QuantizeLinear" for n in onnx.load(str(part)).graph.node):
+                notes = ["every block is in fp32: the output is the fp32 model with no int8 left"]
+            else:
+                notes = []
 
     say("measuring held-out fidelity and speed ...")
     held = feeds_for("heldout")
-    s32, s8 = _session(fp32.model_path, threads), _session(output, threads)
+    s32, s8 = engine, _cpu_engine(output, threads)
     p32, p8 = _run(s32, held), _run(s8, held)
     f32, f8 = pasted("heldout", p32), pasted("heldout", p8)
     boxes = [tpl.box(int(k)) for k in sets["heldout"]]
@@ -527,8 +525,6 @@ def quantize(
            "unet": fidelity(_levels(p32), _levels(p8))}
     speed_feeds = held if len(held) >= 2 * _BATCH else cal
     t32, t8 = _timed(s32, speed_feeds), _timed(s8, speed_feeds)
-    from .models import default_threads
-
     speed = {"fp32": t32, "int8": t8, "speedup": t32 / t8, "batch": _BATCH, "threads": threads or default_threads(),
              "frames": len(speed_feeds)}
     met = target_psnr is None or fid["mouth"]["psnr"] >= target_psnr

@@ -1,22 +1,25 @@
-"""Stage 5: streaming. Audio chunks in, lip-synced frames out, as soon as each
-frame can be computed.
+"""Streaming. Audio chunks in, lip-synced frames out, as soon as each frame
+can be computed.
 
-:class:`Stream` runs on a :class:`~synctalk_fast.Pipeline`'s sessions and the
-same kernels as offline generation, in overlapped threads:
+:class:`Stream` runs on an :class:`~synctalk_fast.engine.Engine` (shared with
+pipelines and other streams) and the same kernels as offline generation:
 
 - the caller's :meth:`Stream.push_audio` converts a chunk (any rate, int16 or
   float, mono or interleaved channels) to 16 kHz mono, through soxr's
   streaming resampler, which gives the same samples as the one-shot
   resampler of :func:`~synctalk_fast.load_audio`;
-- a feature thread extends the mel spectrogram by the frames that no later
-  sample can change, encodes the encoder windows that lie inside them, and
-  turns every frame whose 16 feature rows are known into a job;
-- one worker per U-Net session takes whatever jobs are ready (up to the
-  pipeline's batch size: batch 1 when keeping up, larger batches when
-  behind), prepares, runs and pastes them;
+- a feature thread drives :class:`~synctalk_fast.live_features.UtteranceFeatures`:
+  it extends the mel spectrogram by the frames that no later sample can
+  change, encodes the encoder windows that lie inside them, and turns every
+  frame whose 16 feature rows are known into a job;
+- the stream is a work source of the engine (:meth:`Stream.take`): the
+  engine's worker for each U-Net session takes whatever jobs are ready (up
+  to the batch size: batch 1 when keeping up, larger batches when behind,
+  batched with other producers' work), prepares, runs and pastes them, and
+  hands each frame back;
 - the consumer iterates :meth:`Stream.frames` and gets frames in order.
 
-Exactness (SPEC 1). Mel frame ``t`` covers samples ``200 t - 400 .. 200 t +
+Exactness (numerics §1). Mel frame ``t`` covers samples ``200 t - 400 .. 200 t +
 399``: once ``200 t + 400`` samples have arrived it is final, and it is
 computed by :func:`~synctalk_fast.mel_spectrogram` on a slice starting at a
 multiple of 200 samples whose own padding and pre-emphasis do not reach
@@ -25,13 +28,13 @@ int(80.0 * (i / 25.0))``) is final when its last mel frame is; video frame
 ``i`` reads feature rows ``i - 8 .. i + 7`` (row ``r`` is embedding ``r -
 1``), so it needs window ``i + 6``: about ``0.04 i + 0.45`` s of audio. The
 end of an utterance (its window count, the windows moved back to ``T - 16``,
-the end padding of the STFT and the repeated last embedding of SPEC 1.8) is
+the end padding of the STFT and the repeated last embedding of numerics §1.8) is
 only known at :meth:`Stream.flush`, which computes the rest. Every value is
 the one offline generation computes; ONNX Runtime's CPU results do not
 depend on the batch composition, so the frames are identical.
 
 Positions. Each frame the stream emits (lip-synced or idle) takes the next
-position of the template's ping-pong sweep (SPEC 2), so the person keeps
+position of the template's ping-pong sweep (numerics §2), so the person keeps
 moving naturally across utterances, pauses and interruptions.
 
 Invariants: every shared field is guarded by ``self._cond``'s lock; the
@@ -46,6 +49,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import functools
 import logging
 import math
 import threading
@@ -56,36 +60,20 @@ from typing import AsyncIterator, Iterator
 
 import numpy as np
 
-from ._filters import HOP, N_MELS, SAMPLE_RATE
-from .audio import MEL_WINDOW, _to_mono, mel_spectrogram, num_mel_windows
+from ._filters import SAMPLE_RATE
+from .audio import StreamResampler, _to_mono
+from .engine import Engine, StepItem
 from .errors import AudioError, FeatureError
-from .features import CONTEXT, FPS
-from .frames import INPUT_SHAPE, paste_back, prepare_input
+from .features import FPS
+from .shapes import AUDIO_SHAPES
+from .template import Template
+from .live_features import ENCODER_BATCH, UtteranceFeatures, frame_need
 
 __all__ = ["Stream", "StreamFrame"]
 
 log = logging.getLogger(__name__)
 
-N_FFT_HALF = 400  # centred STFT: frame t covers samples 200 t - 400 .. 200 t + 399
-EMBEDDING = 512
-ENCODER_BATCH = 64
-_LOOKAHEAD = 6  # frame i needs window i + 6 (feature row i + 7)
-_MIN_SAMPLES = (MEL_WINDOW - 1) * HOP  # 16 mel frames: 1 + n // 200 >= 16
 _END = object()
-
-
-def _run_blank(unet) -> None:
-    unet.run(image=np.zeros((1, *INPUT_SHAPE), np.float32), audio=np.zeros((1, 32, 16, 16), np.float32))
-
-
-def _window_start(i: int) -> int:
-    return int(80.0 * (i / 25.0))  # SPEC 1.6, in double as the reference
-
-
-def _frame_need(i: int) -> int:
-    """Samples that must have arrived before frame ``i`` of an utterance is
-    computable without knowing where the utterance ends."""
-    return HOP * (_window_start(i + _LOOKAHEAD) + MEL_WINDOW - 1) + N_FFT_HALF
 
 
 @dataclass(eq=False)
@@ -149,48 +137,6 @@ class StreamFrame:
         return self.emitted - self.audio_in
 
 
-class _Buffer:
-    """Rows appended at the end, addressed by absolute index, released at the front.
-
-    Not thread-safe: the stream calls it under its lock. ``get`` returns copies.
-    """
-
-    def __init__(self, tail: tuple[int, ...] = (), capacity: int = 4096):
-        self._a = np.empty((capacity, *tail), np.float32)
-        self.start = 0  # absolute index of self._a[0]
-        self.end = 0  # absolute index one past the last row
-
-    def append(self, rows: np.ndarray) -> None:
-        used, n = self.end - self.start, len(rows)
-        if used + n > len(self._a):
-            grown = np.empty((max(2 * len(self._a), used + n), *self._a.shape[1:]), np.float32)
-            grown[:used] = self._a[:used]
-            self._a = grown
-        self._a[used : used + n] = rows
-        self.end += n
-
-    def get(self, lo: int, hi: int) -> np.ndarray:
-        """Rows ``lo .. hi - 1`` (absolute), a copy; rows past the end are zeros."""
-        assert lo >= self.start, (lo, self.start)
-        out = np.zeros((hi - lo, *self._a.shape[1:]), np.float32)
-        top = min(hi, self.end)
-        if top > lo:
-            out[: top - lo] = self._a[lo - self.start : top - self.start]
-        return out
-
-    def truncate(self, end: int) -> None:
-        self.end = max(self.start, min(self.end, end))
-
-    def release(self, lo: int) -> None:
-        """Rows before ``lo`` are no longer needed."""
-        lo = min(lo, self.end)
-        k = lo - self.start
-        if k > 0 and k >= len(self._a) // 2:
-            used = self.end - self.start
-            self._a[: used - k] = self._a[k:used]
-            self.start = lo
-
-
 class _ChunkConverter:
     """Chunks of any layout -> 16 kHz mono float32, one utterance at a time.
 
@@ -250,10 +196,7 @@ class _ChunkConverter:
         self._byte = byte
         if self.rate is None:
             self.rate, self.channels = int(sample_rate), ch
-            if self.rate != SAMPLE_RATE:
-                import soxr
-
-                self._resampler = soxr.ResampleStream(self.rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
+            self._resampler = StreamResampler(self.rate, SAMPLE_RATE)
         if x.ndim == 1 and ch > 1:
             x = np.concatenate([self._carry, x])
             whole = len(x) - len(x) % ch
@@ -262,71 +205,68 @@ class _ChunkConverter:
         mono = _to_mono(np.ascontiguousarray(x.T)) if x.ndim == 2 else x
         mono = np.ascontiguousarray(mono, dtype=np.float32)
         self.n_in += len(mono)
-        out = mono if self._resampler is None else self._resampler.resample_chunk(mono, last=False)
+        out = self._resampler.push(mono)
         self.n_out += len(out)
-        return np.asarray(out, np.float32)
+        return np.array(out, np.float32)  # a copy: with equal rates the resampler returns its input
 
     def finish(self) -> tuple[np.ndarray, int]:
         """The resampler's tail and the utterance's length at 16 kHz
         (``ceil(n * 16000 / rate)``, librosa's length)."""
         tail = np.zeros(0, np.float32)
         total = self.n_out
-        if self._resampler is not None:
-            tail = np.asarray(self._resampler.resample_chunk(np.zeros(0, np.float32), last=True), np.float32)
+        if self._resampler is not None and self.rate != SAMPLE_RATE:
+            tail = np.asarray(self._resampler.finish(), np.float32)
             total = int(np.ceil(self.n_in * (SAMPLE_RATE / self.rate)))
         self.reset()
         return tail, total
 
 
 class _Utterance:
-    """Speech from the first chunk after a flush (or interrupt) to the next flush."""
+    """Speech from the first chunk after a flush (or interrupt) to the next flush.
+
+    ``features`` holds its samples and features (see :class:`UtteranceFeatures`
+    for which thread owns what); the rest is the stream's bookkeeping, under
+    the stream's lock.
+    """
 
     def __init__(self, number: int):
         self.number = number
-        self.samples = _Buffer()  # 16 kHz mono
+        self.features = UtteranceFeatures()
         self.arrival_end: list[int] = []  # samples received after each push ...
         self.arrival_time: list[float] = []  # ... and when
         self.closed = False
         self.closed_at = math.nan
         self.dirty = False  # the feature thread has work here
         self.dropped = False
-        # feature thread state (mel is its own; the rest is read under the lock)
-        self.mel = _Buffer((N_MELS,))  # mel frames as rows
-        self.t_done = 0  # final mel frames
-        self.emb = _Buffer((EMBEDDING,))
-        self.w_done = 0  # encoded windows
-        self.n_windows: int | None = None  # known at flush
         self.made = 0  # frames turned into jobs
         self.taken = 0  # frames taken by the workers (jobs leave in order)
         self.base: int | None = None  # stream position of frame 0
 
     @property
     def finished(self) -> bool:
-        return self.n_windows is not None and self.made == self.n_windows + 2
+        return self.features.complete and self.made == self.features.frames_known()
 
     def add(self, samples: np.ndarray, now: float) -> None:
         if len(samples):
-            self.samples.append(samples)
-            self.arrival_end.append(self.samples.end)
-            self.arrival_time.append(now)
+            self.features.push(samples)
+            self._arrived(now)
+
+    def close(self, total: int, now: float) -> None:
+        """The utterance holds ``total`` samples; raises AudioError if that is too short."""
+        self.closed, self.closed_at = True, now
+        n = self.features.n_samples
+        self.features.end(total)
+        if self.features.n_samples > n:  # zeros appended: they "arrive" now (a cut keeps arrival_end sorted)
+            self._arrived(now)
+
+    def _arrived(self, now: float) -> None:
+        self.arrival_end.append(self.features.n_samples)
+        self.arrival_time.append(now)
 
     def arrival(self, n: int) -> float:
         """When sample ``n - 1`` arrived (``closed_at`` for samples past the end)."""
         j = bisect.bisect_left(self.arrival_end, n)
         return self.arrival_time[j] if j < len(self.arrival_end) else self.closed_at
-
-    def row_window(self, i: int) -> np.ndarray:
-        """U-Net audio input of frame ``i``: feature rows ``i - 8 .. i + 7``
-        (row 0 = e0, row r = e(r - 1), row n + 1 = e(n - 1), zeros outside),
-        float32 ``[16, 512]``. Exactly :func:`feature_windows` of :func:`pad_embeddings`."""
-        out = np.zeros((CONTEXT, EMBEDDING), np.float32)
-        n_rows = None if self.n_windows is None else self.n_windows + 2
-        for j, r in enumerate(range(i - CONTEXT // 2, i + CONTEXT // 2)):
-            if r < 0 or (n_rows is not None and r >= n_rows):
-                continue
-            e = 0 if r == 0 else (self.n_windows - 1 if n_rows is not None and r == n_rows - 1 else r - 1)
-            out[j] = self.emb.get(e, e + 1)[0]
-        return out
 
     def forget_pushes(self, before: int) -> None:
         k = bisect.bisect_left(self.arrival_end, before)
@@ -350,12 +290,13 @@ class Stream:
 
     Parameters
     ----------
-    pipe : Pipeline
-        An ave pipeline with an audio encoder (its sessions, batch size and
-        template cache are used). One stream per pipeline at a time.
+    engine : Engine or Pipeline
+        An ave engine with an audio encoder (its sessions and batch size are
+        used; several streams may share one), or a pipeline (its engine and
+        its template cache).
     template : Template, str or os.PathLike, keyword-only
     start : int, keyword-only
-        Template frame offset (SPEC 2), as in :meth:`Pipeline.frames`.
+        Template frame offset (numerics §2), as in :meth:`Pipeline.frames`.
     idle : bool, keyword-only
         While no speech is pending, :meth:`frames` with ``follow=True``
         emits the template frames untouched at the frame rate (the person
@@ -375,12 +316,13 @@ class Stream:
         stays near ``max_lag`` plus one batch's compute instead of growing. Default None: every frame is
         lip-synced, however late.
     layout : {"auto", "throughput", "latency"}, keyword-only
-        U-Net sessions on CPU. "throughput": the pipeline's (one session per
-        core: the most frames per second when behind); "latency": one
+        The engine's sessions that serve the stream (see
+        :meth:`Engine.choose_layout`). "throughput": one session per core
+        on CPU (the most frames per second when behind); "latency": one
         session on every core (each frame done soonest, when the hardware
         keeps up); "auto" (default): "latency" if that session measures at
         least 1.25 x the frame rate on this machine, else "throughput". On
-        a GPU the pipeline has one session and this changes nothing.
+        a GPU there is one session and this changes nothing.
     warmup : bool, keyword-only
         Run each session once now, so that the first frame does not pay
         for ONNX Runtime's first-run setup (or a TensorRT engine build).
@@ -403,34 +345,33 @@ class Stream:
     its threads.
     """
 
-    def __init__(self, pipe, *, template, start: int = 0, idle: bool = False, max_ready: int | None = None,
+    def __init__(self, engine, *, template, start: int = 0, idle: bool = False, max_ready: int | None = None,
                  feather: int = 0, max_lag: float | None = None, layout: str = "auto", warmup: bool = True):
-        if pipe.mode != "ave":
-            raise FeatureError(f"streaming computes features from audio: it needs an ave U-Net, not {pipe.mode}")
-        if pipe.encoder is None:
-            raise FeatureError("streaming needs the pipeline's audio_encoder=...")
+        if not isinstance(engine, Engine):  # a Pipeline: its engine and its template cache
+            template = engine.template(template)
+            engine = engine.engine
+        if engine.mode != "ave":
+            raise FeatureError(f"streaming computes features from audio: it needs an ave U-Net, not {engine.mode}")
+        if engine.encoder is None:
+            raise FeatureError("streaming needs the engine's audio_encoder=...")
         if max_ready is not None and int(max_ready) < 1:
             raise ValueError(f"max_ready must be >= 1, got {max_ready!r}")
         if max_lag is not None and not max_lag >= 0:
             raise ValueError(f"max_lag must be >= 0 seconds, got {max_lag!r}")
         self.max_lag = None if max_lag is None else float(max_lag)
-        self.pipe = pipe
-        self.template = pipe.template(template)
+        self.engine = engine
+        self.template = template if isinstance(template, Template) else Template(template)
         self.start = int(start)
         self.idle = bool(idle)
         self.feather = int(feather)
         self.fps = float(FPS["ave"])
         self.frame_samples = int(SAMPLE_RATE / self.fps)  # 640
-        self.batch_size = pipe.batch_size
-        self.max_ready = int(max_ready or max(8, 2 * pipe.batch_size * len(pipe.unets)))  # both layouts alike
-
-        if layout not in ("auto", "throughput", "latency"):
-            raise ValueError(f"layout must be 'auto', 'throughput' or 'latency', got {layout!r}")
-        self.unets, self.layout = self._plan_sessions(layout)
+        self.batch_size = engine.batch_size
+        self.max_ready = int(max_ready or max(8, 2 * engine.batch_size * len(engine.sessions)))  # both layouts alike
+        self.layout = engine.choose_layout(layout, fps=self.fps)
+        self.unets = engine.layout_sessions(self.layout)  # the sessions that serve this stream
         if warmup:
-            pipe.encoder.run(mel=np.zeros((1, 1, N_MELS, MEL_WINDOW), np.float32))
-            for unet in self.unets:
-                _run_blank(unet)
+            engine.warmup(self.layout)
 
         self._cond = threading.Condition()
         self._input_lock = threading.Lock()  # taken before self._cond, never after
@@ -454,37 +395,13 @@ class Stream:
         self._delays: deque[float] = deque(maxlen=100_000)
         self._max_buffered = 0
         self._threads = [threading.Thread(target=self._feature_loop, name="synctalk-stream-features", daemon=True)]
-        self._threads += [threading.Thread(target=self._unet_loop, args=(u,), name=f"synctalk-stream-unet-{k}",
-                                           daemon=True) for k, u in enumerate(self.unets)]
         for t in self._threads:
             t.start()
+        engine.attach(self, layout=self.layout)  # the engine's workers call take()
 
     def __repr__(self) -> str:
         return (f"Stream(template={str(self.template.folder)!r}, layout={self.layout!r} ({len(self.unets)} "
                 f"session(s)), position={self._next_emit}, backlog={self.backlog}, closed={self._closed})")
-
-    def _plan_sessions(self, layout: str) -> tuple[list, str]:
-        """The U-Net sessions the workers use, and the layout they make."""
-        pipe = self.pipe
-        if pipe.unet.device != "cpu" or len(pipe.unets) == 1 or layout == "throughput":
-            return list(pipe.unets), "throughput" if len(pipe.unets) > 1 else "latency"
-        from .models import default_threads, load_session
-
-        single = load_session(pipe.unet.model_path, providers=pipe.unet.providers, threads=default_threads(),
-                              batch_size=pipe.batch_size)
-        if layout == "auto":
-            _run_blank(single)
-            times = []
-            for _ in range(3):
-                t0 = time.perf_counter()
-                _run_blank(single)
-                times.append(time.perf_counter() - t0)
-            if 1.0 / sorted(times)[1] < 1.25 * self.fps:  # cannot keep up with margin: most frames per second
-                log.info("stream: one session takes %.0f ms a frame; using %d sessions", 1000 * sorted(times)[1],
-                         len(pipe.unets))
-                return list(pipe.unets), "throughput"
-        return [single], "latency"
-
 
     # -- input ---------------------------------------------------------------
     def push_audio(self, chunk, *, sample_rate: int = SAMPLE_RATE, channels: int | None = None) -> None:
@@ -523,8 +440,8 @@ class Stream:
                 self._cond.notify_all()
 
     def flush(self) -> None:
-        """End the utterance: its remaining frames (the end padding of SPEC
-        1.8) are computed and emitted. A no-op without pending speech.
+        """End the utterance: its remaining frames (the end padding of
+        numerics §1.8) are computed and emitted. A no-op without pending speech.
 
         Raises
         ------
@@ -543,16 +460,12 @@ class Stream:
                 utt.add(tail, now)
                 # librosa's length: ceil(n * 16000 / rate). The resampler holds back more
                 # than its rounding, so only samples not yet used can be cut.
-                if utt.samples.end > total:
-                    utt.samples.truncate(total)
-                else:
-                    utt.add(np.zeros(total - utt.samples.end, np.float32), now)
-                utt.closed, utt.closed_at = True, now
-                if total < _MIN_SAMPLES:
+                try:
+                    utt.close(total, now)
+                except AudioError as exc:  # shorter than one encoder window
                     utt.dropped = True
                     self._utts.remove(utt)
-                    raise AudioError(f"utterance too short: {total / SAMPLE_RATE:.3f} s of audio, one encoder window "
-                                     f"needs {_MIN_SAMPLES / SAMPLE_RATE:.3f} s; it was dropped")
+                    raise AudioError(f"{exc}; it was dropped") from None
                 utt.dirty = True
                 self._cond.notify_all()
 
@@ -609,6 +522,7 @@ class Stream:
             self._stop = True
             self._closed = True
             self._cond.notify_all()
+        self.engine.detach(self)
         me = threading.current_thread()
         for t in self._threads:
             if t is not me:
@@ -682,7 +596,9 @@ class Stream:
 
     # -- feature thread --------------------------------------------------------
     def _feature_loop(self) -> None:
-        encoder = self.pipe.encoder
+        """Extend the features of the utterances with new audio (the steps of
+        :class:`UtteranceFeatures`): plans and embeddings under the lock, the
+        mel spectrogram and the encoder outside it, while pushes go on."""
         try:
             while True:
                 with self._cond:
@@ -694,130 +610,89 @@ class Stream:
                             break
                         self._cond.wait()
                     utt.dirty = False
-                    gen, n, closed = self._gen, utt.samples.end, utt.closed
-                    plan = self._mel_plan(utt, n, closed)
+                    gen = self._gen
+                    feats = utt.features
+                    plan = feats.mel_plan()  # a copy of the samples it needs
                     self._busy = True
                 if plan is not None:  # mel frames that are now final (this thread's own state)
-                    seg, a, t_to = plan
-                    m = mel_spectrogram(seg, n_threads=1)
-                    utt.mel.append(m[:, utt.t_done - a : t_to - a].T)
-                    utt.t_done = t_to
-                T = utt.t_done
-                n_win = num_mel_windows(T) if closed else None
-                w_to = utt.w_done
-                while (w_to < n_win) if closed else (_window_start(w_to) + MEL_WINDOW <= T):
-                    w_to += 1
-                more = w_to - utt.w_done > ENCODER_BATCH
-                w_to = min(w_to, utt.w_done + ENCODER_BATCH)
-                emb = None
-                if w_to > utt.w_done:
-                    starts = [min(_window_start(i), T - MEL_WINDOW) for i in range(utt.w_done, w_to)]
-                    windows = np.stack([utt.mel.get(s, s + MEL_WINDOW).T for s in starts])[:, None]
-                    emb = encoder.run(mel=windows)
-                    utt.mel.release(max(0, min(_window_start(w_to), T - MEL_WINDOW)))
+                    feats.compute_mel(plan)
+                batch = feats.encoder_windows(ENCODER_BATCH)
+                emb = self.engine.encode(batch.windows) if batch is not None and batch.size else None
                 with self._cond:
                     self._busy = False  # in the same critical section as the jobs: never quiet in between
                     self._cond.notify_all()
                     if gen != self._gen or utt.dropped:
                         continue
-                    if emb is not None:
-                        utt.emb.append(emb)
-                        utt.w_done = w_to
-                    if more:
-                        utt.dirty = True
-                    if closed and not more:
-                        utt.n_windows = n_win
+                    if batch is not None:
+                        feats.add_embeddings(emb, batch)
+                        if batch.more:
+                            utt.dirty = True
                     self._make_jobs(utt)
                     self._cond.notify_all()
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer
             self._fail(exc)
 
-    @staticmethod
-    def _mel_plan(utt: _Utterance, n: int, closed: bool):
-        """(samples, first mel frame they start at, mel frames final after them) or None."""
-        if closed:
-            t_to = 1 + n // HOP
-        else:
-            t_to = (n - N_FFT_HALF) // HOP + 1 if n >= N_FFT_HALF else 0
-        if t_to <= utt.t_done:
-            return None
-        # Start 3 hops before the first new frame, on a hop boundary: the slice's
-        # own zero padding (400) and first pre-emphasised sample stay outside it.
-        a = max(0, utt.t_done - 3)
-        hi = n if closed else HOP * (t_to - 1) + N_FFT_HALF
-        return utt.samples.get(HOP * a, hi), a, t_to
-
     def _make_jobs(self, utt: _Utterance) -> None:
         """Jobs for the frames whose feature rows are now all known (under the lock)."""
-        if utt.n_windows is not None:
-            f_to = utt.n_windows + 2
-        else:
-            f_to = max(utt.made, utt.w_done - _LOOKAHEAD)
+        feats = utt.features
+        f_to = max(utt.made, feats.frames_known())
         if f_to > utt.made and utt.base is None:
             utt.base = self._next_pos
-        total = utt.samples.end
         for i in range(utt.made, f_to):
-            ready = utt.arrival(_frame_need(i))  # the flush, for frames that need the utterance's end
+            ready = utt.arrival(frame_need(i))  # the flush, for frames that need the utterance's end
             first = self.frame_samples * i
             audio_in = utt.arrival(first + 1)
-            audio = utt.samples.get(first, first + self.frame_samples)
+            audio = feats.samples(first, first + self.frame_samples)
             job = _Job(self._next_pos, utt, i, audio, ready, audio_in)
             self._next_pos += 1
             self._jobs.append(job)
             self._ready_times.append((job.pos, ready))
-        utt.made = max(utt.made, f_to)
-        keep = min(HOP * max(0, utt.t_done - 3), self.frame_samples * utt.made)
-        utt.samples.release(keep)
+        utt.made = f_to
+        keep = feats.release_samples(self.frame_samples * utt.made)  # the frames' audio, and what the mel needs
         utt.forget_pushes(keep)
+        if self._jobs:
+            self.engine.wake()  # the engine's workers take() them
 
-    # -- U-Net workers -----------------------------------------------------------
-    def _unet_loop(self, unet) -> None:
+    # -- work for the engine (called from its threads) ---------------------------
+    def take(self, limit: int) -> list[StepItem]:
+        """Up to ``limit`` frames for the engine's U-Net, oldest first, within
+        ``max_ready``; frames more than ``max_lag`` late go as untouched
+        template frames. (The engine's :class:`~synctalk_fast.engine.WorkSource`.)"""
+        with self._cond:
+            room = self.max_ready - self._inflight - len(self._done)
+            if self._stop or room <= 0 or not self._jobs:
+                return []
+            batch = [self._jobs.popleft() for _ in range(min(limit, len(self._jobs), room))]
+            gen = self._gen
+            self._inflight += len(batch)
+            self._max_buffered = max(self._max_buffered, self._inflight + len(self._done))
+            late = 0
+            if self.max_lag is not None:  # ready times grow along the queue: the late ones lead
+                now = time.perf_counter()
+                late = next((j for j, job in enumerate(batch) if now - job.ready <= self.max_lag), len(batch))
+                self._note_skips(late)
+            windows = [None if j < late else job.utt.features.audio_window(job.i).reshape(AUDIO_SHAPES["ave"])
+                       for j, job in enumerate(batch)]
+            for job in batch:
+                job.utt.taken = job.i + 1
+                job.utt.features.release_frames(job.utt.taken)
         tpl = self.template
-        images = np.empty((self.batch_size, *INPUT_SHAPE), np.float32)
-        try:
-            while True:
-                with self._cond:
-                    while not self._stop and not (self._jobs and self._inflight + len(self._done) < self.max_ready):
-                        self._cond.wait()
-                    if self._stop:
-                        return
-                    room = self.max_ready - self._inflight - len(self._done)
-                    batch = [self._jobs.popleft() for _ in range(min(self.batch_size, len(self._jobs), room))]
-                    gen = self._gen
-                    self._inflight += len(batch)
-                    self._max_buffered = max(self._max_buffered, self._inflight + len(self._done))
-                    for job in batch:
-                        job.utt.taken = job.i + 1
-                        job.utt.emb.release(max(0, job.utt.taken - CONTEXT // 2 - 1))
-                    late = 0
-                    if self.max_lag is not None:  # ready times grow along the queue: the late ones lead
-                        now = time.perf_counter()
-                        late = next((j for j, job in enumerate(batch) if now - job.ready <= self.max_lag), len(batch))
-                        self._note_skips(late)
-                    run = batch[late:]
-                    audio = (np.stack([job.utt.row_window(job.i) for job in run]).reshape(len(run), 32, 16, 16)
-                             if run else None)
-                out, frames = [], []
-                for j, job in enumerate(batch):
-                    k = int(tpl.order(1, start=self.start, first=job.pos)[0])
-                    frame, box = tpl.frame(k, copy=False), tpl.box(k)
-                    if j < late:
-                        out.append(self._frame(job, frame.copy(), gen, skipped=True))
-                        continue
-                    prepare_input(frame, box, out=images[len(frames)])
-                    frames.append((frame, box))
-                if run:
-                    pred = unet.run(image=images[: len(run)], audio=audio)
-                    out += [self._frame(job, paste_back(frame, box, p, feather=self.feather), gen)
-                            for job, (frame, box), p in zip(run, frames, pred)]
-                with self._cond:
-                    if gen == self._gen:
-                        self._inflight -= len(batch)
-                        for f in out:
-                            self._done[f.index] = f
-                        self._cond.notify_all()
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
-            self._fail(exc)
+        return [StepItem(tpl, int(tpl.order(1, start=self.start, first=job.pos)[0]), w,
+                         functools.partial(self._deliver, job, gen, w is None), self.feather)
+                for job, w in zip(batch, windows)]
+
+    def _deliver(self, job: _Job, gen: int, skipped: bool, image: np.ndarray | None,
+                 error: BaseException | None) -> None:
+        """A frame back from the engine (or the error that stopped its batch)."""
+        if error is not None:
+            self._fail(error)
+            return
+        f = self._frame(job, image, gen, skipped=skipped)
+        with self._cond:
+            if gen == self._gen:
+                self._inflight -= 1
+                self._done[f.index] = f
+                self._cond.notify_all()
 
     def _frame(self, job: _Job, image: np.ndarray, gen: int, *, skipped: bool = False) -> StreamFrame:
         return StreamFrame(index=job.pos, time=job.pos / self.fps, image=image, audio=job.audio,
@@ -850,6 +725,7 @@ class Stream:
                     self._waits.append(f.wait)
                     self._delays.append(f.delay)
                     self._cond.notify_all()
+                    self.engine.wake()  # room for one more frame
                     return f
                 wake = deadline
                 if (follow and self.idle and not self._closed and self._next_pos == self._next_emit

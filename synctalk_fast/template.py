@@ -1,4 +1,4 @@
-"""A prepared template: the person's frames and landmarks (SPEC 2), validated once.
+"""A prepared template: the person's frames and landmarks (numerics §2), validated once.
 
 ```
 TEMPLATE/full_body_img/0.jpg 1.jpg ...   frames (JPEG or PNG)
@@ -27,7 +27,7 @@ _IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 
 
 def ping_pong(n_template: int, n_frames: int, *, start: int = 0, first: int = 0) -> np.ndarray:
-    """Template frame index of each output frame (SPEC 2, "Frame order").
+    """Template frame index of each output frame (numerics §2, "Frame order").
 
     The reference visits 1, 2, ..., N-1, N-2, ..., 0, 1, ...: per output frame
     ``if idx > N-2: step = -1; if idx < 1: step = 1; idx += step`` from idx = 0,

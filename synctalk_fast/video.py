@@ -9,6 +9,9 @@ unclosed writer or interpreter exit deletes the temporary output instead
 (and any parent directories the writer created), so the destination is
 either the complete new output or exactly what it was before.
 
+Both writers are sinks (:class:`~synctalk_fast.sinks.Sink`):
+``write(frame, audio=None)``, ``close()``, ``abort()``.
+
 Frames are BGR uint8 ``[H, W, 3]`` as OpenCV produces them. Problems writing
 (unwritable location, full disk, encoder failure) raise
 :class:`~synctalk_fast.errors.OutputError` naming the destination; bad frames
@@ -20,7 +23,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import secrets
 import shutil
 import weakref
 from fractions import Fraction
@@ -31,6 +33,8 @@ import av
 import cv2
 import numpy as np
 
+from ._atomic import PartFile, make_dirs, part_name, remove_dirs
+from .audio import StreamResampler
 from .errors import OutputError
 
 __all__ = ["VideoWriter", "FrameFolderWriter", "OutputError", "X264_PRESETS", "DEFAULT_PRESET"]
@@ -47,12 +51,9 @@ X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium"
 # Sample rates the AAC bitstream can signal (ISO 14496-3 sampling_frequency_index).
 _AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350)
 _FRAME_NAME = re.compile(r"frame_\d+\.(?:png|jpg)")
-# The temporary output is "<dir>/.<name>.<8 hex digits>.part".
-_PART_SUFFIX = ".part"
-
-
-def _part_name(dest: Path) -> str:
-    return f".{dest.name}.{secrets.token_hex(4)}{_PART_SUFFIX}"
+# The same class object as ``_atomic.PartFile``: patching ``_PartFile.write``
+# reaches every byte every writer writes.
+_PartFile = PartFile
 
 
 def _output_error(dest: Path, exc: BaseException) -> OutputError:
@@ -66,95 +67,6 @@ def _output_error(dest: Path, exc: BaseException) -> OutputError:
     if isinstance(code, int) and code > 0:
         err.errno = code
     return err
-
-
-def _make_dirs(directory: Path) -> list[Path]:
-    """Create ``directory`` and its missing ancestors; return those created, deepest first."""
-    missing: list[Path] = []
-    d = directory
-    while not os.path.lexists(d):
-        missing.append(d)
-        if d.parent == d:
-            break
-        d = d.parent
-    created: list[Path] = []
-    try:
-        for d in reversed(missing):
-            try:
-                os.mkdir(d)
-            except FileExistsError:
-                if not d.is_dir():
-                    raise
-                continue
-            created.append(d)
-    except BaseException:
-        _remove_dirs(created[::-1])
-        raise
-    if not directory.is_dir():
-        raise NotADirectoryError(20, os.strerror(20), os.fspath(directory))
-    return created[::-1]
-
-
-def _remove_dirs(created: list[Path]) -> None:
-    """Remove directories a writer created (deepest first), where still empty."""
-    for d in created:
-        try:
-            os.rmdir(d)
-        except OSError:
-            return
-
-
-class _PartFile:
-    """A newly created (exclusive) file; every byte of output goes through :meth:`write`.
-
-    PyAV is handed this object as a seekable file, so disk errors surface as
-    ``OSError`` with their errno, and tests can monkeypatch ``write``.
-    """
-
-    def __init__(self, path: Path):
-        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
-        self.path = path
-        self._fd = os.open(path, flags, 0o666)  # the umask applies, as for any new file
-
-    @classmethod
-    def create_in(cls, directory: Path, dest: Path) -> _PartFile:
-        """A new hidden temporary file for ``dest`` in ``directory``."""
-        while True:
-            try:
-                return cls(directory / _part_name(dest))
-            except FileExistsError:
-                continue
-
-    @property
-    def closed(self) -> bool:
-        return self._fd < 0
-
-    def write(self, data: Any) -> int:
-        view = memoryview(data).cast("B")
-        done = 0
-        while done < len(view):  # os.write may write less than asked
-            done += os.write(self._fd, view[done:])
-        return done
-
-    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        return os.lseek(self._fd, offset, whence)
-
-    def tell(self) -> int:
-        return os.lseek(self._fd, 0, os.SEEK_CUR)
-
-    def seekable(self) -> bool:
-        return True
-
-    def writable(self) -> bool:
-        return True
-
-    def sync(self) -> None:
-        os.fsync(self._fd)
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            fd, self._fd = self._fd, -1
-            os.close(fd)
 
 
 def _check_frame(frame: Any, first_shape: tuple[int, ...] | None) -> np.ndarray:
@@ -225,7 +137,7 @@ class _Writer:
             self.close()
         return False
 
-    def write(self, frame: np.ndarray) -> None:  # pragma: no cover - overridden
+    def write(self, frame: np.ndarray, audio: np.ndarray | None = None) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
 
     def close(self) -> Path:  # pragma: no cover - overridden
@@ -235,7 +147,7 @@ class _Writer:
 class _VideoPart:
     """What must be released and deleted if a video is not finished: no reference to the writer."""
 
-    def __init__(self, file: _PartFile, created: list[Path]):
+    def __init__(self, file: PartFile, created: list[Path]):
         self.file = file
         self.created = created
         self.container: Any = None
@@ -257,7 +169,7 @@ class _VideoPart:
                 os.unlink(self.file.path)
             except OSError:
                 pass
-            _remove_dirs(self.created)
+            remove_dirs(self.created)
 
 
 class VideoWriter(_Writer):
@@ -336,11 +248,7 @@ class VideoWriter(_Writer):
         frame_audio: bool = False,
     ):
         self._dest = Path(os.fspath(path))
-        self._rate = _frame_rate(fps)
-        if isinstance(crf, bool) or not isinstance(crf, (int, np.integer)) or not 0 <= crf <= 51:
-            raise ValueError(f"crf must be an integer in 0..51, got {crf!r}")
-        if preset not in X264_PRESETS:
-            raise ValueError(f"preset must be one of {', '.join(X264_PRESETS)}; got {preset!r}")
+        self._rate = _check_encoding(fps, crf, preset)
         if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 0:
             raise ValueError(f"threads must be an integer >= 0, got {threads!r}")
         if audio is not None and frame_audio:
@@ -377,22 +285,22 @@ class VideoWriter(_Writer):
         except BaseException as exc:
             raise self._fail(exc) from exc
 
-    def _create_part(self) -> tuple[_PartFile, list[Path]]:
+    def _create_part(self) -> tuple[PartFile, list[Path]]:
         dest = self._dest
         try:
             if dest.is_dir():
                 raise IsADirectoryError(21, os.strerror(21), os.fspath(dest))
-            created = _make_dirs(dest.parent)
+            created = make_dirs(dest.parent)
             try:
-                file = _PartFile.create_in(dest.parent, dest)
+                file = PartFile.create_in(dest.parent, dest)
             except BaseException:
-                _remove_dirs(created)
+                remove_dirs(created)
                 raise
         except OSError as exc:
             raise _output_error(dest, exc) from exc
         return file, created
 
-    def write(self, frame: np.ndarray, *, audio: np.ndarray | None = None) -> None:
+    def write(self, frame: np.ndarray, audio: np.ndarray | None = None) -> None:
         """Encode one BGR uint8 ``[H, W, 3]`` frame; the first frame fixes the size.
 
         ``audio``: with ``frame_audio=True``, the mono samples shown with this
@@ -503,6 +411,16 @@ class VideoWriter(_Writer):
         return self._dest
 
 
+def _check_encoding(fps: Any, crf: Any, preset: Any) -> Fraction:
+    """The frame rate of ``fps``; ``ValueError`` for a bad ``fps``, ``crf`` or ``preset``."""
+    rate = _frame_rate(fps)
+    if isinstance(crf, bool) or not isinstance(crf, (int, np.integer)) or not 0 <= crf <= 51:
+        raise ValueError(f"crf must be an integer in 0..51, got {crf!r}")
+    if preset not in X264_PRESETS:
+        raise ValueError(f"preset must be one of {', '.join(X264_PRESETS)}; got {preset!r}")
+    return rate
+
+
 def _frame_rate(fps: Any) -> Fraction:
     if isinstance(fps, Fraction):
         rate = fps
@@ -520,7 +438,11 @@ def _frame_rate(fps: Any) -> Fraction:
 
 
 class _AudioSource:
-    """Mono float32 samples at the output rate, read front to back in blocks.
+    """A whole track as mono float32 samples at the output rate, read front to back in blocks.
+
+    ``length`` is ``int(round(n * out_rate / in_rate))`` for ``n`` input
+    samples; where the resampler yields fewer, the end is padded with
+    silence (and samples past ``length`` are never read).
 
     Invariant: only the input array is held; with another input rate, blocks
     are resampled as they are read, so a long track never exists at the
@@ -531,33 +453,26 @@ class _AudioSource:
 
     def __init__(self, samples: np.ndarray, in_rate: int, out_rate: int):
         self._x = samples
+        self._read = 0  # input samples pushed into the resampler
         self._emitted = 0
-        if in_rate == out_rate:
-            self._stream = None
-            self.length = len(samples)
-        else:
-            import soxr
-
-            self._stream = soxr.ResampleStream(in_rate, out_rate, 1, dtype="float32", quality="HQ")
-            self.length = int(round(len(samples) * out_rate / in_rate))
-            self._read = 0
-            self._buf = np.zeros(0, np.float32)
+        self._resampler = StreamResampler(in_rate, out_rate)
+        self._buf = np.zeros(0, np.float32)  # resampled, not yet taken
+        self.length = int(round(len(samples) * out_rate / in_rate))
 
     def take(self, n: int) -> np.ndarray:
-        """The next ``min(n, remaining)`` samples."""
+        """The next ``min(n, remaining)`` samples, float32 ``[m]``."""
         n = min(n, self.length - self._emitted)
-        if self._stream is None:
-            out = self._x[self._emitted : self._emitted + n]
-        else:
-            while len(self._buf) < n:
-                if self._read < len(self._x):
-                    block = self._x[self._read : self._read + self._BLOCK]
-                    self._read += len(block)
-                    more = self._stream.resample_chunk(block, last=self._read >= len(self._x))
-                else:  # the resampler's rounding came up short: pad with silence
-                    more = np.zeros(n - len(self._buf), np.float32)
-                self._buf = np.concatenate([self._buf, more.astype(np.float32, copy=False)])
-            out, self._buf = self._buf[:n], self._buf[n:]
+        while len(self._buf) < n:
+            if self._read < len(self._x):
+                block = self._x[self._read : self._read + self._BLOCK]
+                self._read += len(block)
+                more = self._resampler.push(block)
+                if self._read >= len(self._x):
+                    more = np.concatenate([more, self._resampler.finish()])
+            else:  # the resampler's rounding came up short: pad with silence
+                more = np.zeros(n - len(self._buf), np.float32)
+            self._buf = np.concatenate([self._buf, more])
+        out, self._buf = self._buf[:n], self._buf[n:]
         self._emitted += n
         return out
 
@@ -570,22 +485,22 @@ class _LiveAudio:
     """
 
     def __init__(self, in_rate: int, out_rate: int):
-        self._stream = None
-        if in_rate != out_rate:
-            import soxr
-
-            self._stream = soxr.ResampleStream(in_rate, out_rate, 1, dtype="float32", quality="HQ")
-        self._buf = np.zeros(0, np.float32)
+        self._resampler = StreamResampler(in_rate, out_rate)
+        self._buf = np.zeros(0, np.float32)  # resampled, not yet taken
         self.length = 0
         self.last = False
 
     def append(self, samples: np.ndarray, *, last: bool = False) -> None:
-        more = samples if self._stream is None else self._stream.resample_chunk(samples, last=last)
-        self._buf = np.concatenate([self._buf, np.asarray(more, np.float32)])
+        """Add float32 ``[m]`` samples at the input rate; ``last`` ends the track."""
+        more = self._resampler.push(samples)
+        if last:
+            more = np.concatenate([more, self._resampler.finish()])
+        self._buf = np.concatenate([self._buf, more])
         self.length += len(more)
         self.last = last
 
     def take(self, n: int) -> np.ndarray:
+        """The next ``min(n, available)`` samples."""
         out, self._buf = self._buf[:n], self._buf[n:]
         return out
 
@@ -615,7 +530,7 @@ class _FolderPart:
 
     def discard(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
-        _remove_dirs(self.created)
+        remove_dirs(self.created)
 
 
 class FrameFolderWriter(_Writer):
@@ -661,11 +576,11 @@ class FrameFolderWriter(_Writer):
         try:
             if os.path.lexists(dest) and not dest.is_dir():
                 raise NotADirectoryError(20, os.strerror(20), os.fspath(dest))
-            created = _make_dirs(dest.parent)
+            created = make_dirs(dest.parent)
             try:
                 tmp = self._make_temp_folder(dest)
             except BaseException:
-                _remove_dirs(created)
+                remove_dirs(created)
                 raise
         except OSError as exc:
             raise _output_error(dest, exc) from exc
@@ -674,7 +589,7 @@ class FrameFolderWriter(_Writer):
         self._discard = weakref.finalize(self, part.discard)
         try:  # close() must be able to write in both folders
             for where in (tmp, dest) if dest.is_dir() else (tmp,):
-                probe = _PartFile.create_in(where, dest)
+                probe = PartFile.create_in(where, dest)
                 probe.close()
                 os.unlink(probe.path)
         except BaseException as exc:
@@ -683,7 +598,7 @@ class FrameFolderWriter(_Writer):
     @staticmethod
     def _make_temp_folder(dest: Path) -> Path:
         while True:
-            tmp = dest.parent / _part_name(dest)
+            tmp = dest.parent / part_name(dest)
             try:
                 os.mkdir(tmp)
                 return tmp
@@ -693,8 +608,11 @@ class FrameFolderWriter(_Writer):
     def _name(self, index: int) -> str:
         return f"frame_{index:05d}.{self._ext}"
 
-    def write(self, frame: np.ndarray) -> None:
+    def write(self, frame: np.ndarray, audio: np.ndarray | None = None) -> None:
         """Write one BGR uint8 ``[H, W, 3]`` frame as the next image.
+
+        ``audio`` is ignored (images have no sound); it is accepted so that
+        the writer is a :class:`~synctalk_fast.sinks.Sink`.
 
         Raises
         ------
@@ -711,7 +629,7 @@ class FrameFolderWriter(_Writer):
             ok, buf = cv2.imencode("." + self._ext, frame, self._params)
             if not ok:
                 raise OSError(f"cannot encode {name} as {self._ext.upper()}")
-            file = _PartFile(self._part.folder / name)
+            file = PartFile(self._part.folder / name)
             try:
                 file.write(buf)
             finally:

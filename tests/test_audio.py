@@ -1,4 +1,4 @@
-"""Audio stage against librosa / numpy: SPEC 1.1-1.6."""
+"""Audio stage against librosa / numpy: numerics §1.1-1.6."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from helpers import SPEECH, needs_data
 from synctalk_fast.reference import reference_mel
 
 SR = 16000
-MEL_TOL = 1e-4  # SPEC 1.5 parity bar
+MEL_TOL = 1e-4  # numerics §1.5 parity bar
 
 
 def _signals() -> dict[str, np.ndarray]:
@@ -90,7 +90,7 @@ def test_mel_refuses_bad_input(backend):
         stf.mel_spectrogram(np.array([0.0, np.inf, 0.0], np.float32))
 
 
-# --- mel_windows (SPEC 1.6) ------------------------------------------------
+# --- mel_windows (numerics §1.6) ------------------------------------------------
 
 
 @pytest.mark.parametrize("T", [16, 17, 95, 96, 97, 384, 672, 752, 832, 1328, 3591])
@@ -125,7 +125,7 @@ def test_real_speech_gives_the_documented_frame_count():
     assert stf.mel_windows(mel).shape[0] + 2 == 1121  # data/README.md
 
 
-# --- load_audio (SPEC 1.1) -------------------------------------------------
+# --- load_audio (numerics §1.1) -------------------------------------------------
 
 
 def _tone(sr: int, channels: int, seconds: float = 1.3) -> np.ndarray:

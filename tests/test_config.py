@@ -1,4 +1,4 @@
-"""show_config / synctalk-fast info: what a bug report needs (issue 6)."""
+"""show_config / synctalk-fast info: what a bug report needs."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Throughput engine (issue 5): overlapped stages, template cache, session
+"""Throughput engine: overlapped stages, template cache, session
 options, batching, and the benchmark's record."""
 
 from __future__ import annotations

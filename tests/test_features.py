@@ -1,4 +1,4 @@
-"""Per-frame audio windows: SPEC 1.8-1.9, against a direct restatement."""
+"""Per-frame audio windows: numerics §1.8-1.9, against a direct restatement."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Frame kernels against numpy + cv2 restatements of SPEC 2-3."""
+"""Frame kernels against numpy + cv2 restatements of numerics §2-3."""
 
 from __future__ import annotations
 
@@ -106,7 +106,7 @@ def _check_against_reference(img, box, seed, exact):
     assert np.array_equal(pasted[outside], img[outside])  # untouched outside the box
     if exact:
         assert diff == 0 and pdiff.max() == 0
-    else:  # default OpenCV takes SIMD/IPP paths: 1 level per resize (SPEC 3)
+    else:  # default OpenCV takes SIMD/IPP paths: 1 level per resize (numerics §3)
         assert diff <= 1 / 255 + 1e-7
         assert pdiff.max() <= 2 and pdiff.mean() <= 0.05
 

@@ -1,4 +1,4 @@
-"""Networks: ONNX graphs built without torch vs a PyTorch re-statement (SPEC 5)."""
+"""Networks: ONNX graphs built without torch vs a PyTorch re-statement (numerics §5)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from helpers import MANIFEST, needs_manifest  # noqa: E402
 from synctalk_fast.reference import torch_nets as tr  # noqa: E402
 
 MODES = ["ave", "hubert", "wenet"]
-TOL = 1e-4  # ONNX Runtime (float32) vs torch (issue 3)
+TOL = 1e-4  # ONNX Runtime (float32) vs torch
 # The torch oracle runs in float64: the error measured is then the ONNX graph's
 # own float32 rounding. (torch in float32 carries about as much of its own, and
 # the two do not cancel; ERRORS records it beside ours for comparison.)
@@ -284,14 +284,14 @@ def test_read_only_model_folder_uses_the_cache_dir(tmp_path, monkeypatch):
     torch.onnx.export(enc, (torch.from_numpy(_mel_inputs(1)),), str(folder / "enc.onnx"), opset_version=12,
                       input_names=["mel_input"], output_names=["feat"], dynamo=False)
     monkeypatch.setenv("SYNCTALK_FAST_CACHE", str(tmp_path / "cache"))
-    real_write = session_module._write_atomic
+    real_write = session_module.write_atomic
 
-    def write(data, target):  # the model's own folder refuses writes (root ignores chmod)
+    def write(target, data):  # the model's own folder refuses writes (root ignores chmod)
         if target.parent == folder:
             raise PermissionError(13, "Permission denied", str(target))
-        real_write(data, target)
+        return real_write(target, data)
 
-    monkeypatch.setattr(session_module, "_write_atomic", write)
+    monkeypatch.setattr(session_module, "write_atomic", write)
     sess = models.load_session(folder / "enc.onnx")
     assert sess.dynamic_batch and sess.model_path.parent == tmp_path / "cache"
     assert sorted(p.name for p in folder.iterdir()) == ["enc.onnx"]

@@ -1,4 +1,4 @@
-"""End to end: features, frames, MP4, CLI, and every bad input (issue 4)."""
+"""End to end: features, frames, MP4, CLI, and every bad input."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def speech_file(tmp_path_factory):
     return path
 
 
-# --- the straightforward path, written here from SPEC 1-3 -------------------
+# --- the straightforward path, written here from numerics §1-3 -------------------
 
 
 def _ort(path):
@@ -179,7 +179,7 @@ def test_demo_cli_makes_a_playable_mp4(tmp_path):
     res = _cli("demo", "-o", str(tmp_path / "demo"), "--seconds", "2", "-q", timeout=600)
     assert res.returncode == 0, res.stderr
     frames, rate, audio = _decode(tmp_path / "demo" / "demo.mp4")
-    assert frames == stf.num_mel_windows(1 + 32000 // 200) + 2 == 49  # SPEC 1.6 for 2 s
+    assert frames == stf.num_mel_windows(1 + 32000 // 200) + 2 == 49  # numerics §1.6 for 2 s
     assert rate == 25 and abs(audio - 2.0) <= 0.04
     assert "demo.mp4" in res.stdout
 

@@ -1,4 +1,4 @@
-"""int8 U-Net calibrated on the template (issue 8): the model, the report, the search."""
+"""int8 U-Net calibrated on the template: the model, the report, the search."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Streaming (issue 7): chunks in, frames out, identical to offline generation."""
+"""Streaming: chunks in, frames out, identical to offline generation."""
 
 from __future__ import annotations
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,7 +10,11 @@ from typing import Mapping
 
 import numpy as np
 
-from .networks import AUDIO_SHAPES, EMBEDDING, IMAGE_SHAPE, MEL_SHAPE, OUTPUT_SHAPE, ModelError, build, state_dict_spec
+from .._atomic import write_atomic
+from ..errors import ModelError
+from ..runtime import cpu_session
+from ..shapes import AUDIO_SHAPES, EMBEDDING, IMAGE_SHAPE, MEL_SHAPE, PRED_SHAPE
+from .networks import build, state_dict_spec
 
 __all__ = ["ExportSummary", "infer_kind", "infer_mode", "check_state_dict", "export_onnx", "save_model"]
 
@@ -95,17 +98,7 @@ class ExportSummary:
 
 def save_model(model, path: str | os.PathLike) -> Path:
     """Write an ONNX model atomically (a temporary file renamed into place)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(model.SerializeToString())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(Path(path), model.SerializeToString())
 
 
 def export_onnx(
@@ -135,8 +128,6 @@ def export_onnx(
     ExportSummary
         Printable: path, parameter count, input/output shapes, self-check.
     """
-    import onnxruntime as ort
-
     kind = kind or infer_kind(state)
     guessed = False
     if kind == "unet" and mode is None:
@@ -149,16 +140,14 @@ def export_onnx(
     params = sum(int(np.prod(s)) for k, s in spec.items() if not k.endswith("num_batches_tracked"))
     if kind == "unet":
         inputs = {"image": ["N", *IMAGE_SHAPE], "audio": ["N", *AUDIO_SHAPES[mode]]}
-        outputs = {"output": ["N", *OUTPUT_SHAPE]}
+        outputs = {"output": ["N", *PRED_SHAPE]}
     else:
         inputs, outputs = {"mel": ["N", *MEL_SHAPE]}, {"embedding": ["N", EMBEDDING]}
     rng = np.random.default_rng(0)
     feed = {name: rng.uniform(0.0, 1.0, (2, *shape[1:])).astype(np.float32) for name, shape in inputs.items()}
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(str(out), opts, providers=["CPUExecutionProvider"])
+    sess = cpu_session(str(out))
     t0 = time.perf_counter()
-    result = sess.run(None, feed)[0]
+    result = sess.run(feed)[0]
     seconds = time.perf_counter() - t0
     if not np.isfinite(result).all():
         raise ModelError(f"{out}: the self-check run produced NaN or infinite outputs; is the checkpoint trained?")

@@ -1,4 +1,4 @@
-"""The SyncTalk_2D networks (SPEC 5) as ONNX graphs, built from numpy weights.
+"""The SyncTalk_2D networks (numerics §5) as ONNX graphs, built from numpy weights.
 
 One description of each architecture serves twice: walked without weights
 it yields the checkpoint's key -> shape table (:func:`state_dict_spec`);
@@ -19,6 +19,8 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ..errors import ModelError
+from ..runtime import cpu_session
+from ..shapes import AUDIO_SHAPES, EMBEDDING, IMAGE_SHAPE, MEL_SHAPE, PRED_SHAPE
 
 __all__ = [
     "OPSET",
@@ -35,12 +37,7 @@ __all__ = [
 
 OPSET = 17
 BN_EPS = 1e-5  # torch.nn.BatchNorm2d default
-IMAGE_SHAPE = (6, 320, 320)
-OUTPUT_SHAPE = (3, 320, 320)
-MEL_SHAPE = (1, 80, 16)
-EMBEDDING = 512
-#: U-Net audio input [C, H, W] per mode.
-AUDIO_SHAPES: dict[str, tuple[int, int, int]] = {"ave": (32, 16, 16), "hubert": (32, 32, 32), "wenet": (256, 16, 32)}
+OUTPUT_SHAPE = PRED_SHAPE
 KINDS = ("unet", "audio_encoder")
 _CH = (32, 64, 128, 256, 512)
 
@@ -368,8 +365,6 @@ def batch_statistics(state: Mapping[str, np.ndarray], inputs: Mapping[str, np.nd
     on such data as a trained one does: every BatchNorm sees normalised
     activations. Runs one ONNX Runtime pass on CPU.
     """
-    import onnxruntime as ort
-
     _check_kind_mode(kind, mode)
     g = _Walker(state, batch_stats=True)
     if kind == "unet":
@@ -378,10 +373,7 @@ def batch_statistics(state: Mapping[str, np.ndarray], inputs: Mapping[str, np.nd
     else:
         _audio_encoder(g, "mel")
         model = _model(g, [("mel", MEL_SHAPE)], "embedding", (EMBEDDING,), "stats")
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    values = sess.run(None, dict(inputs))[1:]
+    values = cpu_session(model.SerializeToString()).run(dict(inputs))[1:]
     return {
         bn: (values[2 * i].reshape(-1), values[2 * i + 1].reshape(-1)) for i, (bn, *_) in enumerate(g.stat_outputs)
     }

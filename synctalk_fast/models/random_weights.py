@@ -7,7 +7,9 @@ import functools
 
 import numpy as np
 
-from .networks import AUDIO_SHAPES, IMAGE_SHAPE, MEL_SHAPE, batch_statistics, build_unet, residual_blocks, state_dict_spec
+from ..runtime import cpu_session
+from ..shapes import AUDIO_SHAPES, IMAGE_SHAPE, MEL_SHAPE
+from .networks import batch_statistics, build_unet, residual_blocks, state_dict_spec
 
 __all__ = ["random_state_dict"]
 
@@ -45,7 +47,7 @@ def _init(spec: dict[str, tuple[int, ...]], residual: list[str], rng: np.random.
 
 def _sample_inputs(kind: str, mode: str, rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
     """Inputs shaped and scaled like real ones: smooth BGR frames in 0..1 with
-    the masked copy in channels 3-5 (SPEC 3.3), N(0, 1) audio features, mel
+    the masked copy in channels 3-5 (numerics §3.3), N(0, 1) audio features, mel
     values in [-4, 4]."""
     import cv2
 
@@ -66,13 +68,8 @@ def _sample_inputs(kind: str, mode: str, rng: np.random.Generator, n: int) -> di
 def _calibrate_output(state: dict[str, np.ndarray], mode: str, rng: np.random.Generator) -> None:
     """Rescale outc (the 1x1 conv before the sigmoid) so that the logits of a
     random frame have mean 0 and std LOGIT_STD: w' = k w, b' = k (b - m)."""
-    import onnxruntime as ort
-
     model = build_unet(state, mode=mode)
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    p = sess.run(None, _sample_inputs("unet", mode, rng, 1))[0].astype(np.float64)
+    p = cpu_session(model.SerializeToString()).run(_sample_inputs("unet", mode, rng, 1))[0].astype(np.float64)
     p = np.clip(p, 1e-6, 1 - 1e-6)
     logits = np.log(p / (1 - p))
     # Rounded so that ONNX Runtime's last-bit differences between CPUs do not

@@ -1,11 +1,16 @@
-"""ONNX Runtime sessions for any SyncTalk_2D model file a user has.
+"""Sessions of any SyncTalk_2D model file a user has, on any runtime.
 
 Inputs are recognised by shape, never by name (earlier exporters called them
 "input", "image", "mel_input", ...). A model exported with a fixed batch of 1
 is rewritten to a dynamic batch dimension once, checked against the original,
-and cached by content hash (next to the file, or in the user cache directory
+and cached by content hash (next to the file, or in the user cache folder
 when that folder is read-only); a model that cannot be rewritten runs one
-item at a time, with one warning.
+item at a time, with one warning. A precision the runtime runs only on a
+rewritten model (fp16 on ONNX Runtime) is cached the same way.
+
+:func:`resolve_model` does the file work once; :class:`ModelSession` opens a
+runtime session on the result, so an engine opens several sessions of one
+model without repeating it.
 """
 
 from __future__ import annotations
@@ -13,111 +18,43 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from .networks import AUDIO_SHAPES, IMAGE_SHAPE, MEL_SHAPE, ModelError
+from .._atomic import write_atomic
+from .._system import cache_dir
+from ..errors import ModelError
+from ..runtime import (
+    DEFAULT_RUNTIME,
+    Runtime,
+    SessionRequest,
+    default_batch_size,
+    default_providers,
+    default_threads,
+    get_runtime,
+    resolve_providers,
+    session_plan,
+)
+from ..shapes import AUDIO_SHAPES, IMAGE_SHAPE, MEL_SHAPE
 
 __all__ = [
     "ModelSession",
+    "ResolvedModel",
     "load_session",
+    "resolve_model",
     "default_providers",
     "default_batch_size",
     "default_threads",
     "session_plan",
     "cache_dir",
-    "GPU_PROVIDERS",
 ]
 
 log = logging.getLogger(__name__)
 
-PROVIDER_PREFERENCE = (
-    "TensorrtExecutionProvider",
-    "CUDAExecutionProvider",
-    "CoreMLExecutionProvider",
-    "DmlExecutionProvider",
-    "CPUExecutionProvider",
-)
-GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "DmlExecutionProvider", "ROCMExecutionProvider")
 _VERIFY_TOL = 1e-4  # rewritten vs original output, float32 on the same provider
-PRECISIONS = ("fp32", "fp16")
-# Frames per U-Net call, by the session's first provider. On CPUs the
-# throughput is flat in the batch (measured 60-63 ms/frame for 1..8 on 2
-# cores), so the batch is kept small: less latency and memory, finer overlap
-# with the other stages. GPUs need batches to fill them.
-_BATCH_RULE = {
-    "TensorrtExecutionProvider": 16,
-    "CUDAExecutionProvider": 16,
-    "ROCMExecutionProvider": 16,
-    "DmlExecutionProvider": 8,
-    "CoreMLExecutionProvider": 4,
-    "CPUExecutionProvider": 4,
-}
-
-
-def default_providers() -> list[str]:
-    """Available ONNX Runtime providers, best first (TensorRT > CUDA > CoreML > DirectML > CPU)."""
-    import onnxruntime as ort
-
-    available = set(ort.get_available_providers())
-    return [p for p in PROVIDER_PREFERENCE if p in available] or ["CPUExecutionProvider"]
-
-
-def default_batch_size(providers: Sequence[str]) -> int:
-    """Frames per U-Net call for a session on ``providers`` (the first decides):
-    16 on CUDA / TensorRT / ROCm, 8 on DirectML, 4 on CoreML and CPU."""
-    return _BATCH_RULE.get(next(iter(providers), "CPUExecutionProvider"), 4)
-
-
-def session_plan(providers: Sequence[str], *, sessions: int | None = None, threads: int | None = None) -> tuple[int, int]:
-    """(U-Net sessions, intra-op threads each) for a pipeline on ``providers``.
-
-    On CPU, one session per core up to 4 (the Go port's way), the cores
-    shared out among them: 2 cores -> 2 x 1 thread, 8 -> 4 x 2, 16 -> 4 x 4.
-    Sessions of one thread need no barrier between their threads, so a
-    core taken by another stage for a moment costs only that moment; here
-    2 x 1 ran 17.1-17.7 frames/s against 16.4-16.9 for 1 x 2. On a GPU, one
-    session, and the threads only feed it.
-    """
-    cores = default_threads()
-    first = next(iter(providers), "CPUExecutionProvider")
-    if sessions is None:
-        sessions = min(cores, 4) if first == "CPUExecutionProvider" else 1
-    sessions = max(1, int(sessions))
-    return sessions, int(threads or max(1, cores // sessions))
-
-
-def default_threads() -> int:
-    """ONNX Runtime intra-op threads: every core this process may use.
-
-    The U-Net is ~98% of the arithmetic, so it gets all cores; the other
-    pipeline stages (decode, prepare, paste, encode) run in their own threads
-    and take the cores whenever ONNX Runtime's threads wait, because spinning
-    is turned off (see :func:`load_session`).
-    """
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # macOS, Windows
-        return max(1, os.cpu_count() or 1)
-
-
-def cache_dir() -> Path:
-    """Where rewritten models go when the model's own folder is read-only:
-    ``$SYNCTALK_FAST_CACHE``, else the platform's user cache folder."""
-    if os.environ.get("SYNCTALK_FAST_CACHE"):
-        return Path(os.environ["SYNCTALK_FAST_CACHE"])
-    if sys.platform == "win32":
-        base = Path(os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local"))
-    elif sys.platform == "darwin":
-        base = Path.home() / "Library" / "Caches"
-    else:
-        base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return base / "synctalk_fast"
 
 
 def _dims(value_info) -> list[int | str | None]:
@@ -210,66 +147,6 @@ def _make_dynamic(model):
     return m
 
 
-def _session_options(threads: int | None = None, spinning: bool = False):
-    """Session options for this package's workloads.
-
-    - all graph optimisations (constant folding, Conv+BN/ReLU fusion, NCHWc
-      layouts on CPU);
-    - ``threads`` intra-op threads (default :func:`default_threads`), one
-      inter-op thread: the networks are single chains;
-    - spinning off: an idle ONNX Runtime thread sleeps instead of busy-waiting,
-      so the pipeline's other stages get the cores between U-Net calls
-      (U-Net alone: the same speed either way, 60-63 ms/frame here);
-    - the CPU memory arena and memory patterns on: every call has the same
-      shapes, so buffers are planned once and reused.
-    """
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.intra_op_num_threads = int(threads or default_threads())
-    opts.inter_op_num_threads = 1
-    opts.enable_cpu_mem_arena = True
-    opts.enable_mem_pattern = True
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-    return opts
-
-
-def _provider_options(providers: Sequence[str], roles: _Roles | None, batch: int, fp16: bool) -> list:
-    """``providers`` with their options: TensorRT gets an engine cache, an
-    optimisation profile for batches 1..``batch`` and fp16 when asked."""
-    out: list = []
-    for p in providers:
-        if p == "TensorrtExecutionProvider":
-            opts = {
-                "trt_engine_cache_enable": True,
-                "trt_engine_cache_path": str(cache_dir() / "tensorrt"),
-                "trt_timing_cache_enable": True,
-                "trt_fp16_enable": bool(fp16),
-            }
-            if roles is not None:
-                def shapes(n):
-                    return ",".join(f"{roles.inputs[r]}:{'x'.join(map(str, (n, *roles.item_shapes[r])))}" for r in roles.inputs)
-
-                opts.update(trt_profile_min_shapes=shapes(1), trt_profile_opt_shapes=shapes(batch),
-                            trt_profile_max_shapes=shapes(max(batch, 64)))
-            out.append((p, opts))
-        elif p == "CUDAExecutionProvider":
-            out.append((p, {"cudnn_conv_algo_search": "EXHAUSTIVE", "do_copy_in_default_stream": True}))
-        else:
-            out.append(p)
-    return out
-
-
-def _session(model_bytes_or_path, providers, *, threads=None, spinning=False, roles=None, batch=4, fp16=False):
-    import onnxruntime as ort
-
-    return ort.InferenceSession(model_bytes_or_path, _session_options(threads, spinning),
-                                providers=_provider_options(list(providers), roles, batch, fp16))
-
-
 def _probe_inputs(roles: _Roles, n: int, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     return {
@@ -277,21 +154,9 @@ def _probe_inputs(roles: _Roles, n: int, seed: int = 0) -> dict[str, np.ndarray]
     }
 
 
-def _write_atomic(data: bytes, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=target.name, suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _cached(path: Path, tag: str, digest: str, make) -> Path:
-    """``<stem>.<tag>-<digest>.onnx`` beside ``path`` or in :func:`cache_dir`;
-    ``make()`` returns its bytes when neither folder has it yet."""
+    """``<stem>.<tag>-<digest>.onnx`` beside ``path`` or in the user cache
+    folder; ``make()`` returns its bytes when neither folder has it yet."""
     name = f"{path.stem}.{tag}-{digest}.onnx"
     for folder in (path.parent, cache_dir()):
         if (folder / name).is_file():
@@ -299,7 +164,7 @@ def _cached(path: Path, tag: str, digest: str, make) -> Path:
     data = make()
     for folder in (path.parent, cache_dir()):
         try:
-            _write_atomic(data, folder / name)
+            write_atomic(folder / name, data)
             return folder / name
         except OSError:
             continue
@@ -310,42 +175,89 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
-def _dynamic_copy(path: Path, model, roles: _Roles, providers) -> Path:
-    """Path of a verified dynamic-batch rewrite of ``model`` (cached by hash)."""
-    return _cached(path, "dynamic", _digest(path), lambda: _verified_dynamic(path, model, roles, providers))
-
-
-def _verified_dynamic(path: Path, model, roles: _Roles, providers) -> bytes:
+def _verified_dynamic(path: Path, model, roles: _Roles, runtime: Runtime, providers) -> bytes:
     dynamic = _make_dynamic(model)
     data = dynamic.SerializeToString()
     # Same outputs as the original, alone and in a batch of two different items.
-    original = _session(str(path), providers)
-    rewritten = _session(data, providers)
+    request = SessionRequest(threads=default_threads())
+    original = runtime.open(str(path), providers=providers, request=request)
+    rewritten = runtime.open(data, providers=providers, request=request)
     one, two = _probe_inputs(roles, 1, seed=1), _probe_inputs(roles, 1, seed=2)
     both = {k: np.concatenate([one[k], two[k]]) for k in one}
-    want = np.concatenate([original.run(None, one)[0], original.run(None, two)[0]])
-    got = rewritten.run(None, both)[0]
+    want = np.concatenate([original.run(one)[0], original.run(two)[0]])
+    got = rewritten.run(both)[0]
     err = float(np.abs(got - want).max())
     if got.shape != want.shape or not err <= _VERIFY_TOL:
         raise ModelError(f"the rewritten model differs from the original (max abs {err:.3g})")
     return data
 
 
-def _fp16_copy(path: Path) -> Path:
-    """Path of an fp16 copy of the model at ``path`` (weights and arithmetic
-    in float16, inputs and outputs still float32), cached by hash."""
+@dataclass
+class ResolvedModel:
+    """A model file made ready for a runtime: roles found, batch made
+    dynamic, precision applied (each rewrite cached on disk).
 
-    def make() -> bytes:
-        import onnx
-        from onnxruntime.transformers.float16 import convert_float_to_float16
+    Attributes
+    ----------
+    path : Path
+        The file given.
+    model_path : Path
+        The file a session loads (a cached rewrite, or ``path`` itself).
+    kind, mode, roles, dynamic_batch, precision, runtime
+    """
 
-        return convert_float_to_float16(onnx.load(str(path)), keep_io_types=True).SerializeToString()
+    path: Path
+    model_path: Path
+    roles: _Roles
+    dynamic_batch: bool
+    precision: str
+    runtime: Runtime = field(repr=False)
 
-    return _cached(path, "fp16", _digest(path), make)
+    @property
+    def kind(self) -> str:
+        return self.roles.kind
+
+    @property
+    def mode(self) -> str | None:
+        return self.roles.mode
+
+
+def resolve_model(path: str | os.PathLike, *, precision: str = "fp32", runtime: str | Runtime = DEFAULT_RUNTIME,
+                  providers: Sequence[str] | None = None) -> ResolvedModel:
+    """Read a U-Net or audio encoder ONNX file, whatever exported it, and make
+    it ready for ``runtime`` at ``precision`` (see :func:`load_session`)."""
+    import onnx
+
+    rt = get_runtime(runtime)
+    path = Path(path)
+    if precision not in rt.precisions:
+        raise ValueError(f"precision must be one of {', '.join(rt.precisions)} on {rt.name}, got {precision!r}")
+    if not path.is_file():
+        raise ModelError(f"model file not found: {path}")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise ModelError(f"{path}: not an ONNX model ({exc})") from None
+    roles = _find_roles(model, str(path))
+    providers = resolve_providers(providers, runtime=rt)
+    model_path, dynamic = path, True
+    if roles.batch_fixed:
+        try:
+            model_path = _cached(path, "dynamic", _digest(path),
+                                 lambda: _verified_dynamic(path, model, roles, rt, providers))
+            log.info("%s: fixed batch size of 1 rewritten to dynamic (%s)", path, model_path)
+        except Exception as exc:  # any failure: run the original, one item at a time
+            log.warning("%s has a fixed batch size of 1 and could not be made dynamic (%s); running one item at a time",
+                        path, exc)
+            dynamic = False
+    if precision != "fp32":
+        source = model_path
+        model_path = _cached(source, precision, _digest(source), lambda: rt.convert(source, precision))
+    return ResolvedModel(path, model_path, roles, dynamic, precision, rt)
 
 
 class ModelSession:
-    """An ONNX Runtime session of a U-Net or an audio encoder, inputs bound by role.
+    """A runtime session of a U-Net or an audio encoder, inputs bound by role.
 
     Attributes
     ----------
@@ -355,50 +267,71 @@ class ModelSession:
     path : Path
         The model file given; ``model_path`` is the file actually loaded
         (a cached dynamic-batch or fp16 rewrite, or the file itself).
+    model : ResolvedModel
+        Both, with the roles: more sessions of the same model open from it.
     dynamic_batch : bool
         False when the model only runs batch 1 (then :meth:`run` loops).
     inputs : dict
         role (``image``, ``audio``, ``mel``) -> graph input name.
+    runtime : str
+        The runtime's name.
     providers : list of str
-        The providers the session uses.
-    precision : {"fp32", "fp16"}
+        The providers the session uses, best first.
+    device : str
+        Where its buffers live (``"cpu"``, ``"cuda"``).
+    accelerator : bool
+        It runs on a device other than the host CPU.
+    precision : str
+    threads : int
+        Host threads of the session.
     io_binding : bool
-        Inputs and outputs go through ONNX Runtime IOBinding with buffers
-        kept on the provider's device (default on GPU providers).
+        Inputs and outputs go through device-resident buffers.
+    session
+        The runtime's own session object (``onnxruntime.InferenceSession``).
     """
 
-    def __init__(self, path: Path, model_path: Path, roles: _Roles, dynamic_batch: bool, providers, *,
-                 threads: int | None = None, precision: str = "fp32", io_binding: bool | None = None,
-                 batch_size: int = 4, spinning: bool = False):
-        self.path = path
-        self.model_path = model_path
-        self.kind = roles.kind
-        self.mode = roles.mode
-        self.inputs = dict(roles.inputs)
-        self.output = roles.output
-        self.dynamic_batch = dynamic_batch
-        self.item_shapes = dict(roles.item_shapes)
-        self.precision = precision
-        self.session = _session(str(model_path), providers, threads=threads, spinning=spinning, roles=roles,
-                                batch=batch_size, fp16=precision == "fp16")
-        self.threads = int(threads or default_threads())  # intra-op threads
-        self.providers = self.session.get_providers()
-        self.device = "cuda" if self.providers[0] in ("TensorrtExecutionProvider", "CUDAExecutionProvider") else "cpu"
-        self.io_binding = bool(self.device != "cpu" if io_binding is None else io_binding)
-        self._bound: dict[int, tuple] = {}  # batch size -> (binding, input OrtValues, output OrtValue)
+    def __init__(self, model: ResolvedModel, providers: Sequence[str] | None = None, *, threads: int | None = None,
+                 io_binding: bool | None = None, batch_size: int | None = None, spinning: bool = False):
+        rt = model.runtime
+        providers = resolve_providers(providers, runtime=rt)
+        self.model = model
+        self.path = model.path
+        self.model_path = model.model_path
+        self.kind = model.kind
+        self.mode = model.mode
+        self.inputs = dict(model.roles.inputs)
+        self.output = model.roles.output
+        self.dynamic_batch = model.dynamic_batch
+        self.item_shapes = dict(model.roles.item_shapes)
+        self.precision = model.precision
+        request = SessionRequest(
+            threads=int(threads or default_threads()),
+            batch=int(batch_size or default_batch_size(providers, runtime=rt)),
+            precision=model.precision,
+            inputs={self.inputs[r]: self.item_shapes[r] for r in self.inputs},
+            spinning=spinning,
+        )
+        self._rt_session = rt.open(str(model.model_path), providers=providers, request=request, io_binding=io_binding)
+        self.session = getattr(self._rt_session, "session", self._rt_session)
+        self.runtime = rt.name
+        self.threads = request.threads
+        self.providers = list(self._rt_session.providers)
+        self.device = self._rt_session.provider.memory
+        self.accelerator = self._rt_session.provider.accelerator
+        self.io_binding = self._rt_session.io_binding
 
     def __repr__(self) -> str:
         mode = f", mode={self.mode!r}" if self.mode else ""
         return (
             f"ModelSession({self.kind!r}{mode}, path={str(self.path)!r}, dynamic_batch={self.dynamic_batch}, "
-            f"providers={self.providers}, precision={self.precision!r})"
+            f"runtime={self.runtime!r}, providers={self.providers}, precision={self.precision!r})"
         )
 
     def run(self, **arrays: np.ndarray) -> np.ndarray:
         """Run a batch. Keywords are roles: ``image=``, ``audio=`` (U-Net) or
         ``mel=`` (encoder), float32 ``[N, ...]``; returns float32 ``[N, ...]``
         (``[N, 3, 320, 320]`` or ``[N, 512]``), a new array the caller owns.
-        Not thread-safe with IOBinding (one caller at a time)."""
+        Thread-safe."""
         if set(arrays) != set(self.inputs):
             raise ValueError(f"{self.kind} takes {', '.join(sorted(self.inputs))}, got {', '.join(sorted(arrays))}")
         feed = {}
@@ -412,34 +345,9 @@ class ModelSession:
             n = a.shape[0]
             feed[self.inputs[role]] = a
         if not self.dynamic_batch and n != 1:
-            return np.concatenate([self._run(1, {k: v[i : i + 1] for k, v in feed.items()}) for i in range(n)])
-        return self._run(n, feed)
-
-    def _run(self, n: int, feed: dict[str, np.ndarray]) -> np.ndarray:
-        if not self.io_binding:
-            return self.session.run([self.output], feed)[0]
-        # IOBinding: one set of device buffers per batch size, allocated once;
-        # each call copies the inputs in (update_inplace) and the output out.
-        if n not in self._bound:
-            import onnxruntime as ort
-
-            binding = self.session.io_binding()
-            values = {}
-            for name, a in feed.items():
-                values[name] = ort.OrtValue.ortvalue_from_shape_and_type(a.shape, np.float32, self.device, 0)
-                binding.bind_ortvalue_input(name, values[name])
-            out_shape = (n, *self._output_item_shape())
-            out = ort.OrtValue.ortvalue_from_shape_and_type(out_shape, np.float32, self.device, 0)
-            binding.bind_ortvalue_output(self.output, out)
-            self._bound[n] = (binding, values, out)
-        binding, values, out = self._bound[n]
-        for name, a in feed.items():
-            values[name].update_inplace(a)
-        self.session.run_with_iobinding(binding)
-        return np.array(out.numpy(), dtype=np.float32, copy=True)
-
-    def _output_item_shape(self) -> tuple[int, ...]:
-        return (3, IMAGE_SHAPE[1], IMAGE_SHAPE[2]) if self.kind == "unet" else (512,)
+            return np.concatenate([self._rt_session.run({k: v[i : i + 1] for k, v in feed.items()}, [self.output])[0]
+                                   for i in range(n)])
+        return self._rt_session.run(feed, [self.output])[0]
 
 
 def load_session(
@@ -451,6 +359,7 @@ def load_session(
     io_binding: bool | None = None,
     batch_size: int | None = None,
     spinning: bool = False,
+    runtime: str | Runtime = DEFAULT_RUNTIME,
 ) -> ModelSession:
     """Open a U-Net or audio encoder ONNX file, whatever exported it.
 
@@ -459,23 +368,25 @@ def load_session(
     path : str or os.PathLike
         The model file.
     providers : sequence of str, optional, keyword-only
-        ONNX Runtime providers in order of preference (default:
-        :func:`default_providers`: TensorRT > CUDA > CoreML > DirectML > CPU,
-        those installed).
+        Providers in order of preference, full names or short aliases
+        (``"cpu"``, ``"cuda"``, ...); default: those installed, best first
+        (ONNX Runtime: TensorRT > CUDA > ROCm > CoreML > DirectML > CPU).
     threads : int, optional, keyword-only
-        Intra-op threads (default :func:`default_threads`: all cores).
+        Host threads (default: all cores).
     precision : {"fp32", "fp16"}, keyword-only
         fp16 converts the model (weights and arithmetic in float16, inputs and
         outputs float32; cached beside the model by hash). Meant for GPUs;
-        it moves U-Net outputs by a fraction of a level on average (the bench
-        reports the difference).
+        it moves U-Net outputs by a fraction of a level on average.
     io_binding : bool, optional, keyword-only
-        Use IOBinding with device-resident buffers (default: on CUDA / TensorRT).
+        Device-resident input and output buffers (default: by provider, on
+        for CUDA / TensorRT).
     batch_size : int, optional, keyword-only
         The usual batch (TensorRT builds its engine profile for it).
     spinning : bool, keyword-only
-        Let idle ONNX Runtime threads busy-wait (off by default, so other
+        Let idle runtime threads busy-wait (off by default, so other
         pipeline stages get the cores).
+    runtime : str, keyword-only
+        The inference runtime (``"onnxruntime"``).
 
     Returns
     -------
@@ -487,30 +398,6 @@ def load_session(
         The file is missing, not ONNX, or not a SyncTalk_2D network (the
         message lists its inputs and what was expected).
     """
-    import onnx
-
-    path = Path(path)
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if not path.is_file():
-        raise ModelError(f"model file not found: {path}")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:
-        raise ModelError(f"{path}: not an ONNX model ({exc})") from None
-    roles = _find_roles(model, str(path))
-    providers = list(providers) if providers is not None else default_providers()
-    options = dict(threads=threads, io_binding=io_binding, spinning=spinning,
-                   batch_size=int(batch_size or default_batch_size(providers)))
-    model_path, dynamic = path, True
-    if roles.batch_fixed:
-        try:
-            model_path = _dynamic_copy(path, model, roles, providers)
-            log.info("%s: fixed batch size of 1 rewritten to dynamic (%s)", path, model_path)
-        except Exception as exc:  # any failure: run the original, one item at a time
-            log.warning("%s has a fixed batch size of 1 and could not be made dynamic (%s); running one item at a time",
-                        path, exc)
-            dynamic = False
-    if precision == "fp16":
-        model_path = _fp16_copy(model_path)
-    return ModelSession(path, model_path, roles, dynamic, providers, precision=precision, **options)
+    model = resolve_model(path, precision=precision, runtime=runtime, providers=providers)
+    return ModelSession(model, providers, threads=threads, io_binding=io_binding, batch_size=batch_size,
+                        spinning=spinning)

@@ -15,7 +15,7 @@ import numpy as np
 
 
 def reference_mel(wav: np.ndarray) -> np.ndarray:
-    """SPEC 1.2-1.5 as the Wav2Lip/SyncTalk audio.py computes it (float64)."""
+    """numerics §1.2-1.5 as the Wav2Lip/SyncTalk audio.py computes it (float64)."""
     import librosa
     import scipy.signal
 
@@ -27,7 +27,7 @@ def reference_mel(wav: np.ndarray) -> np.ndarray:
 
 
 def reference_prepare(img: np.ndarray, box) -> np.ndarray:
-    """SPEC 3.1-3.4: the reference's crop, resize, window, mask, /255."""
+    """numerics §3.1-3.4: the reference's crop, resize, window, mask, /255."""
     xmin, ymin, xmax, ymax = box
     crop_img = img[ymin:ymax, xmin:xmax]
     crop_img = cv2.resize(crop_img, (328, 328), interpolation=cv2.INTER_CUBIC)
@@ -40,7 +40,7 @@ def reference_prepare(img: np.ndarray, box) -> np.ndarray:
 
 
 def reference_paste(img: np.ndarray, box, pred_chw: np.ndarray) -> np.ndarray:
-    """SPEC 3.6-3.7: truncation to uint8, into the 328 crop, resize back, paste."""
+    """numerics §3.6-3.7: truncation to uint8, into the 328 crop, resize back, paste."""
     img = img.copy()
     xmin, ymin, xmax, ymax = box
     crop_img = img[ymin:ymax, xmin:xmax]
@@ -56,7 +56,7 @@ def reference_paste(img: np.ndarray, box, pred_chw: np.ndarray) -> np.ndarray:
 
 
 def reference_box(lms: np.ndarray) -> tuple[int, int, int, int]:
-    """SPEC 2: the crop box from int32 landmarks [110, 2] (points 1, 31, 52)."""
+    """numerics §2: the crop box from int32 landmarks [110, 2] (points 1, 31, 52)."""
     xmin, ymin, xmax = int(lms[1][0]), int(lms[52][1]), int(lms[31][0])
     return xmin, ymin, xmax, ymin + (xmax - xmin)
 
@@ -68,7 +68,7 @@ def reference_landmarks(path) -> np.ndarray:
 
 
 def reference_indices(n_template: int, n_frames: int):
-    """SPEC 2: the template frame of each output frame, by the reference's loop."""
+    """numerics §2: the template frame of each output frame, by the reference's loop."""
     idx, step = 0, 0
     for _ in range(n_frames):
         if idx > n_template - 2:
@@ -80,6 +80,6 @@ def reference_indices(n_template: int, n_frames: int):
 
 
 def reference_audio_window(feats: np.ndarray, i: int) -> np.ndarray:
-    """SPEC 1.8 (ave): rows i-8 .. i+7 of the features, zeros outside, as [1, 32, 16, 16]."""
+    """numerics §1.9 (ave): rows i-8 .. i+7 of the features, zeros outside, as [1, 32, 16, 16]."""
     rows = [feats[r] if 0 <= r < len(feats) else np.zeros_like(feats[0]) for r in range(i - 8, i + 8)]
     return np.stack(rows).reshape(1, 32, 16, 16).astype(np.float32)

@@ -1,4 +1,4 @@
-"""PyTorch re-statement of the SyncTalk_2D networks (SPEC 5), for tests and the benchmark (the PyTorch reference loop).
+"""PyTorch re-statement of the SyncTalk_2D networks (numerics §5), for tests and the benchmark (the PyTorch reference loop).
 
 Written from the specification with the reference's module structure, so
 that its state_dict keys are the checkpoint's and `load_state_dict(strict=True)`

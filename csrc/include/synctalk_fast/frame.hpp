@@ -1,4 +1,4 @@
-// The two per-frame image kernels of SPEC section 3, each fused into one pass:
+// The two per-frame image kernels of numerics section 3, each fused into one pass:
 //   prepare_input: crop -> bicubic 328x328 -> inner 320 window -> masked copy
 //                  -> /255 -> CHW float32 [6][320][320]
 //   paste_back:    pred float32 [3][320][320] -> uint8 (truncation) -> into

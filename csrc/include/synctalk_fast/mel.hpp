@@ -1,4 +1,4 @@
-// Log-mel spectrogram of SPEC section 1.2-1.5 (the SyncTalk_2D / Wav2Lip
+// Log-mel spectrogram of numerics section 1.2-1.5 (the SyncTalk_2D / Wav2Lip
 // audio front end) in one pass per STFT frame: pre-emphasis, zero-padded
 // centring, periodic Hann, real FFT, magnitude, Slaney mel filterbank, dB,
 // normalisation. Arithmetic is double, like the reference (scipy.lfilter
@@ -101,7 +101,7 @@ class MelPlan {
 
     // Pre-emphasised samples j in [j0, j0 + len) with the centring zeros:
     // y[j] = x[j] - 0.97 x[j - 1], y[0] = x[0], zero outside [0, n)
-    // (SPEC 1.2-1.3).
+    // (numerics section 1.2-1.3).
     static std::vector<double> preemphasis(const float* wav, std::size_t n, std::ptrdiff_t j0, std::size_t len) {
         std::vector<double> y(len, 0.0);
         const auto sn = static_cast<std::ptrdiff_t>(n);
@@ -152,7 +152,7 @@ class MelPlan {
         }
     }
 
-    // SPEC 1.5: clip(8 * (20 log10(max(1e-5, M)) - 20 + 100) / 100 - 4, -4, 4).
+    // numerics section 1.5: clip(8 * (20 log10(max(1e-5, M)) - 20 + 100) / 100 - 4, -4, 4).
     static float normalised_db(double acc) {
         if (acc < 0.99e-4) return -4.0f;  // S < -100 dB: clipped whatever the log says
         if (acc > 10.01) return 4.0f;     // S > 0 dB: clipped

@@ -1,6 +1,6 @@
 // Bicubic resize of uint8 images, bit-exact with OpenCV's cv::resize
-// (INTER_CUBIC) generic path, i.e. with cv::setUseOptimized(false) (SPEC
-// section 3): per-axis taps with int16 weights (scale 2048) and an int32
+// (INTER_CUBIC) generic path, i.e. with cv::setUseOptimized(false) (docs/numerics.md
+// section 3.8): per-axis taps with int16 weights (scale 2048) and an int32
 // horizontal pass. The vertical pass is OpenCV's VResizeCubicVec_32s8u for
 // every whole 8-value chunk of a destination row (float32 multiply-adds of
 // the sums with weight / 2^22, round half to even) and the integer

@@ -1,0 +1,250 @@
+"""The engine as one object under every path: what it reports, the U-Net
+step, several producers at once (batched together, in order, fair shares),
+runtimes and their provider table, and sinks as outputs of generate."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+import synctalk_fast as stf
+from synctalk_fast import runtime
+from synctalk_fast.demo import synthetic_speech, synthetic_template
+from synctalk_fast.engine import Engine, Producer, StepItem
+from synctalk_fast.errors import ModelError, OutputError
+from synctalk_fast.features import feature_windows
+from synctalk_fast.runtime.ort import PROVIDERS
+from synctalk_fast.sinks import MemorySink
+from synctalk_fast.template import Template
+
+
+@pytest.fixture(scope="module")
+def tpl(tmp_path_factory):
+    return Template(synthetic_template(tmp_path_factory.mktemp("tpl") / "p", frames=7, width=320, height=240))
+
+
+@pytest.fixture(scope="module")
+def engine(model_dir):
+    return Engine(model_dir / "unet_328.onnx", model_dir / "audio_encoder.onnx", sessions=2, threads=1)
+
+
+@pytest.fixture(scope="module")
+def feats(engine):
+    return engine.audio_features(synthetic_speech(1.2))
+
+
+def _windows(feats, n):
+    return feature_windows(feats, mode="ave", start=0, stop=n)
+
+
+def test_the_engine_says_what_it_runs(engine):
+    assert engine.runtime == "onnxruntime" and engine.providers[0] == "CPUExecutionProvider"
+    assert engine.device == "cpu" and not engine.accelerator and engine.precision == "fp32"
+    assert engine.batch_size == 4 and len(engine.sessions) == 2 and engine.mode == "ave"
+    assert all(s.threads == 1 and s.providers == engine.providers for s in engine.sessions)
+    assert engine.describe() == {"runtime": "onnxruntime", "provider": "CPUExecutionProvider", "device": "cpu",
+                                 "precision": "fp32", "batch_size": 4, "sessions": 2, "threads_per_session": 1}
+    with pytest.raises(ModelError, match="expected a U-Net"):
+        Engine(engine.encoder.path)
+    with pytest.raises(ModelError, match="expected an audio encoder"):
+        Engine(audio_encoder=engine.unet.path)
+
+
+def test_precision_is_reported_by_every_session(model_dir):
+    half = Engine(model_dir / "unet_328.onnx", precision="fp16", sessions=2, threads=1)
+    latency = half.layout_sessions("latency")
+    assert half.precision == "fp16"
+    for s in half.sessions + latency:
+        assert s.precision == "fp16" and s.model_path.name.startswith("unet_328.fp16-")
+    assert latency[0] not in half.sessions and latency[0].threads == runtime.default_threads()
+
+
+def test_the_step_is_the_pipeline_s_frames(engine, tpl, feats):
+    n = 6
+    want = list(stf.Pipeline(engine).frames(feats[:n], tpl, start=3))
+    order = tpl.order(n, start=3)
+    got = engine.step([(tpl, int(k)) for k in order], _windows(feats[:n], n))
+    assert all(np.array_equal(a, b) for a, b in zip(got, want)) and len(got) == n
+
+
+def test_concurrent_producers_get_their_own_frames_in_order(engine, tpl, feats):
+    """Three producers submit at once from their own threads: every frame is
+    exactly what the step makes alone, and each producer's items are taken
+    in the order it submitted them."""
+    n = 10
+    windows = _windows(feats, n)
+    starts = {0: 0, 1: 2, 2: 5}
+    want = {p: engine.step([(tpl, int(k)) for k in tpl.order(n, start=s)], windows) for p, s in starts.items()}
+    taken: dict[int, list[int]] = {p: [] for p in starts}
+    results: dict[int, list] = {}
+    views = {p: [windows[i] for i in range(n)] for p in starts}  # one array object per item
+    position = {id(v): i for p in starts for i, v in enumerate(views[p])}
+
+    class Recording(Producer):
+        def __init__(self, p):
+            self.p = p
+            super().__init__(engine)
+
+        def take(self, limit):
+            items = super().take(limit)
+            taken[self.p] += [position[id(it.window)] for it in items]
+            return items
+
+    def produce(p):
+        with Recording(p) as prod:
+            futures = [prod.submit(tpl, int(k), views[p][i]) for i, k in enumerate(tpl.order(n, start=starts[p]))]
+            results[p] = [f.result(timeout=120) for f in futures]
+
+    threads = [threading.Thread(target=produce, args=(p,)) for p in starts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    for p in starts:
+        assert taken[p] == list(range(n))
+        assert all(np.array_equal(a, b) for a, b in zip(results[p], want[p])) and len(results[p]) == n
+
+
+class _ListSource:
+    """A work source holding its items up front; records completions."""
+
+    def __init__(self, name, items, done_log, lock):
+        self.name, self.items, self.log, self.lock = name, list(items), done_log, lock
+
+    def take(self, limit):
+        with self.lock:
+            got, self.items = self.items[:limit], self.items[limit:]
+        return got
+
+    def done(self, frame, error):
+        assert error is None and frame is not None
+        with self.lock:
+            self.log.append(self.name)
+
+
+def test_producers_share_the_engine_fairly(model_dir, tpl, feats):
+    """A producer with 8 frames next to one with 40 is not starved: with fair
+    shares its frames are done within the first batches, not after the 40."""
+    engine = Engine(model_dir / "unet_328.onnx", sessions=1, threads=2, batch_size=4)
+    windows = _windows(feats, 8)
+    log, lock = [], threading.Lock()
+    big = _ListSource("big", [], log, lock)
+    small = _ListSource("small", [], log, lock)
+    big.items = [StepItem(tpl, i % len(tpl), windows[i % 8], big.done) for i in range(40)]
+    small.items = [StepItem(tpl, i % len(tpl), windows[i], small.done) for i in range(8)]
+    engine.attach(big)
+    engine.attach(small)
+    engine.wake()
+    for _ in range(600):
+        with lock:
+            if len(log) == 48:
+                break
+        threading.Event().wait(0.1)
+    engine.detach(big)
+    engine.detach(small)
+    assert len(log) == 48
+    last_small = max(i for i, name in enumerate(log) if name == "small")
+    assert last_small < 24, log  # FIFO would finish it at 47
+
+
+def test_a_failing_batch_reaches_each_of_its_producers(engine, tpl, feats):
+    with engine.producer() as prod:
+        bad = prod.submit(tpl, 0, np.zeros((3, 3), np.float32))  # not an audio window
+        with pytest.raises(Exception):
+            bad.result(timeout=60)
+        good = prod.submit(tpl, 1, _windows(feats, 1)[0])  # the engine goes on
+        assert good.result(timeout=60).shape == (240, 320, 3)
+
+
+def test_untouched_frames_pass_through(engine, tpl):
+    with engine.producer() as prod:
+        frame = prod.submit(tpl, 2, None).result(timeout=60)
+    assert np.array_equal(frame, tpl.frame(2))
+
+
+def test_runtime_table_is_the_one_place_providers_mean_something():
+    rt = runtime.get_runtime("onnxruntime")
+    assert rt.providers is PROVIDERS
+    aliases = {p.alias: p.name for p in PROVIDERS.values()}
+    assert runtime.resolve_providers(list(aliases)) == list(aliases.values())
+    assert runtime.resolve_providers(["CUDA", "CPUExecutionProvider"]) == ["CUDAExecutionProvider",
+                                                                          "CPUExecutionProvider"]
+    for p in PROVIDERS.values():
+        assert runtime.default_batch_size([p.name]) == p.batch
+        assert runtime.session_plan([p.name])[0] == (1 if p.accelerator else min(runtime.default_threads(), 4))
+    assert runtime.default_providers()[-1] == "CPUExecutionProvider"
+    with pytest.raises(ValueError, match="unknown runtime"):
+        runtime.get_runtime("tvm")
+
+
+# --- sinks as outputs ---------------------------------------------------------------
+
+
+def test_generate_into_a_sink_and_a_callback(engine, tpl, feats, tmp_path):
+    pipe = stf.Pipeline(engine)
+    speech = synthetic_speech(1.2)
+    want = list(pipe.frames(feats, tpl))
+    sink, seen = MemorySink(), []
+    result = pipe.generate(speech, features=feats, template=tpl, progress=False,
+                           output=[sink, lambda frame, audio: seen.append((frame, audio)), tmp_path / "v.mp4"])
+    assert result.output is sink and result.frames == len(want) == len(sink.frames) == len(seen)
+    assert all(np.array_equal(a, b) for a, b in zip(sink.frames, want))
+    assert all(np.array_equal(a, f) for (a, _), f in zip(seen, want))
+    # each frame comes with the 640 samples it shows
+    assert np.array_equal(seen[3][1], speech[3 * 640 : 4 * 640]) and (tmp_path / "v.mp4").is_file()
+    assert result.engine["provider"] == "CPUExecutionProvider"
+
+
+@pytest.mark.parametrize("name", ["out.webm", "out.mp", "clip.avi"])
+def test_an_unknown_output_suffix_is_an_error_that_names_the_choices(engine, tpl, feats, tmp_path, name):
+    pipe = stf.Pipeline(engine)
+    with pytest.raises(OutputError, match=r"\.mp4.*folder"):
+        pipe.generate(features=feats, template=tpl, output=tmp_path / name, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failing_sink_aborts_every_output(engine, tpl, feats, tmp_path):
+    class Broken(MemorySink):
+        def write(self, frame, audio=None):
+            if self.frames_written == 3:
+                raise RuntimeError("disk on fire")
+            super().write(frame, audio)
+
+    broken = Broken()
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        stf.Pipeline(engine).generate(features=feats, template=tpl, output=[tmp_path / "v.mp4", broken],
+                                      progress=False)
+    assert list(tmp_path.iterdir()) == [] and broken.frames == []
+
+
+def test_two_streams_on_one_engine_make_their_offline_frames(engine, tpl):
+    """Two live streams share the engine's sessions (their frames may share a
+    batch) and each gets exactly the frames offline generation makes."""
+    speech = {0: synthetic_speech(1.0, seed=1), 4: synthetic_speech(1.3, seed=2)}
+    pipe = stf.Pipeline(engine)
+    want = {s: list(pipe.frames(pipe.audio_features(w), tpl, start=s)) for s, w in speech.items()}
+    got: dict[int, list] = {}
+
+    def run(start):
+        with stf.Stream(engine, template=tpl, start=start, layout="throughput") as stream:
+            wav = speech[start]
+            for i in range(0, len(wav), 700):
+                stream.push_audio(wav[i : i + 700])
+            stream.flush()
+            got[start] = [f.image for f in stream.frames()]
+
+    threads = [threading.Thread(target=run, args=(s,)) for s in speech]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    for s in speech:
+        assert len(got[s]) == len(want[s]) and all(np.array_equal(a, b) for a, b in zip(got[s], want[s]))
+
+
+def test_moved_names_keep_working_with_a_warning():
+    with pytest.warns(DeprecationWarning, match="synctalk_fast.quantize"):
+        moved = stf.models.quantize
+    assert moved is stf.quantize
