@@ -29,7 +29,8 @@ elif kind == "wheel":
         names = z.namelist()
     if not any(n.startswith("synctalk_fast/_core") and n.endswith((".so", ".pyd")) for n in names):
         fail("the compiled core synctalk_fast/_core is missing")
-    for need in ("synctalk_fast/_core.pyi", "synctalk_fast/py.typed", "synctalk_fast/reference/torch_nets.py"):
+    for need in ("synctalk_fast/_core.pyi", "synctalk_fast/py.typed", "synctalk_fast/reference/torch_nets.py",
+                 "synctalk_fast/engine.py", "synctalk_fast/runtime/ort.py", "synctalk_fast/models/session.py"):
         if need not in names:
             fail(f"missing {need}")
 else:
