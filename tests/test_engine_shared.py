@@ -248,3 +248,19 @@ def test_moved_names_keep_working_with_a_warning():
     with pytest.warns(DeprecationWarning, match="synctalk_fast.quantize"):
         moved = stf.models.quantize
     assert moved is stf.quantize
+
+
+def test_replay_plays_a_file_into_a_stream_and_a_sink(engine, tpl, tmp_path):
+    import soundfile as sf
+
+    from synctalk_fast.replay import replay
+
+    wav = synthetic_speech(1.0, seed=3)
+    sf.write(tmp_path / "s.wav", wav, 16000, subtype="FLOAT")
+    pipe = stf.Pipeline(engine)
+    want = list(pipe.frames(pipe.audio_features(wav), tpl))
+    sink = MemorySink()
+    stats = replay(stf.Stream(engine, template=tpl), tmp_path / "s.wav", chunk_ms=30, output=sink)
+    assert stats["frames"] == len(want) == len(sink.frames) and stats["audio_seconds"] == pytest.approx(1.0)
+    assert all(np.array_equal(a, b) for a, b in zip(sink.frames, want))
+    assert all(a is not None and len(a) == 640 for a in sink.audio)

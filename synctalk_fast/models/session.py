@@ -103,10 +103,13 @@ def _find_roles(model, path: str) -> _Roles:
     elif set(found) == {"mel"} and len(inputs) == 1:
         kind, mode = "audio_encoder", None
     else:
+        def dims(shape) -> str:
+            return "[N, " + ", ".join(map(str, shape)) + "]"
+
+        audio = " / ".join(dims(s) for s in AUDIO_SHAPES.values())
         raise ModelError(
             f"{path}: not a SyncTalk_2D model: inputs {', '.join(described) or 'none'}; expected a U-Net "
-            f"(image [N, 6, 320, 320] + audio [N, 32, 16, 16] / [N, 32, 32, 32] / [N, 256, 16, 32]) "
-            f"or an audio encoder (mel [N, 1, 80, 16])"
+            f"(image {dims(IMAGE_SHAPE)} + audio {audio}) or an audio encoder (mel {dims(MEL_SHAPE)})"
         )
     if len(model.graph.output) != 1:
         raise ModelError(f"{path}: expected one output, found {len(model.graph.output)}")
