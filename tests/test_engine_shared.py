@@ -8,6 +8,7 @@ import threading
 
 import numpy as np
 import pytest
+import soundfile as sf
 
 import synctalk_fast as stf
 from synctalk_fast import runtime
@@ -15,6 +16,7 @@ from synctalk_fast.demo import synthetic_speech, synthetic_template
 from synctalk_fast.engine import Engine, Producer, StepItem
 from synctalk_fast.errors import ModelError, OutputError
 from synctalk_fast.features import feature_windows
+from synctalk_fast.replay import replay
 from synctalk_fast.runtime.ort import PROVIDERS
 from synctalk_fast.sinks import MemorySink
 from synctalk_fast.template import Template
@@ -251,10 +253,6 @@ def test_moved_names_keep_working_with_a_warning():
 
 
 def test_replay_plays_a_file_into_a_stream_and_a_sink(engine, tpl, tmp_path):
-    import soundfile as sf
-
-    from synctalk_fast.replay import replay
-
     wav = synthetic_speech(1.0, seed=3)
     sf.write(tmp_path / "s.wav", wav, 16000, subtype="FLOAT")
     pipe = stf.Pipeline(engine)
