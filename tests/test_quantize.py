@@ -43,7 +43,7 @@ def small(tmp_path_factory, model_dir):
 def quantized(small, model_dir, tmp_path_factory):
     tpl, speech, _ = small
     out = tmp_path_factory.mktemp("int8") / "unet_int8.onnx"
-    report = models.quantize(model_dir / "unet_328.onnx", out, template=tpl, audio=speech,
+    report = stf.quantize(model_dir / "unet_328.onnx", out, template=tpl, audio=speech,
                              audio_encoder=model_dir / "audio_encoder.onnx", methods=("MinMax",), target_psnr=None,
                              calibration=4, validation=2, heldout=4, keep_fp32=["outc"])
     return out, report
@@ -149,7 +149,7 @@ def test_search_until_the_target_holds(small, model_dir, tmp_path):
     """Below the target, every block's sensitivity is measured and the most
     sensitive ones go back to fp32; the report says whether the target held."""
     tpl, _, feats = small
-    report = models.quantize(model_dir / "unet_328.onnx", tmp_path / "u8.onnx", template=tpl, features=feats,
+    report = stf.quantize(model_dir / "unet_328.onnx", tmp_path / "u8.onnx", template=tpl, features=feats,
                              methods=("MinMax",), target_psnr=60.0, calibration=3, validation=2, heldout=3)
     assert len(report.sensitivity) == 33
     ranking = sorted(report.sensitivity, key=report.sensitivity.get)
