@@ -5,14 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
+import traceback
 from pathlib import Path
 
 import soundfile as sf
 
 from . import models
 from ._filters import SAMPLE_RATE
-from ._config import show_config
+from ._atomic import write_atomic
+from ._config import config, show_config
 from ._version import __version__
 from .benchmark import main as bench_main
 from .demo import synthetic_speech, synthetic_template
@@ -29,15 +32,33 @@ KINDS = {"unet": "unet", "audio-encoder": "audio_encoder"}
 MODES = tuple(MODE_TABLE)
 
 
+def _write_json(target: str | None, record: dict) -> None:
+    """``--json FILE`` (``-``: standard output), written atomically."""
+    if not target:
+        return
+    text = json.dumps(record, indent=2, default=str) + "\n"
+    if target == "-":
+        sys.stdout.write(text)
+    else:
+        write_atomic(Path(target), text.encode())
+
+
 def _info(args: argparse.Namespace) -> int:
-    show_config()
+    if args.json:
+        _write_json(args.json, config())
+    else:
+        show_config()
     return 0
 
 
 def _export(args: argparse.Namespace) -> int:
     state = models.load_state_dict(args.checkpoint)
     summary = models.export_onnx(state, args.output, kind=KINDS.get(args.kind), mode=args.mode)
-    print(summary)
+    if args.json != "-":
+        print(summary)
+    _write_json(args.json, {"path": str(summary.path), "kind": summary.kind, "mode": summary.mode,
+                            "mode_guessed": summary.mode_guessed, "parameters": summary.parameters,
+                            "inputs": summary.inputs, "outputs": summary.outputs})
     return 0
 
 
@@ -85,13 +106,16 @@ def _generate(args: argparse.Namespace) -> int:
                       start=args.start, fps=args.fps, crf=args.crf, preset=args.preset, feather=args.feather,
                       threads=args.threads, sessions=args.sessions, precision=args.precision, cache_mb=args.cache_mb,
                       progress=not args.quiet)
-    if not args.quiet:
+    if not args.quiet and args.json != "-":
         print(result)
+    _write_json(args.json, {"output": [str(o) for o in outputs], "frames": result.frames, "fps": result.fps,
+                            "seconds": result.seconds, "frames_per_second": result.frames_per_second,
+                            "timings": result.timings, **result.engine})
     return 0
 
 
 def _features(args: argparse.Namespace) -> int:
-    engine = Engine(audio_encoder=args.model, runtime=args.runtime, providers=_providers(args))
+    engine = Engine(audio_encoder=args.audio_encoder, runtime=args.runtime, providers=_providers(args))
     feats = engine.audio_features(args.audio, progress=not args.quiet)
     out = save_features(feats, args.output, mode="ave", fps=args.fps, metadata={"audio": str(args.audio)})
     if not args.quiet:
@@ -118,8 +142,7 @@ def _stream(args: argparse.Namespace) -> int:
     stats = replay(stream, args.audio, chunk_ms=args.chunk_ms, realtime=args.realtime, speed=args.speed,
                    output=args.output, crf=args.crf, preset=args.preset)
     stats.update(pipe.engine.describe())
-    if args.json:
-        Path(args.json).write_text(json.dumps(stats, indent=2))
+    _write_json(args.json, stats)
     if not args.quiet:
         wall, first = stats["wall_seconds"], stats["first_frame_seconds"]
         ms = {k: v * 1000 for k, v in stats.items() if k.startswith(("wait_", "delay_"))}
@@ -203,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("info", help="version, kernel backend and build, ONNX Runtime providers, encoders")
+    p.add_argument("--json", metavar="FILE", help="write the configuration as JSON to FILE (- for stdout)")
     p.set_defaults(func=_info)
 
     p = sub.add_parser(
@@ -215,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", choices=sorted(KINDS), help="network kind (default: from the checkpoint's keys)")
     p.add_argument("--mode", choices=MODES, help="U-Net audio mode (default: from the keys; ave if ambiguous)")
     p.add_argument("-o", "--output", required=True, help="output .onnx file")
+    p.add_argument("--json", metavar="FILE", help="write what was exported as JSON to FILE (- for stdout)")
     p.set_defaults(func=_export)
 
     p = sub.add_parser(
@@ -254,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="superfast", help="x264 speed preset (default: superfast)")
     p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32", help="U-Net precision (fp16: GPUs)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    p.add_argument("--json", metavar="FILE", help="write the result (frames, speed, provider, device) as JSON "
+                   "to FILE (- for stdout)")
     p.set_defaults(func=_generate)
 
     p = sub.add_parser(
@@ -263,7 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
         "(each frame's U-Net audio input) and OUTPUT/metadata.json.",
     )
     p.add_argument("--audio", required=True, help="speech file")
-    p.add_argument("--model", default=DEFAULT_ENCODER, help=f"audio encoder ONNX (default: {DEFAULT_ENCODER})")
+    p.add_argument("--audio-encoder", "--model", dest="audio_encoder", default=DEFAULT_ENCODER,
+                   help=f"audio encoder ONNX (default: {DEFAULT_ENCODER}; --model is the Go port's spelling)")
     p.add_argument("-o", "--output", default="output", help="output folder (default: output)")
     p.add_argument("--fps", type=float, default=25.0, help="video frame rate, recorded in metadata (default: 25)")
     p.add_argument("--mode", choices=["ave"], default="ave", help="only ave features are computed from audio")
@@ -296,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layout", choices=["auto", "throughput", "latency"], default="auto",
                    help="CPU sessions: one per core (throughput) or one on all cores (latency); "
                    "auto measures which keeps up (default)")
-    p.add_argument("--json", help="write the statistics to this JSON file")
+    p.add_argument("--json", metavar="FILE", help="write the statistics as JSON to FILE (- for stdout)")
     _engine_options(p)
     p.add_argument("--crf", type=int, default=20, help="H.264 quality for --output (default: 20)")
     p.add_argument("--preset", default="superfast", help="x264 preset for --output (default: superfast)")
@@ -352,12 +380,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("args", nargs=argparse.REMAINDER)
     p.set_defaults(func=_bench)
+    for name, command in sub.choices.items():
+        if name != "bench":  # -v after the command too; SUPPRESS keeps a -v given before it
+            command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                                 help="log progress details")
     return parser
+
+
+_GO_FLAG = re.compile(r"-([a-z][a-z0-9-]+)(=.*)?", re.ASCII)
+
+
+def go_spellings(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
+    """The Go ports' single-dash flags (``-audio x``, ``-output=dir``) as
+    ``--audio x``, ``--output=dir``: a single-dash word that is a long option
+    of the program or of its command; everything else is left as it is."""
+    def long_options(p: argparse.ArgumentParser) -> set[str]:
+        return {o for o in p._option_string_actions if o.startswith("--")}
+
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    command = next((a for a in argv if a in commands), None)
+    known = long_options(parser) | (long_options(commands[command]) if command else set())
+    out = []
+    for arg in argv:
+        m = _GO_FLAG.fullmatch(arg)
+        out.append("-" + arg if m and "--" + m.group(1) in known else arg)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    if "bench" not in argv:
+        argv = go_spellings(argv, parser)
     if "bench" in argv and all(a in ("-v", "--verbose") for a in argv[: argv.index("bench")]):
         # the benchmark parses its own options (argparse's REMAINDER cannot pass options through)
         i = argv.index("bench")
@@ -371,9 +425,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return args.func(args)
-    except (Error, ValueError, OSError) as exc:  # each carries a one-line message for the user
+    except (Error, ValueError, OSError) as exc:  # bad input: each carries a one-line message for the user
         print(f"synctalk-fast: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("synctalk-fast: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - an internal or runtime failure (ONNX Runtime, CUDA, ...)
+        if args.verbose:
+            traceback.print_exc()
+        message = " ".join(str(exc).split())[:300] or type(exc).__name__
+        hint = "" if args.verbose else " (run with -v for the traceback)"
+        print(f"synctalk-fast: internal error: {type(exc).__name__}: {message}{hint}", file=sys.stderr)
+        return 1

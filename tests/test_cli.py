@@ -1,0 +1,98 @@
+"""The command line as the Go ports' users type it: single-dash flags, -v
+anywhere, one-line errors with exit codes 2 / 1 / 130, --json records."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from synctalk_fast import cli, load_features, models
+from synctalk_fast.demo import synthetic_speech, synthetic_template
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory):
+    path = tmp_path_factory.mktemp("speech") / "s.wav"
+    sf.write(path, synthetic_speech(1.0), 16000, subtype="PCM_16")
+    return path
+
+
+def test_the_go_audio_port_s_command_line_works_as_written(model_dir, speech, tmp_path, capsys):
+    # ./bin/process -audio x -model m -output go_output -fps 25 -mode ave (its README)
+    rc = cli.main(["features", "-audio", str(speech), "-model", str(model_dir / "audio_encoder.onnx"),
+                   f"-output={tmp_path / 'go_output'}", "-fps", "25", "-mode", "ave", "-q"])
+    assert rc == 0
+    feats, windowed = load_features(tmp_path / "go_output" / "features.bin")
+    assert feats.shape == (24, 512) and not windowed
+    assert len(list((tmp_path / "go_output" / "frames").glob("frame_*.bin"))) == 24
+    # --audio-encoder is the same option
+    rc = cli.main(["features", "--audio", str(speech), "--audio-encoder", str(model_dir / "audio_encoder.onnx"),
+                   "-o", str(tmp_path / "again"), "-q"])
+    assert rc == 0 and np.array_equal(load_features(tmp_path / "again" / "features.bin")[0], feats)
+
+
+def test_go_spellings_cover_every_flag_of_both_ports():
+    parser = cli.build_parser()
+    args = parser.parse_args(cli.go_spellings(
+        ["generate", "-model", "u.onnx", "-audio", "a.bin", "-template", "t", "-output", "o", "-mode", "ave",
+         "-start", "3", "-video", "-video-path", "r.mp4", "-audio-file", "s.wav", "-fps", "25"], parser))
+    assert (args.model, args.audio, args.template, args.output, args.mode, args.start, args.video, args.video_path,
+            args.audio_file, args.fps) == ("u.onnx", "a.bin", "t", "o", "ave", 3, True, "r.mp4", "s.wav", 25.0)
+    args = parser.parse_args(cli.go_spellings(["features", "-audio", "x", "-model", "m", "-output", "d", "-fps",
+                                               "20", "-mode", "ave"], parser))
+    assert (args.audio, args.audio_encoder, args.output, args.fps, args.mode) == ("x", "m", "d", 20.0, "ave")
+    # short options, negative numbers and unknown words are left alone
+    assert cli.go_spellings(["generate", "-o", "x", "-q", "-5", "-nope"], parser) == \
+        ["generate", "-o", "x", "-q", "-5", "-nope"]
+
+
+@pytest.mark.parametrize("argv", [["-v", "info", "--json", "-"], ["info", "-v", "--json", "-"]])
+def test_verbose_before_or_after_the_command_and_info_as_json(argv, capsys):
+    assert cli.build_parser().parse_args(argv).verbose
+    assert cli.main(argv) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["synctalk_fast"] and record["backend"] in ("cpp", "numba", "numpy")
+
+
+def test_exit_codes_and_one_line_errors(model_dir, speech, tmp_path, monkeypatch, capsys):
+    rc = cli.main(["generate", "--model", str(model_dir / "unet_328.onnx"), "--audio", str(speech),
+                   "--template", str(tmp_path / "none"), "-o", str(tmp_path / "o.mp4"), "-q"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "none" in err and "Traceback" not in err
+
+    def crash(args):
+        raise RuntimeError("CUDA failure 2: out of memory\n  at somewhere deep")
+
+    monkeypatch.setattr(cli, "_info", crash)
+    rc = cli.main(["info"])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.count("\n") == 1 and "internal error: RuntimeError: CUDA failure 2" in err
+    assert "-v" in err and "Traceback" not in err
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_info", interrupted)
+    assert cli.main(["info"]) == 130
+
+
+def test_generate_and_export_write_json_records(model_dir, speech, tmp_path, capsys):
+    tpl = synthetic_template(tmp_path / "tpl", frames=5, width=320, height=240)
+    rc = cli.main(["generate", "--model", str(model_dir / "unet_328.onnx"), "--audio-encoder",
+                   str(model_dir / "audio_encoder.onnx"), "--audio", str(speech), "--template", str(tpl),
+                   "-o", str(tmp_path / "o.mp4"), "--providers", "cpu", "--json", str(tmp_path / "r.json"), "-q"])
+    assert rc == 0
+    record = json.loads((tmp_path / "r.json").read_text())
+    assert record["frames"] == 24 and record["output"] == [str(tmp_path / "o.mp4")]
+    assert record["provider"] == "CPUExecutionProvider" and record["device"] == "cpu" and record["runtime"]
+
+    torch = pytest.importorskip("torch")  # to write a .pth to export
+    state = models.random_state_dict("audio_encoder")
+    torch.save({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()}, tmp_path / "enc.pth")
+    rc = cli.main(["export", "--checkpoint", str(tmp_path / "enc.pth"), "-o", str(tmp_path / "enc.onnx"),
+                   "--json", "-"])
+    record = json.loads(capsys.readouterr().out)
+    assert rc == 0 and record["kind"] == "audio_encoder" and record["inputs"] == {"mel": ["N", 1, 80, 16]}
