@@ -17,6 +17,7 @@ from typing import Iterator
 import cv2
 import numpy as np
 
+from ._system import available_memory
 from .errors import BoxError, TemplateError
 from .frames import Box, crop_box
 
@@ -109,22 +110,6 @@ def _read_landmarks(path: Path) -> np.ndarray:
         if not np.isfinite(pts[i]).all():
             raise TemplateError(f"{path}:{i + 1}: landmark is not a finite number ({line.strip()[:40]})")
     return pts.astype(np.int32)
-
-
-def available_memory() -> int | None:
-    """Bytes of memory available to new allocations (Linux: MemAvailable;
-    elsewhere the physical memory when known), or None."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):
-        return None
 
 
 class FrameCache:
