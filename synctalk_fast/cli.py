@@ -105,7 +105,7 @@ def _generate(args: argparse.Namespace) -> int:
                       batch_size=args.batch_size,
                       start=args.start, fps=args.fps, crf=args.crf, preset=args.preset, feather=args.feather,
                       threads=args.threads, sessions=args.sessions, precision=args.precision, cache_mb=args.cache_mb,
-                      progress=not args.quiet)
+                      device_id=args.device, progress=not args.quiet)
     if not args.quiet and args.json != "-":
         print(result)
     _write_json(args.json, {"output": [str(o) for o in outputs], "frames": result.frames, "fps": result.fps,
@@ -127,7 +127,8 @@ def _features(args: argparse.Namespace) -> int:
 def _stream(args: argparse.Namespace) -> int:
     encoder = args.audio_encoder or (DEFAULT_ENCODER if Path(DEFAULT_ENCODER).is_file() else None)
     pipe = Pipeline(args.model, audio_encoder=encoder, runtime=args.runtime, providers=_providers(args),
-                    batch_size=args.batch_size, threads=args.threads, sessions=args.sessions, cache_mb=args.cache_mb)
+                    batch_size=args.batch_size, threads=args.threads, sessions=args.sessions, cache_mb=args.cache_mb,
+                    device_id=args.device)
     if args.chunk_ms <= 0:
         raise ValueError("--chunk-ms must be > 0")
     if args.speed <= 0:
@@ -213,7 +214,8 @@ def _engine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runtime", choices=sorted(RUNTIMES), default=DEFAULT_RUNTIME, help="inference runtime")
     p.add_argument("--batch-size", type=int, help="frames per U-Net call, at most (default: 4 on CPU, 16 on GPU)")
     p.add_argument("--providers", help="providers, comma-separated: names or aliases cpu, cuda, tensorrt, "
-                   "rocm, coreml, directml (default: best available)")
+                   "rocm, coreml, directml (default: best available; one not installed is an error)")
+    p.add_argument("--device", type=int, default=0, help="which GPU (default: 0)")
     p.add_argument("--threads", type=int, help="ONNX Runtime threads per U-Net session (default: cores / sessions)")
     p.add_argument("--sessions", type=int, help="parallel U-Net sessions (default: one per core up to 4 on CPU, 1 on GPU)")
     p.add_argument("--cache-mb", type=float, help="decoded template frame cache in MiB (default: 1/4 of free memory)")

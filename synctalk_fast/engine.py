@@ -169,6 +169,8 @@ class Engine:
         U-Net sessions side by side and host threads each (default: one per
         core up to 4 on CPU, one on an accelerator; see
         :func:`synctalk_fast.runtime.session_plan`).
+    device_id : int, keyword-only
+        Which GPU, for providers that have several (CUDA, TensorRT, ROCm, DirectML).
 
     Attributes
     ----------
@@ -183,7 +185,7 @@ class Engine:
 
     def __init__(self, unet=None, audio_encoder=None, *, runtime: str | Runtime = DEFAULT_RUNTIME,
                  providers: Sequence[str] | None = None, precision: str = "fp32", batch_size: int | None = None,
-                 sessions: int | None = None, threads: int | None = None):
+                 sessions: int | None = None, threads: int | None = None, device_id: int = 0):
         if batch_size is not None and int(batch_size) < 1:
             raise ValueError("batch_size must be >= 1")
         if sessions is not None and int(sessions) < 1:
@@ -191,6 +193,7 @@ class Engine:
         if unet is None and audio_encoder is None:
             raise ValueError("an engine needs a U-Net, an audio encoder, or both")
         self._rt = get_runtime(runtime)
+        self.device_id = int(device_id)
         self.sessions: list[ModelSession] = []
         self.encoder: ModelSession | None = None
         self._model: ResolvedModel | None = None
@@ -200,6 +203,7 @@ class Engine:
             self._providers = list(first.providers)
             plan = session_plan(self._providers, sessions=sessions or 1, threads=threads, runtime=self._rt)
             self._model = first.model
+            self.device_id = first.device_id
             self._batch = int(batch_size or self._default_batch())
             self.sessions = [first] + [self._open_unet(plan[1]) for _ in range(plan[0] - 1)]
         else:
@@ -218,7 +222,7 @@ class Engine:
                 model = resolve_model(audio_encoder, runtime=self._rt, providers=self._providers)
                 if model.kind != "audio_encoder":
                     raise ModelError(f"{model.path}: is {_KIND_NAMES[model.kind]}, expected an audio encoder")
-                self.encoder = ModelSession(model, self._providers, threads=threads)
+                self.encoder = ModelSession(model, self._providers, threads=threads, device_id=self.device_id)
         if self.sessions:
             self._providers = list(self.sessions[0].providers)
         self._locks = {id(s): threading.Lock() for s in self.sessions + ([self.encoder] if self.encoder else [])}
@@ -232,7 +236,8 @@ class Engine:
 
     def _open_unet(self, threads: int) -> ModelSession:
         assert self._model is not None
-        return ModelSession(self._model, self._providers, threads=threads, batch_size=self._batch)
+        return ModelSession(self._model, self._providers, threads=threads, batch_size=self._batch,
+                            device_id=self.device_id)
 
     # -- what the engine is -------------------------------------------------------
     @property
@@ -286,7 +291,7 @@ class Engine:
     def describe(self) -> dict:
         """The engine as a dict (what ran, for result lines and JSON)."""
         return {"runtime": self.runtime, "provider": self._providers[0] if self._providers else None,
-                "device": self.device, "precision": self.precision, "batch_size": self.batch_size,
+                "device": self.device, "device_id": self.device_id, "precision": self.precision, "batch_size": self.batch_size,
                 "sessions": len(self.sessions), "threads_per_session": self.sessions[0].threads if self.sessions else None}
 
     # -- raw networks ---------------------------------------------------------------

@@ -63,9 +63,13 @@ class GenerateResult:
 
     def __str__(self) -> str:
         stages = ", ".join(f"{k} {v:.2f}s" for k, v in self.timings.items())
+        ran = ""
+        if self.engine.get("provider"):
+            device = self.engine["device"] + (f":{self.engine['device_id']}" if self.engine["device"] != "cpu" else "")
+            ran = f" on {self.engine['provider']} ({device}, {self.engine['precision']})"
         return (
             f"{self.output}: {self.frames} frames ({self.duration:.2f} s at {self.fps:g} fps) in "
-            f"{self.seconds:.1f} s, {self.frames_per_second:.1f} frames/s [{stages}]"
+            f"{self.seconds:.1f} s, {self.frames_per_second:.1f} frames/s{ran} [{stages}]"
         )
 
 
@@ -105,6 +109,8 @@ class Pipeline:
         one after another in the caller's thread.
     cache_mb : float, optional, keyword-only
         Decoded template frame cache (see :class:`Template`).
+    device_id : int, keyword-only
+        Which GPU (CUDA, TensorRT, ROCm, DirectML).
 
     Attributes
     ----------
@@ -126,6 +132,7 @@ class Pipeline:
         precision: str = "fp32",
         overlap: bool = True,
         cache_mb: float | None = None,
+        device_id: int = 0,
     ):
         if isinstance(unet, Engine):
             if audio_encoder is not None:
@@ -135,7 +142,7 @@ class Pipeline:
             if isinstance(unet, ModelSession) and sessions is None:
                 sessions = 1
             self.engine = Engine(unet, audio_encoder, runtime=runtime, providers=providers, precision=precision,
-                                 batch_size=batch_size, sessions=sessions, threads=threads)
+                                 batch_size=batch_size, sessions=sessions, threads=threads, device_id=device_id)
         if not self.engine.sessions:
             raise ModelError("a Pipeline needs a U-Net")
         if mode is not None and mode not in MODES:
@@ -418,10 +425,12 @@ def generate(
     precision: str = "fp32",
     overlap: bool = True,
     cache_mb: float | None = None,
+    device_id: int = 0,
     **options,
 ) -> GenerateResult:
     """One call: load the models, render, write. See :class:`Pipeline` and
     :meth:`Pipeline.generate` for the parameters."""
     pipe = Pipeline(unet, audio_encoder, mode=mode, runtime=runtime, providers=providers, batch_size=batch_size,
-                    threads=threads, sessions=sessions, precision=precision, overlap=overlap, cache_mb=cache_mb)
+                    threads=threads, sessions=sessions, precision=precision, overlap=overlap, cache_mb=cache_mb,
+                    device_id=device_id)
     return pipe.generate(audio, template=template, output=output, features=features, **options)

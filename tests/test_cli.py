@@ -96,3 +96,16 @@ def test_generate_and_export_write_json_records(model_dir, speech, tmp_path, cap
                    "--json", "-"])
     record = json.loads(capsys.readouterr().out)
     assert rc == 0 and record["kind"] == "audio_encoder" and record["inputs"] == {"mel": ["N", 1, 80, 16]}
+
+
+def test_providers_are_strict_with_short_aliases(model_dir, speech, tmp_path, capsys):
+    base = ["generate", "--model", str(model_dir / "unet_328.onnx"), "--audio-encoder",
+            str(model_dir / "audio_encoder.onnx"), "--audio", str(speech), "--template", str(tmp_path), "-q"]
+    assert cli.main(base + ["--providers", "gpu"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown provider 'gpu'; use one of tensorrt, cuda" in err and err.count("\n") == 1
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        assert cli.main(base + ["--providers", "cuda,cpu"]) == 2
+        assert "'cuda' is not available in this onnxruntime build (installed: " in capsys.readouterr().err

@@ -47,7 +47,8 @@ def test_the_engine_says_what_it_runs(engine):
     assert engine.batch_size == 4 and len(engine.sessions) == 2 and engine.mode == "ave"
     assert all(s.threads == 1 and s.providers == engine.providers for s in engine.sessions)
     assert engine.describe() == {"runtime": "onnxruntime", "provider": "CPUExecutionProvider", "device": "cpu",
-                                 "precision": "fp32", "batch_size": 4, "sessions": 2, "threads_per_session": 1}
+                                 "device_id": 0, "precision": "fp32", "batch_size": 4, "sessions": 2,
+                                 "threads_per_session": 1}
     with pytest.raises(ModelError, match="expected a U-Net"):
         Engine(engine.encoder.path)
     with pytest.raises(ModelError, match="expected an audio encoder"):
@@ -169,10 +170,16 @@ def test_untouched_frames_pass_through(engine, tpl):
 def test_runtime_table_is_the_one_place_providers_mean_something():
     rt = runtime.get_runtime("onnxruntime")
     assert rt.providers is PROVIDERS
-    aliases = {p.alias: p.name for p in PROVIDERS.values()}
-    assert runtime.resolve_providers(list(aliases)) == list(aliases.values())
-    assert runtime.resolve_providers(["CUDA", "CPUExecutionProvider"]) == ["CUDAExecutionProvider",
-                                                                          "CPUExecutionProvider"]
+    for p in PROVIDERS.values():
+        assert runtime.provider_name(p.alias) == runtime.provider_name(p.name.upper()) == p.name
+    assert runtime.resolve_providers(["cpu"]) == runtime.resolve_providers(["CPUExecutionProvider"]) == \
+        ["CPUExecutionProvider"]
+    installed = rt.installed()
+    if "CUDAExecutionProvider" not in installed:  # strict: a provider this build lacks is an error, not a fallback
+        with pytest.raises(ValueError, match="'cuda' is not available in this onnxruntime build"):
+            runtime.resolve_providers(["cuda", "cpu"])
+    with pytest.raises(ValueError, match="unknown provider 'gpu'; use one of tensorrt, cuda"):
+        runtime.resolve_providers(["gpu"])
     for p in PROVIDERS.values():
         assert runtime.default_batch_size([p.name]) == p.batch
         assert runtime.session_plan([p.name])[0] == (1 if p.accelerator else min(runtime.default_threads(), 4))

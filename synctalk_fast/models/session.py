@@ -294,7 +294,8 @@ class ModelSession:
     """
 
     def __init__(self, model: ResolvedModel, providers: Sequence[str] | None = None, *, threads: int | None = None,
-                 io_binding: bool | None = None, batch_size: int | None = None, spinning: bool = False):
+                 io_binding: bool | None = None, batch_size: int | None = None, spinning: bool = False,
+                 device_id: int = 0):
         rt = model.runtime
         providers = resolve_providers(providers, runtime=rt)
         self.model = model
@@ -313,6 +314,7 @@ class ModelSession:
             precision=model.precision,
             inputs={self.inputs[r]: self.item_shapes[r] for r in self.inputs},
             spinning=spinning,
+            device_id=int(device_id),
         )
         self._rt_session = rt.open(str(model.model_path), providers=providers, request=request, io_binding=io_binding)
         self.session = getattr(self._rt_session, "session", self._rt_session)
@@ -322,6 +324,7 @@ class ModelSession:
         self.device = self._rt_session.provider.memory
         self.accelerator = self._rt_session.provider.accelerator
         self.io_binding = self._rt_session.io_binding
+        self.device_id = int(device_id)
 
     def __repr__(self) -> str:
         mode = f", mode={self.mode!r}" if self.mode else ""
@@ -363,6 +366,7 @@ def load_session(
     batch_size: int | None = None,
     spinning: bool = False,
     runtime: str | Runtime = DEFAULT_RUNTIME,
+    device_id: int = 0,
 ) -> ModelSession:
     """Open a U-Net or audio encoder ONNX file, whatever exported it.
 
@@ -390,6 +394,8 @@ def load_session(
         pipeline stages get the cores).
     runtime : str, keyword-only
         The inference runtime (``"onnxruntime"``).
+    device_id : int, keyword-only
+        Which GPU (for CUDA, TensorRT, ROCm, DirectML).
 
     Returns
     -------
@@ -403,4 +409,4 @@ def load_session(
     """
     model = resolve_model(path, precision=precision, runtime=runtime, providers=providers)
     return ModelSession(model, providers, threads=threads, io_binding=io_binding, batch_size=batch_size,
-                        spinning=spinning)
+                        spinning=spinning, device_id=device_id)

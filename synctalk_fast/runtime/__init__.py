@@ -25,6 +25,7 @@ __all__ = [
     "is_accelerator",
     "get_runtime",
     "resolve_providers",
+    "provider_name",
     "default_providers",
     "default_batch_size",
     "default_threads",
@@ -50,15 +51,45 @@ def get_runtime(name: str | Runtime = DEFAULT_RUNTIME) -> Runtime:
     return _instances[name]
 
 
+def provider_name(name: str, *, runtime: str | Runtime = DEFAULT_RUNTIME) -> str:
+    """The runtime's full name of a provider given by alias (``"cuda"``) or
+    by name (any case); a name the runtime does not know is returned as given."""
+    rt = get_runtime(runtime)
+    key = str(name).strip().lower()
+    for p in rt.providers.values():
+        if key in (p.alias, p.name.lower()):
+            return p.name
+    return str(name).strip()
+
+
 def resolve_providers(providers: Sequence[str] | None, *, runtime: str | Runtime = DEFAULT_RUNTIME) -> list[str]:
     """``providers`` as the runtime's names, in the order given: short
     aliases (``"cpu"``, ``"cuda"``, ...) become full names; None gives the
-    installed ones, best first (:func:`default_providers`)."""
+    installed ones, best first (:func:`default_providers`).
+
+    Raises
+    ------
+    ValueError
+        A provider this runtime does not know, or one its installed build
+        lacks (the message lists the choices and what is installed).
+    """
     rt = get_runtime(runtime)
     if providers is None:
         return rt.available()
-    by_alias = {p.alias: p.name for p in rt.providers.values()}
-    return [by_alias.get(str(p).lower(), p) for p in providers]
+    installed = rt.installed()
+    names = [provider_name(p, runtime=rt) for p in providers]
+    if not names:
+        raise ValueError("give at least one provider")
+    for given, name in zip(providers, names):
+        if name not in installed:
+            known = name in rt.providers or name in installed
+            choices = ", ".join(p.alias for p in sorted(rt.providers.values(), key=lambda p: p.rank))
+            have = ", ".join(rt.providers[n].alias if n in rt.providers else n for n in installed)
+            if known:
+                raise ValueError(f"provider {given!r} is not available in this {rt.name} build (installed: {have})")
+            raise ValueError(f"unknown provider {given!r}; use one of {choices} or a full {rt.name} provider name "
+                             f"(installed: {have})")
+    return names
 
 
 def default_providers(*, runtime: str | Runtime = DEFAULT_RUNTIME) -> list[str]:

@@ -35,6 +35,8 @@ class SessionRequest:
         when the caller does not know the model's roles.
     spinning : bool
         Idle runtime threads may busy-wait.
+    device_id : int
+        Which device of the provider's kind (GPU number).
     plain : bool
         The runtime's own default options instead of this package's tuning
         (the benchmark's naive baseline); ``threads`` 0 leaves the thread
@@ -47,6 +49,7 @@ class SessionRequest:
     inputs: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     spinning: bool = False
     plain: bool = False
+    device_id: int = 0
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,8 @@ class Provider:
         Inputs and outputs bound to device buffers by default.
     options : callable, optional
         ``options(request) -> dict`` of provider options for a session.
+    device_option : str, optional
+        The provider option that selects the device (``request.device_id``).
     """
 
     name: str
@@ -82,6 +87,7 @@ class Provider:
     batch: int
     io_binding: bool
     options: Callable[[SessionRequest], dict] | None = None
+    device_option: str | None = None
 
 
 @runtime_checkable
@@ -107,7 +113,11 @@ class Runtime(Protocol):
     providers: Mapping[str, Provider]  # the table, by name
 
     def available(self) -> list[str]:
-        """Names of the installed providers, best first."""
+        """Names of the installed providers of the table, best first."""
+        ...
+
+    def installed(self) -> list[str]:
+        """Names of every provider the installed build has, in its own order."""
         ...
 
     def open(self, model: str | os.PathLike | bytes, *, providers: Sequence[str], request: SessionRequest,

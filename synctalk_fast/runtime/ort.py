@@ -48,11 +48,11 @@ def _cuda_options(req: SessionRequest) -> dict:
 PROVIDERS: Mapping[str, Provider] = {
     p.name: p
     for p in (
-        Provider("TensorrtExecutionProvider", "tensorrt", 0, True, "cuda", 16, True, _tensorrt_options),
-        Provider("CUDAExecutionProvider", "cuda", 1, True, "cuda", 16, True, _cuda_options),
-        Provider("ROCMExecutionProvider", "rocm", 2, True, "cpu", 16, False),
+        Provider("TensorrtExecutionProvider", "tensorrt", 0, True, "cuda", 16, True, _tensorrt_options, "device_id"),
+        Provider("CUDAExecutionProvider", "cuda", 1, True, "cuda", 16, True, _cuda_options, "device_id"),
+        Provider("ROCMExecutionProvider", "rocm", 2, True, "cpu", 16, False, None, "device_id"),
         Provider("CoreMLExecutionProvider", "coreml", 3, True, "cpu", 4, False),
-        Provider("DmlExecutionProvider", "directml", 4, True, "cpu", 8, False),
+        Provider("DmlExecutionProvider", "directml", 4, True, "cpu", 8, False, None, "device_id"),
         Provider("CPUExecutionProvider", "cpu", 9, False, "cpu", 4, False),
     )
 }
@@ -115,14 +115,19 @@ class OrtSession:
     def __init__(self, model, providers: Sequence[str], request: SessionRequest, io_binding: bool | None = None):
         import onnxruntime as ort
 
-        rows = [provider(p) for p in providers]
-        with_options = [(r.name, r.options(request)) if r.options and not request.plain else r.name for r in rows]
+        with_options = []
+        for row in (provider(p) for p in providers):
+            opts = dict(row.options(request)) if row.options and not request.plain else {}
+            if row.device_option and request.device_id:
+                opts[row.device_option] = int(request.device_id)
+            with_options.append((row.name, opts) if opts else row.name)
         source = model if isinstance(model, bytes) else os.fspath(model)
         self.session = ort.InferenceSession(source, session_options(request), providers=with_options)
         self.providers: list[str] = self.session.get_providers()
         self.provider = provider(self.providers[0])
         self.precision = request.precision
         self.threads = int(request.threads)
+        self.device_id = int(request.device_id)
         self.io_binding = bool(self.provider.io_binding if io_binding is None else io_binding)
         self.outputs = [o.name for o in self.session.get_outputs()]
         self._bound: dict[int, tuple] = {}  # batch size -> (binding, input OrtValues, output OrtValue)
@@ -144,14 +149,15 @@ class OrtSession:
                 binding = self.session.io_binding()
                 values = {}
                 for name, a in feeds.items():
-                    values[name] = ort.OrtValue.ortvalue_from_shape_and_type(a.shape, np.float32, memory, 0)
+                    values[name] = ort.OrtValue.ortvalue_from_shape_and_type(a.shape, np.float32, memory,
+                                                                             self.device_id)
                     binding.bind_ortvalue_input(name, values[name])
             else:
                 binding, values, out = bound
             for name, a in feeds.items():
                 values[name].update_inplace(np.ascontiguousarray(a, dtype=np.float32))
             if bound is None:  # the first run allocates the output buffer; later runs reuse it
-                binding.bind_output(self.outputs[0], memory)
+                binding.bind_output(self.outputs[0], memory, self.device_id)
                 self.session.run_with_iobinding(binding)
                 out = binding.get_outputs()[0]
                 binding.bind_ortvalue_output(self.outputs[0], out)
@@ -171,10 +177,13 @@ class OnnxRuntime:
     precisions = ("fp32", "fp16")
     providers = PROVIDERS
 
-    def available(self) -> list[str]:
+    def installed(self) -> list[str]:
         import onnxruntime as ort
 
-        installed = set(ort.get_available_providers())
+        return list(ort.get_available_providers())
+
+    def available(self) -> list[str]:
+        installed = set(self.installed())
         ranked = sorted((p for p in PROVIDERS.values() if p.name in installed), key=lambda p: p.rank)
         return [p.name for p in ranked] or ["CPUExecutionProvider"]
 
