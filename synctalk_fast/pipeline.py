@@ -227,7 +227,7 @@ class Pipeline:
     def _batches(self, features, template, *, start: int, timer: StageTimer, then: Sequence = ()) -> Iterator:
         """Run batches (:class:`~synctalk_fast.engine.StepBatch`) in order;
         each function of ``then`` is applied to them in a further stage. The
-        prepare stage and ``then`` run at background priority (see
+        prepare stage and ``then`` run at background priority on CPU (see
         :mod:`synctalk_fast._stages`)."""
         engine = self.engine
         rows, windowed = self._unet_audio(features)
@@ -264,7 +264,10 @@ class Pipeline:
                     batch = fn(batch)
                 yield batch
             return
-        background = [0] + [2 + i for i in range(len(then))]
+        # On CPU the U-Net owns the cores, so the other stages only take what it
+        # leaves (SCHED_IDLE); on an accelerator they are what limits the
+        # pace, and at idle priority anything else on the host would starve them.
+        background = [] if engine.accelerator else [0] + [2 + i for i in range(len(then))]
         yield from run_stages(map(prepare, starts), [infers, *then], depth=2, name="synctalk", background=background)
 
     def stream(self, template, *, start: int = 0, **options) -> Stream:

@@ -269,3 +269,45 @@ def test_replay_plays_a_file_into_a_stream_and_a_sink(engine, tpl, tmp_path):
     assert stats["frames"] == len(want) == len(sink.frames) and stats["audio_seconds"] == pytest.approx(1.0)
     assert all(np.array_equal(a, b) for a, b in zip(sink.frames, want))
     assert all(a is not None and len(a) == 640 for a in sink.audio)
+
+
+def test_tensorrt_gets_a_fresh_cache_folder_made(tmp_path, monkeypatch):
+    from synctalk_fast.runtime import SessionRequest
+    from synctalk_fast.runtime.ort import PROVIDERS
+
+    monkeypatch.setenv("SYNCTALK_FAST_CACHE", str(tmp_path / "fresh" / "cache"))
+    row = PROVIDERS["TensorrtExecutionProvider"]
+    opts = row.options(SessionRequest(threads=1, batch=16, precision="fp16", inputs={"img": (6, 320, 320)}))
+    assert (tmp_path / "fresh" / "cache" / "tensorrt").is_dir()
+    assert opts["trt_engine_cache_path"] == str(tmp_path / "fresh" / "cache" / "tensorrt")
+    assert opts["trt_fp16_enable"] and opts["trt_profile_opt_shapes"] == "img:16x6x320x320"
+    assert opts["trt_profile_max_shapes"] == "img:64x6x320x320"
+
+
+@pytest.mark.parametrize("loadable", [True, False])
+def test_tensorrt_is_offered_only_when_its_libraries_load(monkeypatch, loadable):
+    from synctalk_fast.runtime import ort as ort_runtime
+
+    rt = runtime.get_runtime()
+    monkeypatch.setattr(type(rt), "installed", lambda self: ["TensorrtExecutionProvider", "CUDAExecutionProvider",
+                                                             "CPUExecutionProvider"])
+    monkeypatch.setattr(ort_runtime, "tensorrt_loadable", lambda: loadable)
+    want = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert rt.available() == (["TensorrtExecutionProvider"] + want if loadable else want)
+
+
+@pytest.mark.parametrize("accelerator", [False, True])
+def test_background_priority_only_where_the_unet_owns_the_cores(engine, tpl, feats, monkeypatch, accelerator):
+    from synctalk_fast import pipeline as pipeline_module
+
+    seen = {}
+    real = pipeline_module.run_stages
+
+    def spy(source, stages, **kw):
+        seen["background"] = kw.get("background")
+        return real(source, stages, **kw)
+
+    monkeypatch.setattr(pipeline_module, "run_stages", spy)
+    monkeypatch.setattr(Engine, "accelerator", property(lambda self: accelerator))
+    frames = list(stf.Pipeline(engine).frames(feats[:5], tpl))
+    assert len(frames) == 5 and seen["background"] == ([] if accelerator else [0])

@@ -8,8 +8,13 @@ size and guarded by the session's lock.
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import logging
 import os
+import sys
 import threading
+from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -17,7 +22,36 @@ import numpy as np
 from .._system import cache_dir
 from .base import Provider, SessionRequest
 
-__all__ = ["PROVIDERS", "OnnxRuntime", "OrtSession", "session_options"]
+__all__ = ["PROVIDERS", "OnnxRuntime", "OrtSession", "session_options", "tensorrt_cache", "tensorrt_loadable"]
+
+log = logging.getLogger(__name__)
+_TENSORRT_LIBRARIES = {"win32": ("nvinfer_10.dll", "nvinfer.dll"), "darwin": ()}.get(
+    sys.platform, ("libnvinfer.so.10", "libnvinfer.so.8", "libnvinfer.so"))
+
+
+@functools.lru_cache(maxsize=1)
+def tensorrt_loadable() -> bool:
+    """Whether the TensorRT libraries load (probed quietly, once): onnxruntime-gpu
+    lists its TensorRT provider whether or not TensorRT is installed."""
+    try:
+        import tensorrt_libs  # noqa: F401 - the pip wheels put the libraries on the loader's path
+    except ImportError:
+        pass
+    for name in _TENSORRT_LIBRARIES:
+        try:
+            ctypes.CDLL(name)
+            return True
+        except OSError:
+            continue
+    return False
+
+
+def tensorrt_cache() -> Path:
+    """TensorRT's engine and timing cache folder, created (ONNX Runtime's
+    TensorRT provider does not create missing folders, and fails without it)."""
+    folder = cache_dir() / "tensorrt"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def _tensorrt_options(req: SessionRequest) -> dict:
@@ -25,7 +59,7 @@ def _tensorrt_options(req: SessionRequest) -> dict:
     profile for batches 1 .. max(batch, 64) when the input roles are known."""
     opts: dict = {
         "trt_engine_cache_enable": True,
-        "trt_engine_cache_path": str(cache_dir() / "tensorrt"),
+        "trt_engine_cache_path": str(tensorrt_cache()),
         "trt_timing_cache_enable": True,
         "trt_fp16_enable": req.precision == "fp16",
     }
@@ -95,6 +129,12 @@ def session_options(request: SessionRequest):
     return opts
 
 
+@functools.lru_cache(maxsize=1)
+def _say_tensorrt_builds_once() -> None:
+    log.warning("TensorRT builds an engine for each model and batch profile on first use: this takes minutes "
+                "once; later runs load it from %s", tensorrt_cache())
+
+
 class OrtSession:
     """An ONNX Runtime ``InferenceSession`` with this package's options.
 
@@ -130,6 +170,8 @@ class OrtSession:
         self.device_id = int(request.device_id)
         self.io_binding = bool(self.provider.io_binding if io_binding is None else io_binding)
         self.outputs = [o.name for o in self.session.get_outputs()]
+        if self.provider.name == "TensorrtExecutionProvider" and not request.plain:
+            _say_tensorrt_builds_once()
         self._bound: dict[int, tuple] = {}  # batch size -> (binding, input OrtValues, output OrtValue)
         self._lock = threading.Lock()
 
@@ -184,6 +226,8 @@ class OnnxRuntime:
 
     def available(self) -> list[str]:
         installed = set(self.installed())
+        if "TensorrtExecutionProvider" in installed and not tensorrt_loadable():
+            installed.discard("TensorrtExecutionProvider")  # listed by onnxruntime-gpu, but TensorRT is absent
         ranked = sorted((p for p in PROVIDERS.values() if p.name in installed), key=lambda p: p.rank)
         return [p.name for p in ranked] or ["CPUExecutionProvider"]
 
