@@ -8,6 +8,7 @@ import sys
 
 from . import _backend
 from .runtime import default_providers
+from .runtime.ort import builds_conflict, installed_builds, probe
 from ._version import __version__
 
 __all__ = ["config", "show_config"]
@@ -60,6 +61,11 @@ def config() -> dict:
         info["onnxruntime_device"] = ort.get_device()
         info["providers_available"] = ort.get_available_providers()
         info["providers_default"] = default_providers()
+        info["onnxruntime_builds"] = installed_builds()
+        conflict = builds_conflict()
+        if conflict:
+            info["onnxruntime_warning"] = conflict
+        info["accelerators"] = {p: probe(p) or "works" for p in ("CUDAExecutionProvider", "TensorrtExecutionProvider")}
     except ImportError as exc:
         info["onnxruntime"] = f"not importable ({exc})"
     for name, dist in (("numpy", "numpy"), ("opencv", "opencv-python-headless"), ("av", "av"),

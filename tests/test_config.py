@@ -40,3 +40,20 @@ def test_cli_info():
     assert res.returncode == 0, res.stderr
     assert f"synctalk_fast: {stf.__version__}" in res.stdout
     assert f"backend: {stf.backend()}" in res.stdout and "providers_available: " in res.stdout
+
+
+def test_info_probes_the_gpu_providers_and_names_side_by_side_builds(monkeypatch):
+    import onnxruntime as ort
+
+    from synctalk_fast.runtime import ort as ort_runtime
+
+    info = stf.config()
+    for name in ("CUDAExecutionProvider", "TensorrtExecutionProvider"):
+        if name not in ort.get_available_providers():
+            assert info["accelerators"][name] == "not in this onnxruntime build"
+    assert ort_runtime.probe("CPUExecutionProvider") is None
+    assert "onnxruntime_warning" not in info or len(info["onnxruntime_builds"]) > 1
+    monkeypatch.setattr(ort_runtime, "installed_builds", lambda: ["onnxruntime", "onnxruntime-gpu"])
+    conflict = ort_runtime.builds_conflict()
+    assert "onnxruntime and onnxruntime-gpu are installed side by side" in conflict
+    assert conflict.endswith("pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu")

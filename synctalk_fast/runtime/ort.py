@@ -22,7 +22,8 @@ import numpy as np
 from .._system import cache_dir
 from .base import Provider, SessionRequest
 
-__all__ = ["PROVIDERS", "OnnxRuntime", "OrtSession", "session_options", "tensorrt_cache", "tensorrt_loadable"]
+__all__ = ["PROVIDERS", "OnnxRuntime", "OrtSession", "session_options", "tensorrt_cache", "tensorrt_loadable",
+           "installed_builds", "builds_conflict", "probe"]
 
 log = logging.getLogger(__name__)
 _TENSORRT_LIBRARIES = {"win32": ("nvinfer_10.dll", "nvinfer.dll"), "darwin": ()}.get(
@@ -129,10 +130,74 @@ def session_options(request: SessionRequest):
     return opts
 
 
+#: The ONNX Runtime distributions that each install the same ``onnxruntime`` package.
+BUILDS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino", "onnxruntime-qnn",
+          "onnxruntime-rocm", "onnxruntime-training")
+
+
+def installed_builds() -> list[str]:
+    """The ONNX Runtime distributions installed in this environment."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = []
+    for name in BUILDS:
+        try:
+            version(name)
+            found.append(name)
+        except PackageNotFoundError:
+            continue
+    return found
+
+
+def builds_conflict() -> str | None:
+    """A one-line warning with the fix when several ONNX Runtime builds share
+    one ``onnxruntime`` folder (the last one installed wins), else None."""
+    builds = installed_builds()
+    if len(builds) < 2:
+        return None
+    keep = next((b for b in builds if b != "onnxruntime"), builds[-1])
+    return (f"{' and '.join(builds)} are installed side by side and overwrite each other's onnxruntime folder; "
+            f"fix: pip uninstall -y {' '.join(builds)} && pip install {keep}")
+
+
+def probe(name: str) -> str | None:
+    """None when a session on provider ``name`` alone really runs a tiny
+    model, else why not (one line)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    if name not in ort.get_available_providers():
+        return "not in this onnxruntime build"
+    if name == "TensorrtExecutionProvider" and not tensorrt_loadable():
+        return "the TensorRT libraries (libnvinfer) do not load"
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = min(model.ir_version, 9)
+    try:
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 4
+        sess = ort.InferenceSession(model.SerializeToString(), opts, providers=[name])
+        if sess.get_providers()[0] != name:
+            return f"the session fell back to {sess.get_providers()[0]}"
+        sess.run(None, {"x": [[1.0, -1.0, 2.0, -2.0]]})
+    except Exception as exc:  # noqa: BLE001 - the reason is the answer
+        return " ".join(str(exc).split())[:200] or type(exc).__name__
+    return None
+
+
 @functools.lru_cache(maxsize=1)
 def _say_tensorrt_builds_once() -> None:
     log.warning("TensorRT builds an engine for each model and batch profile on first use: this takes minutes "
                 "once; later runs load it from %s", tensorrt_cache())
+
+
+@functools.lru_cache(maxsize=1)
+def _warn_conflict_once() -> None:
+    conflict = builds_conflict()
+    if conflict:
+        log.warning("%s", conflict)
 
 
 class OrtSession:
@@ -225,6 +290,7 @@ class OnnxRuntime:
         return list(ort.get_available_providers())
 
     def available(self) -> list[str]:
+        _warn_conflict_once()
         installed = set(self.installed())
         if "TensorrtExecutionProvider" in installed and not tensorrt_loadable():
             installed.discard("TensorrtExecutionProvider")  # listed by onnxruntime-gpu, but TensorRT is absent
