@@ -350,15 +350,24 @@ class Engine:
                 bar.close()
         return pad_embeddings(np.concatenate(chunks))
 
-    def warmup(self, layout: str = "throughput") -> None:
+    def warmup(self, layout: str = "throughput") -> list[int]:
         """Run each session of ``layout`` (and the encoder) once, so that the
-        first real call does not pay for the runtime's first-run setup."""
+        first real call does not pay for the runtime's first-run setup.
+
+        On an accelerator every batch size a live producer can send (1 ..
+        ``batch_size``) is run once: GPU runtimes plan (cuDNN's algorithm
+        search, TensorRT's profiles) per input shape, and a size first seen
+        mid-conversation would stall it. Returns the batch sizes run.
+        """
         if self.encoder is not None:
             self.encode(np.zeros((1, *MEL_SHAPE), np.float32))
+        sizes = list(range(1, self._batch + 1)) if self.accelerator else [1]
         for sess in self.layout_sessions(layout):
             with self._locks[id(sess)]:
-                sess.run(image=np.zeros((1, *IMAGE_SHAPE), np.float32),
-                         audio=np.zeros((1, *AUDIO_SHAPES[sess.mode]), np.float32))
+                for n in sizes:
+                    sess.run(image=np.zeros((n, *IMAGE_SHAPE), np.float32),
+                             audio=np.zeros((n, *AUDIO_SHAPES[sess.mode]), np.float32))
+        return sizes
 
     # -- the U-Net step -----------------------------------------------------------
     def prepare(self, items: Sequence[tuple[Template, int]], windows: np.ndarray, *, out: np.ndarray | None = None,

@@ -311,3 +311,36 @@ def test_background_priority_only_where_the_unet_owns_the_cores(engine, tpl, fea
     monkeypatch.setattr(Engine, "accelerator", property(lambda self: accelerator))
     frames = list(stf.Pipeline(engine).frames(feats[:5], tpl))
     assert len(frames) == 5 and seen["background"] == ([] if accelerator else [0])
+
+
+@pytest.mark.parametrize("accelerator", [False, True])
+def test_warmup_runs_every_batch_size_a_stream_can_send_on_an_accelerator(model_dir, monkeypatch, accelerator):
+    eng = Engine(model_dir / "unet_328.onnx", model_dir / "audio_encoder.onnx", sessions=1, threads=2, batch_size=3)
+    monkeypatch.setattr(Engine, "accelerator", property(lambda self: accelerator))
+    assert eng.warmup() == ([1, 2, 3] if accelerator else [1])
+
+
+def test_one_io_bound_session_shared_by_threads_keeps_each_callers_frames(model_dir):
+    """IOBinding buffers are per batch size: two threads on one session must
+    not see each other's inputs or outputs."""
+    from synctalk_fast import models
+
+    plain = models.load_session(model_dir / "unet_328.onnx", threads=1)
+    bound = models.load_session(model_dir / "unet_328.onnx", threads=1, io_binding=True)
+    rng = np.random.default_rng(5)
+    inputs = [(rng.random((2, 6, 320, 320), dtype=np.float32), rng.standard_normal((2, 32, 16, 16), np.float32))
+              for _ in range(2)]
+    want = [plain.run(image=i, audio=a) for i, a in inputs]
+    errors = []
+
+    def hammer(k):
+        for _ in range(6):
+            if not np.array_equal(bound.run(image=inputs[k][0], audio=inputs[k][1]), want[k]):
+                errors.append(k)
+
+    threads = [threading.Thread(target=hammer, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors
