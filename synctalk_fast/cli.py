@@ -129,10 +129,6 @@ def _stream(args: argparse.Namespace) -> int:
     pipe = Pipeline(args.model, audio_encoder=encoder, runtime=args.runtime, providers=_providers(args),
                     batch_size=args.batch_size, threads=args.threads, sessions=args.sessions, cache_mb=args.cache_mb,
                     device_id=args.device)
-    if args.chunk_ms <= 0:
-        raise ValueError("--chunk-ms must be > 0")
-    if args.speed <= 0:
-        raise ValueError("--speed must be > 0")
     stream = pipe.stream(args.template, start=args.start, idle=args.idle, max_lag=args.max_lag, layout=args.layout)
     if not args.quiet:
         mode = (("real time" if args.speed == 1 else f"{args.speed:g} x real time") if args.realtime

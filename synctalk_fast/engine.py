@@ -300,8 +300,9 @@ class Engine:
         """The U-Net on a batch: float32 ``image [N, 6, 320, 320]`` and ``audio
         [N, C, H, W]`` -> float32 ``[N, 3, 320, 320]`` in 0..1, on session
         number ``session`` of ``layout`` (see :meth:`layout_sessions`)."""
-        sess = self.layout_sessions(layout)[session] if layout != "throughput" else self.unet if session == 0 \
-            else self.sessions[session]
+        if not self.sessions:
+            raise ModelError("this engine has no U-Net")
+        sess = (self.sessions if layout == "throughput" else self.layout_sessions(layout))[session]
         with self._locks[id(sess)]:
             return sess.run(image=image, audio=audio)
 
@@ -645,10 +646,3 @@ class Producer:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def as_engine(model, audio_encoder=None, **options) -> Engine:
-    """``model`` if it is an :class:`Engine` already, else a new one."""
-    if isinstance(model, Engine):
-        return model
-    return Engine(model, audio_encoder, **options)

@@ -37,8 +37,6 @@ __all__ = ["Pipeline", "GenerateResult", "generate", "audio_features", "VIDEO_SU
 
 log = logging.getLogger(__name__)
 
-_Timer = StageTimer  # the name the benchmark has used
-
 
 @dataclass
 class GenerateResult:

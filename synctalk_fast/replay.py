@@ -82,10 +82,9 @@ def replay(stream: Stream, audio: str | os.PathLike, *, chunk_ms: float = 20.0, 
         ``frames_per_second``, ``first_frame_seconds`` (first lip-synced
         frame after the first push), ``realtime``, ``speed``, ``chunk_ms``.
     """
-    if not chunk_ms > 0:
-        raise ValueError("chunk_ms must be > 0")
-    if not speed > 0:
-        raise ValueError("speed must be > 0")
+    if not (chunk_ms > 0 and speed > 0):
+        stream.close(drain=False)
+        raise ValueError(f"chunk_ms and speed must be > 0, got {chunk_ms!r} and {speed!r}")
     data, rate, _ = read_native(audio)
     options = {} if preset is None else {"preset": preset}
     sink: Sink | None = None
