@@ -10,6 +10,7 @@ from . import _backend
 from .runtime import default_providers
 from .runtime.ort import builds_conflict, installed_builds, probe
 from ._version import __version__
+from .video import ENCODERS, encoder_problem
 
 __all__ = ["config", "show_config"]
 
@@ -23,18 +24,16 @@ def _dist_version(name: str) -> str | None:
         return None
 
 
-def _encoders() -> dict[str, bool]:
+def _encoders() -> dict[str, bool | str]:
+    """True for each encoder that runs here, else why not (hardware encoders are opened)."""
+    found: dict[str, bool | str] = {name: encoder_problem(name) or True for name in ENCODERS}
     try:
         import av
-    except ImportError:
-        return {}
-    found = {}
-    for name in ("libx264", "aac", "h264_nvenc", "h264_videotoolbox"):
-        try:
-            av.codec.Codec(name, "w")
-            found[name] = True
-        except Exception:  # av raises UnknownCodecError / ValueError by version
-            found[name] = False
+
+        av.codec.Codec("aac", "w")
+        found["aac"] = True
+    except Exception:  # noqa: BLE001 - av raises UnknownCodecError / ValueError by version
+        found["aac"] = "not in this PyAV build"
     return found
 
 

@@ -12,7 +12,9 @@ template, with fixed random weights (no trained weights are needed):
 - ``frames``: :meth:`Pipeline.frames` to memory, cold and warm template cache;
 - ``mp4``: :meth:`Pipeline.generate` to an MP4 with the default settings;
 - ``features``: audio -> features for 60 s of speech;
-- with ``--presets``: libx264 presets at CRF 20 (CPU time, bit rate, PSNR).
+- with ``--presets``: libx264 presets at CRF 20 (CPU time, bit rate, PSNR),
+  and the MP4 writer's speed on one core, on all cores and on a hardware
+  encoder where one runs.
 
 Each measured row records frames/s, per-stage seconds and peak RSS. Ratios
 are taken between rows of the same round (these machines are shared and
@@ -52,7 +54,8 @@ from .models import export_onnx, random_state_dict, resolve_model
 from .pipeline import Pipeline
 from .quantization import quantize
 from .runtime import SessionRequest, default_providers, default_threads, get_runtime, is_accelerator, resolve_providers
-from .video import X264_PRESETS
+from ._system import cpu_cores
+from .video import ENCODERS, X264_PRESETS, VideoWriter, encoder_problem
 from .reference import (
     reference_audio_window,
     reference_box,
@@ -266,6 +269,25 @@ def _presets(tpl: Template, n: int) -> list[dict]:
         r = rows[-1]
         print(f"  x264 {preset:<10s} {r['cpu_ms_per_frame']:6.1f} ms/frame {r['kbit_s']:7.0f} kbit/s "
               f"PSNR {r['psnr_db']:.2f} dB", flush=True)
+    return rows
+
+
+def _encoders(tpl: Template, n: int, work: Path) -> list[dict]:
+    """Encoding speed of the MP4 writer alone (wall frames/s, 720p-class
+    template frames, default preset): libx264 on one thread and on every
+    core this process may use, and each hardware encoder that runs here."""
+    frames = [tpl.frame(k % len(tpl), copy=False) for k in range(n)]
+    plans = [("libx264", 1), ("libx264", cpu_cores())]
+    plans += [(name, 0) for name in ENCODERS if name != "libx264" and encoder_problem(name) is None]
+    rows = []
+    for name, threads in plans:
+        t0 = time.perf_counter()
+        with VideoWriter(work / "encoder.mp4", encoder=name, threads=threads) as writer:
+            for frame in frames:
+                writer.write(frame)
+        fps = n / (time.perf_counter() - t0)
+        rows.append({"encoder": name, "threads": threads or None, "fps": round(fps, 1)})
+        print(f"  encoder {name:<11s} threads {threads or '-':<3} {fps:7.1f} frames/s", flush=True)
     return rows
 
 
@@ -504,6 +526,7 @@ def run(
         chosen = sorted(all_rounds, key=lambda x: x["ratios"].get("mp4_vs_unet", 0))[len(all_rounds) // 2]
         fp16 = _fp16_report(pipe, work, feats, tpl, providers) if gpu and precision == "fp32" else None
         preset_rows = _presets(tpl, min(frames, 100)) if presets else None
+        encoder_rows = _encoders(tpl, min(frames, 100), work) if presets else None
 
     order = ["naive", "torch", "unet", "frames_cold", "frames", "mp4", "unet_int8", "mp4_int8"]
     rows = chosen["rows"]
@@ -532,6 +555,7 @@ def run(
                           "mp4_fps": rows["mp4_int8"]["fps"], "real_time": rows["mp4_int8"]["fps"] >= 25.0}
     if preset_rows:
         record["x264_presets"] = preset_rows
+        record["encoders"] = encoder_rows
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / f"bench-{stamp}.json"
@@ -588,7 +612,7 @@ def build_parser(prog: str = "synctalk-fast bench") -> argparse.ArgumentParser:
     p.add_argument("--naive-frames", type=int, help="frames for the naive loop (default: min(frames, 100) on CPU)")
     p.add_argument("--torch-frames", type=int, help="frames for the PyTorch loop (default: min(frames, 40))")
     p.add_argument("--rounds", type=int, default=1, help="repeat everything; report the median round (default 1)")
-    p.add_argument("--presets", action="store_true", help="also measure libx264 presets at CRF 20")
+    p.add_argument("--presets", action="store_true", help="also measure libx264 presets at CRF 20 and the encoders' scaling")
     p.add_argument("--int8", action="store_true", help="also quantize the U-Net and measure it (alone and to MP4)")
     p.add_argument("-o", "--output", default="bench/results", help="folder for the JSON and PNG (default: bench/results)")
     return p

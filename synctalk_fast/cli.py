@@ -27,6 +27,7 @@ from .quantization import quantize
 from .replay import replay
 from .runtime import DEFAULT_RUNTIME, RUNTIMES
 from .shapes import MODE_TABLE
+from .video import DEFAULT_ENCODER as DEFAULT_VIDEO_ENCODER, DEFAULT_PRESET, ENCODERS, X264_PRESETS
 
 KINDS = {"unet": "unet", "audio-encoder": "audio_encoder"}
 MODES = tuple(MODE_TABLE)
@@ -103,7 +104,8 @@ def _generate(args: argparse.Namespace) -> int:
     result = generate(audio, output=outputs, features=features, template=args.template, unet=args.model,
                       audio_encoder=encoder, mode=args.mode, runtime=args.runtime, providers=_providers(args),
                       batch_size=args.batch_size,
-                      start=args.start, fps=args.fps, crf=args.crf, preset=args.preset, feather=args.feather,
+                      start=args.start, fps=args.fps, crf=args.crf, preset=args.preset, encoder=args.encoder,
+                      feather=args.feather,
                       threads=args.threads, sessions=args.sessions, precision=args.precision, cache_mb=args.cache_mb,
                       device_id=args.device, progress=not args.quiet)
     if not args.quiet and args.json != "-":
@@ -137,7 +139,7 @@ def _stream(args: argparse.Namespace) -> int:
               f"{pipe.engine.providers[0]}, {len(stream.unets)} U-Net session(s) ({stream.layout} layout), "
               f"batch <= {pipe.batch_size}")
     stats = replay(stream, args.audio, chunk_ms=args.chunk_ms, realtime=args.realtime, speed=args.speed,
-                   output=args.output, crf=args.crf, preset=args.preset)
+                   output=args.output, crf=args.crf, preset=args.preset, encoder=args.encoder)
     stats.update(pipe.engine.describe())
     _write_json(args.json, stats)
     if not args.quiet:
@@ -217,6 +219,16 @@ def _engine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-mb", type=float, help="decoded template frame cache in MiB (default: 1/4 of free memory)")
 
 
+def _video_options(p: argparse.ArgumentParser, of: str = "") -> None:
+    """H.264 encoding options of a video output."""
+    p.add_argument("--crf", type=int, default=20, help=f"H.264 quality{of}, lower is better (default: 20)")
+    p.add_argument("--preset", choices=X264_PRESETS, default=DEFAULT_PRESET, metavar="PRESET",
+                   help=f"x264 speed preset{of} (default: {DEFAULT_PRESET})")
+    p.add_argument("--encoder", choices=("auto", *ENCODERS), default=DEFAULT_VIDEO_ENCODER,
+                   help=f"H.264 encoder{of}: libx264 (CPU, all cores), h264_nvenc (NVIDIA hardware encoder), "
+                   f"auto (the hardware one where it runs) (default: {DEFAULT_VIDEO_ENCODER})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="synctalk-fast", description="Fast, exact SyncTalk_2D lip-sync inference.")
     parser.add_argument("--version", action="version", version=f"synctalk-fast {__version__}")
@@ -273,8 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--features", help="precomputed features (.bin + .bin.json, .npy, or a frames folder)")
     _engine_options(p)
     p.add_argument("--feather", type=int, default=0, help="soft paste band in pixels (default: 0, hard paste)")
-    p.add_argument("--crf", type=int, default=20, help="H.264 quality, lower is better (default: 20)")
-    p.add_argument("--preset", default="superfast", help="x264 speed preset (default: superfast)")
+    _video_options(p)
     p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32", help="U-Net precision (fp16: GPUs)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     p.add_argument("--json", metavar="FILE", help="write the result (frames, speed, provider, device) as JSON "
@@ -324,8 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "auto measures which keeps up (default)")
     p.add_argument("--json", metavar="FILE", help="write the statistics as JSON to FILE (- for stdout)")
     _engine_options(p)
-    p.add_argument("--crf", type=int, default=20, help="H.264 quality for --output (default: 20)")
-    p.add_argument("--preset", default="superfast", help="x264 preset for --output (default: superfast)")
+    _video_options(p, " of --output")
     p.add_argument("-q", "--quiet", action="store_true", help="no summary")
     p.set_defaults(func=_stream)
 

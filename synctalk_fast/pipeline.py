@@ -31,7 +31,7 @@ from .shapes import FPS, IMAGE_SHAPE, MODES
 from .sinks import VIDEO_SUFFIXES, Sink, open_sink
 from .stream import Stream
 from .template import Template
-from .video import DEFAULT_PRESET
+from .video import DEFAULT_ENCODER, DEFAULT_PRESET
 
 __all__ = ["Pipeline", "GenerateResult", "generate", "audio_features", "VIDEO_SUFFIXES"]
 
@@ -287,6 +287,7 @@ class Pipeline:
         fps: float | None = None,
         crf: int = 20,
         preset: str = DEFAULT_PRESET,
+        encoder: str = DEFAULT_ENCODER,
         feather: int = 0,
         image_format: str = "png",
         progress: bool = True,
@@ -321,6 +322,11 @@ class Pipeline:
         crf, preset : keyword-only
             libx264 quality (CRF 20, as the reference) and speed preset
             (default superfast, chosen by measurement: see the README).
+        encoder : {"libx264", "h264_nvenc", "auto"}, keyword-only
+            H.264 encoder of a video output: libx264 (frame threads over
+            the cores this process may use), NVIDIA's hardware encoder, or
+            the hardware one when it opens here. An encoder that cannot run
+            here is an :class:`OutputError` before any work.
         feather : int, keyword-only
             Soft paste band in pixels (0: hard paste, as the reference).
         image_format : {"png", "jpg"}, keyword-only
@@ -352,7 +358,7 @@ class Pipeline:
         bar = progress_bar(n, "frames", progress)
         try:
             for target in targets:
-                sinks.append(open_sink(target, fps=fps, crf=crf, preset=preset, audio=samples,
+                sinks.append(open_sink(target, fps=fps, crf=crf, preset=preset, encoder=encoder, audio=samples,
                                        image_format=image_format))
             scratch = np.empty((tpl.size[1], tpl.size[0], 3), np.uint8)  # sinks copy what they keep
             per_frame = int(round(SAMPLE_RATE / fps))

@@ -54,7 +54,8 @@ def _feed(stream: Stream, data: np.ndarray, rate: int, chunk: int, realtime: boo
 
 
 def replay(stream: Stream, audio: str | os.PathLike, *, chunk_ms: float = 20.0, realtime: bool = False,
-           speed: float = 1.0, output: Any = None, crf: int = 20, preset: str | None = None) -> dict:
+           speed: float = 1.0, output: Any = None, crf: int = 20, preset: str | None = None,
+           encoder: str | None = None) -> dict:
     """Play a sound file into ``stream`` and take every frame it makes.
 
     Parameters
@@ -72,8 +73,8 @@ def replay(stream: Stream, audio: str | os.PathLike, *, chunk_ms: float = 20.0, 
     output : str, os.PathLike, Sink or callable, optional, keyword-only
         Record the frames with their audio (see
         :func:`synctalk_fast.sinks.open_sink`); aborted on any error.
-    crf, preset : keyword-only
-        Video encoding of a video ``output``.
+    crf, preset, encoder : keyword-only
+        Video encoding of a video ``output`` (see :class:`~synctalk_fast.sinks.Mp4Sink`).
 
     Returns
     -------
@@ -86,7 +87,7 @@ def replay(stream: Stream, audio: str | os.PathLike, *, chunk_ms: float = 20.0, 
         stream.close(drain=False)
         raise ValueError(f"chunk_ms and speed must be > 0, got {chunk_ms!r} and {speed!r}")
     data, rate, _ = read_native(audio)
-    options = {} if preset is None else {"preset": preset}
+    options = {key: value for key, value in (("preset", preset), ("encoder", encoder)) if value is not None}
     sink: Sink | None = None
     if output is not None:
         sink = open_sink(output, fps=stream.fps, crf=crf, frame_audio=True, **options)

@@ -26,7 +26,7 @@ import numpy as np
 
 from ._filters import SAMPLE_RATE
 from .errors import OutputError
-from .video import DEFAULT_PRESET, FrameFolderWriter, VideoWriter, _check_encoding, _check_frame
+from .video import DEFAULT_ENCODER, DEFAULT_PRESET, FrameFolderWriter, VideoWriter, _check_encoding, _check_frame
 
 __all__ = [
     "Sink",
@@ -108,6 +108,9 @@ class Mp4Sink(VideoWriter):
         libx264 constant rate factor, 0 (lossless) to 51.
     preset : str, default :data:`~synctalk_fast.video.DEFAULT_PRESET`
         libx264 preset.
+    encoder : str, default "libx264"
+        ``"h264_nvenc"`` (NVIDIA hardware encoder) or ``"auto"``; see
+        :class:`~synctalk_fast.video.VideoWriter`.
     audio : np.ndarray or None
         The whole track: mono samples in [-1, 1] at ``audio_rate``.
     audio_rate : int, default 16000
@@ -141,10 +144,11 @@ class Mp4Sink(VideoWriter):
         audio_rate: int = _AUDIO_RATE,
         track_rate: int = TRACK_RATE,
         frame_audio: bool = False,
+        encoder: str = DEFAULT_ENCODER,
     ):
         self._frame_audio = bool(frame_audio)
         super().__init__(path, fps=fps, crf=crf, preset=preset, audio=audio, audio_rate=audio_rate,
-                         sample_rate=track_rate, frame_audio=self._frame_audio)
+                         sample_rate=track_rate, frame_audio=self._frame_audio, encoder=encoder)
 
     def write(self, frame: np.ndarray, audio: np.ndarray | None = None) -> None:
         """Encode one BGR uint8 ``[H, W, 3]`` frame (and, with ``frame_audio=True``, its sound).
@@ -294,6 +298,7 @@ def open_sink(
     fps: float | Fraction = 25.0,
     crf: int = 20,
     preset: str = DEFAULT_PRESET,
+    encoder: str = DEFAULT_ENCODER,
     audio: np.ndarray | None = None,
     frame_audio: bool = False,
     image_format: str = "png",
@@ -314,7 +319,7 @@ def open_sink(
     ----------
     output : str, os.PathLike, Sink or callable
         Where the frames go.
-    fps, crf, preset
+    fps, crf, preset, encoder
         Video encoding (see :class:`Mp4Sink`); checked whatever the output.
     audio : np.ndarray or None
         float32 ``[n]`` mono 16 kHz track of a video file.
@@ -331,13 +336,14 @@ def open_sink(
     ------
     OutputError
         A path with another suffix (e.g. ``out.webm``; nothing is created),
-        or a destination that cannot be written.
+        a destination that cannot be written, or an encoder that cannot run
+        here.
     ValueError
-        A bad ``fps``, ``crf``, ``preset`` or ``image_format``.
+        A bad ``fps``, ``crf``, ``preset``, ``encoder`` or ``image_format``.
     TypeError
         ``output`` is none of the above.
     """
-    _check_encoding(fps, crf, preset)
+    _check_encoding(fps, crf, preset, encoder)
     ext = str(image_format).lower().lstrip(".")
     if ext not in ("png", "jpg", "jpeg"):
         raise ValueError(f"image_format must be 'png' or 'jpg', got {image_format!r}")
@@ -352,7 +358,7 @@ def open_sink(
     path = Path(os.fsdecode(output))
     suffix = path.suffix
     if suffix.lower() in VIDEO_SUFFIXES:
-        return Mp4Sink(path, fps=fps, crf=crf, preset=preset, audio=audio, frame_audio=frame_audio)
+        return Mp4Sink(path, fps=fps, crf=crf, preset=preset, encoder=encoder, audio=audio, frame_audio=frame_audio)
     if not suffix or path.is_dir():
         return FrameFolderSink(path, ext=ext)
     raise OutputError(

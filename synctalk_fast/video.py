@@ -20,6 +20,7 @@ or arguments raise ``ValueError``. Writers are not thread-safe.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -30,14 +31,17 @@ from pathlib import Path
 from typing import Any
 
 import av
+import av.logging
 import cv2
 import numpy as np
 
 from ._atomic import PartFile, make_dirs, part_name, remove_dirs
+from ._system import cpu_cores
 from .audio import StreamResampler
 from .errors import OutputError
 
-__all__ = ["VideoWriter", "FrameFolderWriter", "OutputError", "X264_PRESETS", "DEFAULT_PRESET"]
+__all__ = ["VideoWriter", "FrameFolderWriter", "OutputError", "X264_PRESETS", "DEFAULT_PRESET",
+           "ENCODERS", "DEFAULT_ENCODER", "encoder_problem", "resolve_encoder"]
 
 # Default libx264 preset, chosen by measurement (README, "Encoder preset"; 720p
 # talking-head frames at CRF 20, one encoder thread): superfast costs 6.7 ms
@@ -48,6 +52,15 @@ __all__ = ["VideoWriter", "FrameFolderWriter", "OutputError", "X264_PRESETS", "D
 # U-Net's own speed. Smaller files: preset="veryfast" (or "medium").
 DEFAULT_PRESET = "superfast"
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo")
+# The H.264 encoders a writer can use, hardware first: "auto" takes the first
+# that opens here. libx264 is the default everywhere (the same bits on every
+# machine); NVENC exists only on NVIDIA GPUs that have the encoder block
+# (not A100 / H100 / H200).
+ENCODERS = ("h264_nvenc", "libx264")
+DEFAULT_ENCODER = "libx264"
+# x264 speed presets -> NVENC's p1 (fastest) .. p7 (best).
+_NVENC_PRESETS = {"ultrafast": "p1", "superfast": "p2", "veryfast": "p3", "faster": "p4", "fast": "p4",
+                  "medium": "p5", "slow": "p6", "slower": "p7", "veryslow": "p7", "placebo": "p7"}
 # Sample rates the AAC bitstream can signal (ISO 14496-3 sampling_frequency_index).
 _AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350)
 _FRAME_NAME = re.compile(r"frame_\d+\.(?:png|jpg)")
@@ -202,8 +215,13 @@ class VideoWriter(_Writer):
     sample_rate : int, default 16000
         Sample rate of ``audio``; one the AAC format supports (8000, 16000,
         22050, 44100, 48000, ...).
+    encoder : str, default "libx264"
+        One of :data:`ENCODERS` (``"h264_nvenc"`` on an NVIDIA GPU with a
+        hardware encoder) or ``"auto"`` (the first of them that opens here).
+        ``crf`` and ``preset`` map onto NVENC's constant quality and p1..p7.
     threads : int, default 0
-        libx264 threads; 0 lets libx264 choose.
+        libx264 threads (frame-parallel: throughput scales with cores);
+        0 uses the cores this process may use (container limits included).
     frame_audio : bool, default False
         The sound track comes with the frames instead of ``audio``: each
         :meth:`write` takes the samples shown with its frame
@@ -216,7 +234,8 @@ class VideoWriter(_Writer):
     OutputError
         The destination cannot be written (checked here by creating the
         temporary file): missing parent that cannot be created, permission
-        denied, ``path`` is a directory; or libx264/AAC is unavailable.
+        denied, ``path`` is a directory; or the encoder (see
+        :func:`encoder_problem`) or AAC is unavailable.
     ValueError
         A bad argument.
 
@@ -246,9 +265,12 @@ class VideoWriter(_Writer):
         audio_rate: int | None = None,
         threads: int = 0,
         frame_audio: bool = False,
+        encoder: str = DEFAULT_ENCODER,
     ):
         self._dest = Path(os.fspath(path))
-        self._rate = _check_encoding(fps, crf, preset)
+        self._rate = _check_encoding(fps, crf, preset, encoder)
+        encoder = resolve_encoder(encoder)  # before the part file: an unusable encoder creates nothing
+        self.encoder = encoder
         if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 0:
             raise ValueError(f"threads must be an integer >= 0, got {threads!r}")
         if audio is not None and frame_audio:
@@ -267,9 +289,13 @@ class VideoWriter(_Writer):
         try:
             container = av.open(part.file, "w", format="mp4")
             part.container = container
-            self._vstream = container.add_stream("libx264", rate=self._rate, options={"crf": str(int(crf)), "preset": preset})
+            self._vstream = container.add_stream(encoder, rate=self._rate, options=_encoder_options(encoder, crf, preset))
             self._vstream.pix_fmt = "yuv420p"
-            self._vstream.codec_context.thread_count = int(threads)
+            if encoder == "libx264":
+                # Frame threads, sized by the cores this process may use
+                # (libx264's own count sees the host's, not the container's).
+                self._vstream.codec_context.thread_type = "FRAME"
+                self._vstream.codec_context.thread_count = int(threads) or cpu_cores()
             # Frames are converted as BT.601 limited range (see write); say so
             # in the stream, or players assume BT.709 for HD sizes.
             cc = self._vstream.codec_context
@@ -411,14 +437,89 @@ class VideoWriter(_Writer):
         return self._dest
 
 
-def _check_encoding(fps: Any, crf: Any, preset: Any) -> Fraction:
-    """The frame rate of ``fps``; ``ValueError`` for a bad ``fps``, ``crf`` or ``preset``."""
+def _check_encoding(fps: Any, crf: Any, preset: Any, encoder: Any = DEFAULT_ENCODER) -> Fraction:
+    """The frame rate of ``fps``; ``ValueError`` for a bad ``fps``, ``crf``, ``preset`` or encoder name."""
     rate = _frame_rate(fps)
     if isinstance(crf, bool) or not isinstance(crf, (int, np.integer)) or not 0 <= crf <= 51:
         raise ValueError(f"crf must be an integer in 0..51, got {crf!r}")
     if preset not in X264_PRESETS:
         raise ValueError(f"preset must be one of {', '.join(X264_PRESETS)}; got {preset!r}")
+    if encoder != "auto" and encoder not in ENCODERS:
+        raise ValueError(f"encoder must be 'auto' or one of {', '.join(ENCODERS)}; got {encoder!r}")
     return rate
+
+
+def _encoder_options(encoder: str, crf: int, preset: str) -> dict[str, str]:
+    """The codec options of ``encoder`` for an x264-style ``crf`` and ``preset``."""
+    if encoder == "h264_nvenc":
+        if int(crf) == 0:
+            return {"preset": _NVENC_PRESETS[preset], "tune": "lossless"}
+        # constant quality: rate control vbr with no bit-rate target
+        return {"preset": _NVENC_PRESETS[preset], "tune": "hq", "rc": "vbr", "cq": str(int(crf)), "b": "0"}
+    return {"crf": str(int(crf)), "preset": preset}
+
+
+@functools.lru_cache(maxsize=None)
+def encoder_problem(encoder: str) -> str | None:
+    """Why ``encoder`` cannot encode on this machine, or None when it can.
+
+    Opens the encoder on a small frame and encodes it (once per process):
+    a hardware encoder in the build is no use without the device and
+    driver behind it.
+
+    Parameters
+    ----------
+    encoder : str
+        One of :data:`ENCODERS`.
+
+    Returns
+    -------
+    str or None
+        A one-line reason, e.g. ``"not in this PyAV build"`` or FFmpeg's
+        own message (no NVENC-capable device, driver missing).
+    """
+    try:
+        cc = av.CodecContext.create(encoder, "w")
+    except Exception:  # noqa: BLE001 - PyAV raises UnknownCodecError / ValueError by version
+        return "not in this PyAV build"
+    level = av.logging.get_level()
+    av.logging.set_level(av.logging.ERROR)  # FFmpeg logs the reason (e.g. "Cannot load libcuda.so.1"); the exception does not
+    try:
+        with av.logging.Capture(local=False) as logs:
+            cc.width, cc.height, cc.pix_fmt = 256, 256, "yuv420p"
+            cc.time_base, cc.framerate = Fraction(1, 25), Fraction(25)
+            cc.options = _encoder_options(encoder, 20, DEFAULT_PRESET)
+            cc.open()
+            frame = av.VideoFrame.from_ndarray(np.zeros((384, 256), np.uint8), format="yuv420p")
+            frame.pts = 0
+            cc.encode(frame)
+            cc.encode(None)
+    except Exception as exc:  # noqa: BLE001 - any failure means this encoder cannot be used here
+        reason = logs[-1][2] if logs else str(exc)
+        return " ".join(reason.split()) or type(exc).__name__
+    finally:
+        av.logging.set_level(level)
+    return None
+
+
+def resolve_encoder(encoder: str = DEFAULT_ENCODER) -> str:
+    """The encoder to use for ``encoder`` (``"auto"`` or a name of :data:`ENCODERS`).
+
+    Raises
+    ------
+    ValueError
+        An unknown name.
+    OutputError
+        The named encoder cannot run here (the reason, and the way out).
+    """
+    if encoder == "auto":
+        return next(name for name in ENCODERS if name == DEFAULT_ENCODER or encoder_problem(name) is None)
+    if encoder not in ENCODERS:
+        raise ValueError(f"encoder must be 'auto' or one of {', '.join(ENCODERS)}; got {encoder!r}")
+    problem = encoder_problem(encoder)
+    if problem is not None:
+        raise OutputError(f"encoder {encoder} cannot run here: {problem}; use encoder {DEFAULT_ENCODER!r} (--encoder {DEFAULT_ENCODER})")
+    return encoder
 
 
 def _frame_rate(fps: Any) -> Fraction:

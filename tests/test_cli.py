@@ -109,3 +109,18 @@ def test_providers_are_strict_with_short_aliases(model_dir, speech, tmp_path, ca
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         assert cli.main(base + ["--providers", "cuda,cpu"]) == 2
         assert "'cuda' is not available in this onnxruntime build (installed: " in capsys.readouterr().err
+
+
+def test_encoder_option(model_dir, speech, tmp_path, capsys):
+    from synctalk_fast import video
+
+    base = ["generate", "--model", str(model_dir / "unet_328.onnx"), "--audio-encoder",
+            str(model_dir / "audio_encoder.onnx"), "--audio", str(speech), "-q",
+            "--template", str(synthetic_template(tmp_path / "tpl", frames=4))]
+    if video.encoder_problem("h264_nvenc") is not None:
+        assert cli.main(base + ["-o", str(tmp_path / "nv.mp4"), "--encoder", "h264_nvenc"]) == 2
+        err = capsys.readouterr().err
+        assert "encoder h264_nvenc cannot run here" in err and err.count("\n") == 1
+        assert not (tmp_path / "nv.mp4").exists()
+    assert cli.main(base + ["-o", str(tmp_path / "auto.mp4"), "-encoder=auto"]) == 0
+    assert (tmp_path / "auto.mp4").stat().st_size > 0

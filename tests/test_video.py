@@ -408,3 +408,52 @@ def test_colour_is_bt601_limited_range_and_tagged(tmp_path):
         decoded = next(c.decode(video=0))
     yuv = decoded.to_ndarray(format="yuv420p")
     assert np.abs(yuv.astype(int) - cv2.cvtColor(frame, cv2.COLOR_BGR2YUV_I420)).max() <= 1  # lossless at CRF 0
+
+
+def test_libx264_uses_frame_threads_over_the_cores_this_process_may_use(tmp_path, monkeypatch):
+    monkeypatch.setattr(video, "cpu_cores", lambda: 3)  # e.g. a container with --cpus 3 on a large host
+    with VideoWriter(tmp_path / "a.mp4") as w:
+        cc = w._vstream.codec_context
+        assert (cc.thread_count, str(cc.thread_type).split(".")[-1]) == (3, "FRAME")
+        w.write(_frame(0))
+    with VideoWriter(tmp_path / "b.mp4", threads=1) as w:
+        assert w._vstream.codec_context.thread_count == 1
+        w.write(_frame(0))
+    assert len(_probe(tmp_path / "a.mp4")["frames"]) == 1
+
+
+def test_encoder_choice(tmp_path):
+    with pytest.raises(ValueError, match="encoder must be 'auto' or one of h264_nvenc, libx264"):
+        VideoWriter(tmp_path / "x.mp4", encoder="x265")
+    auto = video.resolve_encoder("auto")
+    assert auto == ("h264_nvenc" if video.encoder_problem("h264_nvenc") is None else "libx264")
+    _write(tmp_path / "auto.mp4", 5, encoder="auto")
+    assert len(_probe(tmp_path / "auto.mp4")["frames"]) == 5
+    assert video.encoder_problem("libx264") is None
+    assert video.encoder_problem("not_a_codec") == "not in this PyAV build"
+
+
+def test_nvenc_options_follow_crf_and_preset():
+    assert video._encoder_options("h264_nvenc", 23, "veryfast") == {
+        "preset": "p3", "tune": "hq", "rc": "vbr", "cq": "23", "b": "0"}
+    assert video._encoder_options("h264_nvenc", 0, "medium") == {"preset": "p5", "tune": "lossless"}
+    assert set(video._NVENC_PRESETS) == set(video.X264_PRESETS)
+    assert video._encoder_options("libx264", 20, "superfast") == {"crf": "20", "preset": "superfast"}
+
+
+@pytest.mark.skipif(video.encoder_problem("h264_nvenc") is None, reason="this machine has a working NVENC")
+def test_an_encoder_that_cannot_run_here_is_one_line_and_creates_nothing(tmp_path):
+    with pytest.raises(OutputError) as info:
+        VideoWriter(tmp_path / "sub" / "x.mp4", encoder="h264_nvenc")
+    message = str(info.value)
+    assert message.startswith("encoder h264_nvenc cannot run here: ") and "\n" not in message
+    assert "--encoder libx264" in message
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.skipif(video.encoder_problem("h264_nvenc") is not None, reason="no working NVENC here")
+def test_nvenc_writes_a_playable_mp4(tmp_path):
+    frames = _write(tmp_path / "nv.mp4", 30, encoder="h264_nvenc", audio=_tone(1.2))
+    info = _probe(tmp_path / "nv.mp4")
+    assert (info["codec"], len(info["frames"])) == ("h264", 30)
+    assert np.abs(info["frames"][-1].astype(int) - frames[-1]).mean() < 3
