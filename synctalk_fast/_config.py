@@ -7,7 +7,9 @@ import platform
 import sys
 
 from . import _backend
-from .runtime import default_providers
+from .runtime import RUNTIMES, default_providers, get_runtime
+from .runtime.openvino import precision_problem
+from ._system import cpu_flags, cpu_name
 from .runtime.ort import builds_conflict, installed_builds, probe
 from ._version import __version__
 from .video import ENCODERS, encoder_problem
@@ -34,6 +36,22 @@ def _encoders() -> dict[str, bool | str]:
         found["aac"] = True
     except Exception:  # noqa: BLE001 - av raises UnknownCodecError / ValueError by version
         found["aac"] = "not in this PyAV build"
+    return found
+
+
+def _runtimes() -> dict[str, dict | str]:
+    """Each runtime: its version and the precisions it runs natively on this CPU."""
+    found: dict[str, dict | str] = {}
+    for name, factory in RUNTIMES.items():
+        try:
+            runtime = get_runtime(name)
+        except ValueError as exc:  # not installed: the message says how to install it
+            found[name] = str(exc)
+            continue
+        native = [p for p in runtime.precisions if name != "onnxruntime" or p == "fp32"]
+        if name == "openvino":
+            native = [p for p in native if precision_problem(p) is None]
+        found[name] = {"version": _dist_version(name) or "?", "devices": runtime.available(), "cpu_precisions": native}
     return found
 
 
@@ -72,6 +90,8 @@ def config() -> dict:
         info[name] = _dist_version(dist)
     if info["opencv"] is None:
         info["opencv"] = _dist_version("opencv-python")
+    info["cpu"] = {"name": cpu_name(), **cpu_flags()}
+    info["runtimes"] = _runtimes()
     info["encoders"] = _encoders()
     return info
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import math
 import os
+import platform
 import sys
 from pathlib import Path
 
-__all__ = ["cpu_cores", "available_memory", "cgroup_cpu_limit", "cgroup_memory_available", "cache_dir", "CGROUP_ROOT"]
+__all__ = ["cpu_name", "cpu_flags", "cpu_cores", "available_memory", "cgroup_cpu_limit", "cgroup_memory_available", "cache_dir", "CGROUP_ROOT"]
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 _UNLIMITED = 1 << 60  # cgroup v1 writes a number near 2**63 for "no limit"
@@ -102,3 +103,25 @@ def cache_dir() -> Path:
     else:
         base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
     return base / "synctalk_fast"
+
+
+def _cpuinfo(field: str) -> str | None:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.split(":", 1)[0].strip() == field), None)
+    except OSError:
+        return None
+
+
+def cpu_name() -> str:
+    """The processor's marketing name (``/proc/cpuinfo``), else what Python knows."""
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
+
+
+def cpu_flags() -> dict[str, bool]:
+    """The CPU features that decide the reduced precisions: ``avx512_bf16``,
+    ``amx`` (AMX-BF16 tiles), ``arm_fp16`` (an ARM CPU with fp16 arithmetic)."""
+    flags = set((_cpuinfo("flags") or "").split())
+    arm = platform.machine().lower() in ("arm64", "aarch64")
+    arm_fp16 = arm and (sys.platform == "darwin" or "fphp" in set((_cpuinfo("Features") or "").split()))
+    return {"avx512_bf16": "avx512_bf16" in flags, "amx": "amx_bf16" in flags, "arm_fp16": arm_fp16}

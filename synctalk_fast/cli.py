@@ -25,7 +25,7 @@ from .features import save_features
 from .pipeline import Pipeline, generate
 from .quantization import quantize
 from .replay import replay
-from .runtime import DEFAULT_RUNTIME, RUNTIMES
+from .runtime import DEFAULT_RUNTIME, PRECISIONS, RUNTIMES
 from .shapes import MODE_TABLE
 from .video import DEFAULT_ENCODER as DEFAULT_VIDEO_ENCODER, DEFAULT_PRESET, ENCODERS, X264_PRESETS
 
@@ -130,13 +130,13 @@ def _stream(args: argparse.Namespace) -> int:
     encoder = args.audio_encoder or (DEFAULT_ENCODER if Path(DEFAULT_ENCODER).is_file() else None)
     pipe = Pipeline(args.model, audio_encoder=encoder, runtime=args.runtime, providers=_providers(args),
                     batch_size=args.batch_size, threads=args.threads, sessions=args.sessions, cache_mb=args.cache_mb,
-                    device_id=args.device)
+                    precision=args.precision, device_id=args.device)
     stream = pipe.stream(args.template, start=args.start, idle=args.idle, max_lag=args.max_lag, layout=args.layout)
     if not args.quiet:
         mode = (("real time" if args.speed == 1 else f"{args.speed:g} x real time") if args.realtime
                 else "as fast as possible")
         print(f"streaming {args.audio} in {args.chunk_ms:g} ms chunks, {mode}; {pipe.engine.runtime} "
-              f"{pipe.engine.providers[0]}, {len(stream.unets)} U-Net session(s) ({stream.layout} layout), "
+              f"{pipe.engine.providers[0]} {pipe.engine.precision}, {len(stream.unets)} U-Net session(s) ({stream.layout} layout), "
               f"batch <= {pipe.batch_size}")
     stats = replay(stream, args.audio, chunk_ms=args.chunk_ms, realtime=args.realtime, speed=args.speed,
                    output=args.output, crf=args.crf, preset=args.preset, encoder=args.encoder)
@@ -209,7 +209,10 @@ DEFAULT_ENCODER = "./models/audio_encoder.onnx"
 
 def _engine_options(p: argparse.ArgumentParser) -> None:
     """The Pipeline's session and cache options, shared by generate and stream."""
-    p.add_argument("--runtime", choices=sorted(RUNTIMES), default=DEFAULT_RUNTIME, help="inference runtime")
+    _runtime_option(p)
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="U-Net precision: fp32 (exact), fp16 (GPUs; OpenVINO on ARM CPUs), bf16 (OpenVINO on CPUs "
+                   "with avx512_bf16 or AMX) (default: fp32)")
     p.add_argument("--batch-size", type=int, help="frames per U-Net call, at most (default: 4 on CPU, 16 on GPU)")
     p.add_argument("--providers", help="providers, comma-separated: names or aliases cpu, cuda, tensorrt, "
                    "rocm, coreml, directml (default: best available; one not installed is an error)")
@@ -217,6 +220,12 @@ def _engine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, help="ONNX Runtime threads per U-Net session (default: cores / sessions)")
     p.add_argument("--sessions", type=int, help="parallel U-Net sessions (default: one per core up to 4 on CPU, 1 on GPU)")
     p.add_argument("--cache-mb", type=float, help="decoded template frame cache in MiB (default: 1/4 of free memory)")
+
+
+def _runtime_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runtime", choices=("auto", *RUNTIMES), default=DEFAULT_RUNTIME,
+                   help=f"inference runtime; auto: the fastest here for the U-Net, measured once "
+                   f"(default: {DEFAULT_RUNTIME})")
 
 
 def _video_options(p: argparse.ArgumentParser, of: str = "") -> None:
@@ -286,7 +295,6 @@ def build_parser() -> argparse.ArgumentParser:
     _engine_options(p)
     p.add_argument("--feather", type=int, default=0, help="soft paste band in pixels (default: 0, hard paste)")
     _video_options(p)
-    p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32", help="U-Net precision (fp16: GPUs)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     p.add_argument("--json", metavar="FILE", help="write the result (frames, speed, provider, device) as JSON "
                    "to FILE (- for stdout)")
@@ -304,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="output", help="output folder (default: output)")
     p.add_argument("--fps", type=float, default=25.0, help="video frame rate, recorded in metadata (default: 25)")
     p.add_argument("--mode", choices=["ave"], default="ave", help="only ave features are computed from audio")
-    p.add_argument("--runtime", choices=sorted(RUNTIMES), default=DEFAULT_RUNTIME, help="inference runtime")
+    _runtime_option(p)
     p.add_argument("--providers", help="providers, comma-separated (names or aliases)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=_features)

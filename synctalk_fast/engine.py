@@ -28,6 +28,7 @@ engine's; the engine never holds its lock while calling a source.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from concurrent.futures import Future
@@ -41,6 +42,7 @@ from .audio import load_audio, mel_spectrogram, mel_windows, num_mel_windows
 from .errors import FeatureError, ModelError
 from .features import pad_embeddings
 from .frames import Box, paste_back, prepare_input
+from .models.choice import choose_runtime
 from .models.session import ModelSession, ResolvedModel, resolve_model
 from .runtime import DEFAULT_RUNTIME, Runtime, default_batch_size, default_threads, get_runtime, resolve_providers, session_plan
 from .shapes import AUDIO_SHAPES, ENCODER_BATCH, IMAGE_SHAPE, MEL_SHAPE
@@ -155,13 +157,18 @@ class Engine:
         (features from audio).
     audio_encoder : str, os.PathLike or ModelSession, optional
         The AVE audio encoder, needed to compute features from audio.
-    runtime : str, keyword-only
-        Inference runtime (``"onnxruntime"``).
+    runtime : {"onnxruntime", "openvino", "auto"}, keyword-only
+        Inference runtime. ``"auto"``: the fastest here for this U-Net
+        (measured once and cached; never slower than ONNX Runtime fp32, see
+        :func:`synctalk_fast.models.choice.choose_runtime`).
     providers : sequence of str, optional, keyword-only
-        Providers in order of preference, full names or aliases (``"cpu"``,
-        ``"cuda"``, ...); default: the best installed.
-    precision : {"fp32", "fp16"}, keyword-only
-        U-Net precision; every U-Net session of the engine runs it.
+        Providers (devices) in order of preference, full names or aliases
+        (``"cpu"``, ``"cuda"``, ...); default: the best installed.
+    precision : {"fp32", "fp16", "bf16"}, keyword-only
+        U-Net precision; every U-Net session of the engine runs it. fp32 is
+        the exact path. fp16: GPUs (ONNX Runtime), ARM CPUs and Intel GPUs
+        (OpenVINO). bf16: OpenVINO on CPUs with avx512_bf16 or AMX (a CPU
+        without them is a ``ValueError``, never a slow emulation).
     batch_size : int, optional, keyword-only
         Frames per U-Net call (default by provider: 16 on CUDA / TensorRT, 4
         on CPU).
@@ -192,6 +199,11 @@ class Engine:
             raise ValueError("sessions must be >= 1")
         if unet is None and audio_encoder is None:
             raise ValueError("an engine needs a U-Net, an audio encoder, or both")
+        if runtime == "auto":
+            if isinstance(unet, (str, os.PathLike)) and providers is None:
+                runtime, precision = choose_runtime(unet, precision=precision)
+            else:  # an open session, an encoder-only engine, or providers named: nothing to choose
+                runtime = unet.model.runtime if isinstance(unet, ModelSession) else DEFAULT_RUNTIME
         self._rt = get_runtime(runtime)
         self.device_id = int(device_id)
         self.sessions: list[ModelSession] = []
@@ -355,15 +367,17 @@ class Engine:
         """Run each session of ``layout`` (and the encoder) once, so that the
         first real call does not pay for the runtime's first-run setup.
 
-        On an accelerator every batch size a live producer can send (1 ..
-        ``batch_size``) is run once: GPU runtimes plan (cuDNN's algorithm
-        search, TensorRT's profiles) per input shape, and a size first seen
-        mid-conversation would stall it. Returns the batch sizes run.
+        Where the runtime plans per input shape (cuDNN's algorithm search,
+        TensorRT's profiles, OpenVINO's static compiles), every batch size a
+        live producer can send (1 .. ``batch_size``) is run once: a size
+        first seen mid-conversation would stall it. Returns the batch sizes
+        run.
         """
         if self.encoder is not None:
             self.encode(np.zeros((1, *MEL_SHAPE), np.float32))
-        sizes = list(range(1, self._batch + 1)) if self.accelerator else [1]
-        for sess in self.layout_sessions(layout):
+        sessions = self.layout_sessions(layout)
+        sizes = list(range(1, self._batch + 1)) if any(s.per_shape for s in sessions) else [1]
+        for sess in sessions:
             with self._locks[id(sess)]:
                 for n in sizes:
                     sess.run(image=np.zeros((n, *IMAGE_SHAPE), np.float32),

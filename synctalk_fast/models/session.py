@@ -29,6 +29,7 @@ from .._system import cache_dir
 from ..errors import ModelError
 from ..runtime import (
     DEFAULT_RUNTIME,
+    RUNTIMES,
     Runtime,
     SessionRequest,
     default_batch_size,
@@ -234,7 +235,9 @@ def resolve_model(path: str | os.PathLike, *, precision: str = "fp32", runtime: 
     rt = get_runtime(runtime)
     path = Path(path)
     if precision not in rt.precisions:
-        raise ValueError(f"precision must be one of {', '.join(rt.precisions)} on {rt.name}, got {precision!r}")
+        elsewhere = [name for name, factory in RUNTIMES.items() if precision in getattr(factory, "precisions", ())]
+        hint = f" ({precision} runs on runtime {' or '.join(map(repr, elsewhere))})" if elsewhere else ""
+        raise ValueError(f"precision must be one of {', '.join(rt.precisions)} on {rt.name}, got {precision!r}{hint}")
     if not path.is_file():
         raise ModelError(f"model file not found: {path}")
     try:
@@ -253,7 +256,7 @@ def resolve_model(path: str | os.PathLike, *, precision: str = "fp32", runtime: 
             log.warning("%s has a fixed batch size of 1 and could not be made dynamic (%s); running one item at a time",
                         path, exc)
             dynamic = False
-    if precision != "fp32":
+    if precision in rt.rewrites:
         source = model_path
         model_path = _cached(source, precision, _digest(source), lambda: rt.convert(source, precision))
     return ResolvedModel(path, model_path, roles, dynamic, precision, rt)
@@ -289,6 +292,9 @@ class ModelSession:
         Host threads of the session.
     io_binding : bool
         Inputs and outputs go through device-resident buffers.
+    per_shape : bool
+        The runtime plans per input shape (cuDNN's search, TensorRT's
+        profiles, OpenVINO's static compiles): each batch size pays once.
     session
         The runtime's own session object (``onnxruntime.InferenceSession``).
     """
@@ -324,6 +330,7 @@ class ModelSession:
         self.device = self._rt_session.provider.memory
         self.accelerator = self._rt_session.provider.accelerator
         self.io_binding = self._rt_session.io_binding
+        self.per_shape = self._rt_session.per_shape
         self.device_id = int(device_id)
 
     def __repr__(self) -> str:

@@ -1,8 +1,8 @@
 """Inference runtimes: one small interface, one provider table per runtime.
 
 :func:`get_runtime` gives a :class:`Runtime` by name (ONNX Runtime today;
-another runtime is one module implementing :mod:`~synctalk_fast.runtime.base`
-plus one entry in :data:`RUNTIMES`). Planning that depends on the device
+OpenVINO; another runtime is one module implementing
+:mod:`~synctalk_fast.runtime.base` plus one entry in :data:`RUNTIMES`). Planning that depends on the device
 (:func:`default_batch_size`, :func:`session_plan`) reads the runtime's
 table; no other module knows provider names.
 """
@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 
 from .._system import cpu_cores
 from .base import Provider, Runtime, RuntimeSession, SessionRequest
+from .openvino import OpenVinoRuntime
 from .ort import OnnxRuntime
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "SessionRequest",
     "RUNTIMES",
     "DEFAULT_RUNTIME",
+    "PRECISIONS",
     "is_accelerator",
     "get_runtime",
     "resolve_providers",
@@ -34,7 +36,9 @@ __all__ = [
 ]
 
 #: Runtime name -> factory.
-RUNTIMES: dict[str, Callable[[], Runtime]] = {"onnxruntime": OnnxRuntime}
+RUNTIMES: dict[str, Callable[[], Runtime]] = {"onnxruntime": OnnxRuntime, "openvino": OpenVinoRuntime}
+#: Every precision some runtime runs, the exact one first.
+PRECISIONS = ("fp32", "fp16", "bf16")
 #: The runtime used unless another is asked for.
 DEFAULT_RUNTIME = "onnxruntime"
 _instances: dict[str, Runtime] = {}
@@ -45,7 +49,8 @@ def get_runtime(name: str | Runtime = DEFAULT_RUNTIME) -> Runtime:
     if not isinstance(name, str):
         return name
     if name not in RUNTIMES:
-        raise ValueError(f"unknown runtime {name!r}; expected one of {', '.join(RUNTIMES)}")
+        auto = " (runtime 'auto' is chosen by an Engine, for a U-Net)" if name == "auto" else ""
+        raise ValueError(f"unknown runtime {name!r}; expected one of {', '.join(RUNTIMES)}{auto}")
     if name not in _instances:
         _instances[name] = RUNTIMES[name]()
     return _instances[name]

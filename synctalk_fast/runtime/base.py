@@ -99,6 +99,7 @@ class RuntimeSession(Protocol):
     precision: str
     threads: int
     io_binding: bool
+    per_shape: bool  # plans (compiles, searches algorithms) per input shape: warm each shape before live use
 
     def run(self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None) -> list[np.ndarray]:
         """Outputs (all, or those named) for float32 ``feeds``; new arrays the caller owns."""
@@ -110,6 +111,7 @@ class Runtime(Protocol):
 
     name: str
     precisions: tuple[str, ...]
+    rewrites: tuple[str, ...]  # precisions that run on a rewritten model (see convert)
     providers: Mapping[str, Provider]  # the table, by name
 
     def available(self) -> list[str]:
@@ -127,6 +129,5 @@ class Runtime(Protocol):
         ...
 
     def convert(self, model: str | os.PathLike, precision: str) -> bytes | None:
-        """The model rewritten for ``precision`` (serialised), or None when
-        the runtime runs that precision on the file as it is."""
+        """The model rewritten for ``precision`` (one of ``rewrites``), serialised."""
         ...

@@ -234,6 +234,7 @@ class OrtSession:
         self.threads = int(request.threads)
         self.device_id = int(request.device_id)
         self.io_binding = bool(self.provider.io_binding if io_binding is None else io_binding)
+        self.per_shape = self.provider.accelerator  # cuDNN's algorithm search, TensorRT's profiles
         self.outputs = [o.name for o in self.session.get_outputs()]
         if self.provider.name == "TensorrtExecutionProvider" and not request.plain:
             _say_tensorrt_builds_once()
@@ -282,6 +283,7 @@ class OnnxRuntime:
 
     name = "onnxruntime"
     precisions = ("fp32", "fp16")
+    rewrites = ("fp16",)
     providers = PROVIDERS
 
     def installed(self) -> list[str]:
