@@ -14,10 +14,18 @@ sets, and:
    (quantize that block alone, measure), then keeps the most sensitive
    blocks in fp32, as few as reach the target (binary search over the
    ranking);
-3. writes the QDQ model (int8 per-channel weights, uint8 activations, opset
-   >= 17) and a report: PSNR and max / mean level difference against fp32 on
-   the held-out frames (never used above), over the mouth box and the whole
-   frame, and the speed of both models measured in the same run.
+3. writes the QDQ model (int8 per-channel weights, uint8 activations) and a
+   report: PSNR and max / mean level difference against fp32 on the held-out
+   frames (never used above), over the mouth box and the whole frame, and the
+   speed of both models measured in the same run.
+
+Per-channel weights need ``DequantizeLinear``'s ``axis`` (opset 13): a model
+of a lower default-domain opset (``torch.onnx.export`` at opset 11, as
+SyncTalk_2D's own export writes) is converted to opset 13 in memory first, and
+the conversion is checked by running one frame against the original; when
+it fails, weights are quantized per tensor instead (a report note and a log
+warning say so). Any failure of the ONNX / ONNX Runtime tooling is raised as
+a one-line :class:`~synctalk_fast.errors.ModelError` naming the model.
 
 Every network run goes through an :class:`~synctalk_fast.engine.Engine` (the
 U-Net step's prepare and paste included); ONNX Runtime's quantization tools
@@ -57,6 +65,8 @@ log = logging.getLogger(__name__)
 
 METHODS = ("MinMax", "Percentile", "Entropy")
 _BATCH = 4
+_PER_CHANNEL_OPSET = 13  # DequantizeLinear's axis attribute (per-channel weights) appears in opset 13
+_CONVERSION_TOLERANCE = 1e-3  # max |difference| of the converted model's output (0..1) against the original
 
 
 # --- blocks -------------------------------------------------------------------------
@@ -214,6 +224,52 @@ def _quiet_ort_logging():
         root.setLevel(level)
 
 
+def _reason(exc: BaseException, work: Path | None = None) -> str:
+    """``exc`` as one line of at most 300 characters, the temporary folder's prefix dropped."""
+    text = str(exc)
+    if work is not None:
+        text = text.replace(str(work) + os.sep, "")
+    text = " ".join(text.split()) or type(exc).__name__
+    if not isinstance(exc, ModelError):
+        text = f"{type(exc).__name__}: {text}"
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+@contextlib.contextmanager
+def _failure(model, doing: str, work: Path | None = None):
+    """Failures of the ONNX / ONNX Runtime tools inside the block become a
+    one-line :class:`ModelError` naming ``model``; ``OSError`` (disk, files)
+    and ``MemoryError`` pass unchanged."""
+    try:
+        yield
+    except (OSError, MemoryError):
+        raise
+    except Exception as exc:
+        raise ModelError(f"{model}: int8 quantization failed {doing}: {_reason(exc, work)}") from exc
+
+
+def _default_opset(model) -> int | None:
+    """The default-domain (``""`` / ``"ai.onnx"``) opset of an ONNX model; None without one."""
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
+def _to_opset(model, version: int):
+    """``model`` converted to opset ``version`` (default domain) and checked with ONNX's checker."""
+    import onnx
+    from onnx import version_converter
+
+    converted = version_converter.convert_version(model, version)
+    onnx.checker.check_model(converted)
+    return converted
+
+
+def _check_runs(path: Path, feed: dict[str, np.ndarray]) -> None:
+    """Load ``path`` in a plain ONNX Runtime CPU session and run ``feed`` through it."""
+    import onnxruntime as ort
+
+    ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feed)
+
+
 def _cpu_engine(path, threads: int | None) -> Engine:
     """A one-session engine on the host CPU for a candidate model."""
     return Engine(path, providers=["cpu"], sessions=1, threads=threads or default_threads())
@@ -282,11 +338,11 @@ def _calibrate(src: Path, method: str, feeds: _Feeds, cache: Path, work: Path) -
 
 
 def _quantize_file(src: Path, dst: Path, method: str, cache: Path, exclude: Sequence[str] = (),
-                   include: Sequence[str] | None = None) -> None:
+                   include: Sequence[str] | None = None, *, per_channel: bool = True) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     with _quiet_ort_logging():
-        quantize_static(str(src), str(dst), None, quant_format=QuantFormat.QDQ, per_channel=True,
+        quantize_static(str(src), str(dst), None, quant_format=QuantFormat.QDQ, per_channel=per_channel,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=getattr(CalibrationMethod, method), nodes_to_quantize=list(include or []),
                         nodes_to_exclude=list(exclude), calibration_cache_path=str(cache))
@@ -386,8 +442,18 @@ def quantize(
     ----------
     model : str or os.PathLike
         fp32 U-Net ONNX file (any exporter; see :func:`~synctalk_fast.models.load_session`).
+        Per-channel int8 weights need opset 13: a model of a lower opset
+        (e.g. ``torch.onnx.export(..., opset_version=11)``, what SyncTalk_2D
+        and the Go ports' export scripts write) is converted to opset 13 in
+        memory, and the conversion checked on one frame against the
+        original. If that fails, the weights are quantized per tensor
+        instead (less faithful), with a log warning and a note in the
+        report. ``model`` itself is never changed.
     output : str or os.PathLike
-        Where to write the int8 model (QDQ ONNX). ``Pipeline(unet=output)`` runs it.
+        Where to write the int8 model (QDQ ONNX, the opset of ``model`` or
+        13 after a conversion). ``Pipeline(unet=output)`` runs it. It appears
+        at once, complete, after it has loaded and run in ONNX Runtime; a
+        failure before then leaves ``output`` as it was, and no file beside it.
     template : Template, str or os.PathLike, keyword-only
         The person's template: its frames are the image inputs.
     audio, audio_encoder : keyword-only
@@ -418,6 +484,19 @@ def quantize(
     -------
     QuantizeReport
         Also written to ``report``.
+
+    Raises
+    ------
+    ModelError
+        ``model`` is not a usable U-Net, or ONNX / ONNX Runtime's
+        quantization tools failed on it (reading, calibrating, quantizing,
+        running the int8 model): one line naming ``model`` and the reason.
+    TemplateError, FeatureError
+        The template or the speech's features cannot be used.
+    ValueError
+        Unknown calibration method or ``keep_fp32`` block.
+    OSError
+        Files cannot be read or written (disk full, permissions).
     """
     import onnx
 
@@ -463,32 +542,66 @@ def quantize(
         f"{len(sets['heldout'])} held out (of {len(tpl)})")
     cal, val = feeds_for("calibration"), feeds_for("validation")
     val_boxes = [tpl.box(int(k)) for k in sets["validation"]]
-    ref_val_frames = pasted("validation", _run(engine, val))
+    ref_val_pred = _run(engine, val)
+    ref_val_frames = pasted("validation", ref_val_pred)
+    notes: list[str] = []
 
     with tempfile.TemporaryDirectory(prefix="synctalk-quant-") as tmp:
         work = Path(tmp)
-        named = onnx.load(str(fp32.model_path))
-        blocks = name_blocks(named)
+        # Every file written below lives in ``work`` (deleted on exit, on error too), except
+        # the output, which only appears at ``output`` complete (atomic_path).
         src = work / "named.onnx"
-        onnx.save(named, str(src))
+
+        with _failure(model, "while reading the model", work):
+            named = onnx.load(str(fp32.model_path))
+        opset = _default_opset(named)
+        per_channel = opset is None or opset >= _PER_CHANNEL_OPSET
+        if not per_channel:
+            say(f"converting the model from opset {opset} to {_PER_CHANNEL_OPSET} (per-channel int8 weights) ...")
+            try:
+                converted = _to_opset(named, _PER_CHANNEL_OPSET)
+                onnx.save(converted, str(src))  # replaced by the named model below
+                one = _Feeds(val.names, val.images[:1], val.audio[:1])
+                diff = float(np.abs(_run(_cpu_engine(src, threads), one) - ref_val_pred[:1]).max())
+                if not diff <= _CONVERSION_TOLERANCE:
+                    raise ValueError(f"the converted model's output differs from the original's by {diff:.3g}")
+            except (OSError, MemoryError):
+                raise
+            except Exception as exc:
+                why = _reason(exc, work)
+                log.warning("%s: opset %d could not be converted to %d (%s); quantizing weights per tensor, "
+                            "which loses fidelity", model, opset, _PER_CHANNEL_OPSET, why)
+                notes.append(f"opset {opset} could not be converted to {_PER_CHANNEL_OPSET} ({why}): weights "
+                             f"quantized per tensor (export at opset >= {_PER_CHANNEL_OPSET} for per-channel weights)")
+            else:
+                named, per_channel = converted, True
+                notes.append(f"opset {opset} converted to {_PER_CHANNEL_OPSET} for per-channel int8 weights")
+        with _failure(model, "while preparing the model", work):
+            blocks = name_blocks(named)
+            onnx.save(named, str(src))
         node_names = {b: [n.name for n in named.graph.node if n.name.startswith(b + "/")] for b in blocks}
         del named
         unknown = sorted(set(keep_fp32) - set(blocks))
         if unknown:
             raise ValueError(f"keep_fp32: no block {unknown[0]!r}; blocks are {', '.join(blocks)}")
 
+        def quantized(dst: Path, method: str, exclude: Sequence[str] = (), include: Sequence[str] | None = None):
+            with _failure(model, f"in ONNX Runtime's quantizer ({method})", work):
+                _quantize_file(src, dst, method, work / f"{method}.json", exclude=exclude, include=include,
+                               per_channel=per_channel)
+
         def score(method: str, fp32_blocks: Sequence[str] = (), only: str | None = None) -> float:
             dst = work / "candidate.onnx"
-            exclude = [n for b in fp32_blocks for n in node_names[b]]
-            _quantize_file(src, dst, method, work / f"{method}.json", exclude=exclude,
-                           include=node_names[only] if only else None)
-            pred = _run(_cpu_engine(dst, threads), val)
+            quantized(dst, method, [n for b in fp32_blocks for n in node_names[b]], node_names[only] if only else None)
+            with _failure(model, f"while running the int8 model ({method} calibration)", work):
+                pred = _run(_cpu_engine(dst, threads), val)
             return fidelity(ref_val_frames, pasted("validation", pred), boxes=val_boxes)["psnr"]
 
         method_scores = {}
         for method in methods:
             say(f"calibrating ({method}) ...")
-            _calibrate(src, method, cal, work / f"{method}.json", work)
+            with _failure(model, f"while calibrating ({method})", work):
+                _calibrate(src, method, cal, work / f"{method}.json", work)
             method_scores[method] = score(method, keep_fp32)
             say(f"  {method}: every block int8 -> validation mouth PSNR {method_scores[method]:.2f} dB")
         method = max(method_scores, key=method_scores.get)
@@ -508,23 +621,29 @@ def quantize(
 
         output = Path(output)
         with atomic_path(output) as part:
-            _quantize_file(src, part, method, work / f"{method}.json",
-                           exclude=[n for b in kept for n in node_names[b]])
-            if not any(n.op_type == "QuantizeLinear" for n in onnx.load(str(part)).graph.node):
-                notes = ["every block is in fp32: the output is the fp32 model with no int8 left"]
-            else:
-                notes = []
+            quantized(part, method, [n for b in kept for n in node_names[b]])
+            with _failure(model, "while checking the int8 model", work):  # output only as a model that loads and runs
+                written = onnx.load(str(part))
+                _check_runs(part, val.batch(0))
+            if not any(n.op_type == "QuantizeLinear" for n in written.graph.node):
+                notes.append("every block is in fp32: the output is the fp32 model with no int8 left")
+            del written
 
     say("measuring held-out fidelity and speed ...")
     held = feeds_for("heldout")
-    s32, s8 = engine, _cpu_engine(output, threads)
-    p32, p8 = _run(s32, held), _run(s8, held)
+    s32 = engine
+    with _failure(model, "while running the int8 model"):
+        s8 = _cpu_engine(output, threads)
+        p8 = _run(s8, held)
+    p32 = _run(s32, held)
     f32, f8 = pasted("heldout", p32), pasted("heldout", p8)
     boxes = [tpl.box(int(k)) for k in sets["heldout"]]
     fid = {"mouth": fidelity(f32, f8, boxes=boxes), "frame": fidelity(f32, f8),
            "unet": fidelity(_levels(p32), _levels(p8))}
     speed_feeds = held if len(held) >= 2 * _BATCH else cal
-    t32, t8 = _timed(s32, speed_feeds), _timed(s8, speed_feeds)
+    t32 = _timed(s32, speed_feeds)
+    with _failure(model, "while running the int8 model"):
+        t8 = _timed(s8, speed_feeds)
     speed = {"fp32": t32, "int8": t8, "speedup": t32 / t8, "batch": _BATCH, "threads": threads or default_threads(),
              "frames": len(speed_feeds)}
     met = target_psnr is None or fid["mouth"]["psnr"] >= target_psnr

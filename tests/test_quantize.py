@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
+import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import cv2
@@ -18,7 +21,7 @@ import soundfile as sf
 import synctalk_fast as stf
 from synctalk_fast import models
 from synctalk_fast.demo import synthetic_speech, synthetic_template
-from synctalk_fast.quantization import name_blocks, search_fp32_blocks
+from synctalk_fast.quantization import fidelity, name_blocks, search_fp32_blocks
 from synctalk_fast.reference import (
     reference_audio_window,
     reference_box,
@@ -26,6 +29,8 @@ from synctalk_fast.reference import (
     reference_paste,
     reference_prepare,
 )
+
+from helpers import DATA, TEMPLATE
 
 
 @pytest.fixture(scope="module")
@@ -173,3 +178,154 @@ def test_cli_quantize(small, model_dir, tmp_path):
     bad = subprocess.run(cmd[:5] + [str(model_dir / "audio_encoder.onnx")] + cmd[6:], capture_output=True, text=True,
                          cwd=tmp_path, timeout=300)
     assert bad.returncode == 2 and "audio encoder" in bad.stderr and "Traceback" not in bad.stderr
+
+
+# --- opset < 13 exports (torch.onnx.export at opset 11) and tool failures ---------------
+
+TRAINED = DATA / "models" / "face_unet.pth"
+FEATURES = DATA / "features" / "sanders_ave.bin"
+needs_trained = pytest.mark.skipif(not (TRAINED.is_file() and FEATURES.is_file() and TEMPLATE.is_dir()),
+                                   reason=f"no trained U-Net / features / template under {DATA}")
+
+
+def _dequantize_scales(path) -> list[int]:
+    """Element counts of the scales of every DequantizeLinear of a weight (an initializer)."""
+    graph = onnx.load(str(path)).graph
+    inits = {t.name: t for t in graph.initializer}
+    return [int(np.prod(inits[n.input[1]].dims)) for n in graph.node
+            if n.op_type == "DequantizeLinear" and n.input[0] in inits and n.input[1] in inits]
+
+
+def _opset(path) -> int:
+    return next(o.version for o in onnx.load(str(path)).opset_import if o.domain in ("", "ai.onnx"))
+
+
+@pytest.fixture(scope="module")
+def opset11(tmp_path_factory):
+    """The trained U-Net as SyncTalk_2D users export it: torch.onnx.export at
+    opset 11 (TorchScript exporter), dynamic batch axes."""
+    torch = pytest.importorskip("torch")
+    if not (TRAINED.is_file() and FEATURES.is_file() and TEMPLATE.is_dir()):
+        pytest.skip(f"no trained U-Net / features / template under {DATA}")
+    from synctalk_fast.reference import torch_nets
+
+    net = torch_nets.load_numpy_state(torch_nets.UNet("ave"), models.load_state_dict(TRAINED))
+    path = tmp_path_factory.mktemp("opset11") / "unet_328.onnx"
+    batch = {0: "batch"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(net, (torch.zeros(1, 6, 320, 320), torch.zeros(1, 32, 16, 16)), str(path),
+                          opset_version=11, input_names=["input", "audio"], output_names=["output"],
+                          dynamic_axes={"input": batch, "audio": batch, "output": batch}, dynamo=False)
+    assert _opset(path) == 11
+    return path
+
+
+@pytest.fixture(scope="module")
+def opset11_int8(opset11):
+    before = opset11.read_bytes()
+    out = opset11.with_name("unet_int8.onnx")
+    report = stf.quantize(opset11, out, template=TEMPLATE, features=FEATURES, methods=("MinMax",), target_psnr=None,
+                          calibration=2, validation=1, heldout=1)
+    assert opset11.read_bytes() == before  # the user's model is read, never written
+    return out, report
+
+
+@needs_trained
+def test_opset11_export_is_converted_and_quantized_per_channel(opset11_int8):
+    out, report = opset11_int8
+    assert sorted(p.name for p in out.parent.iterdir()) == ["unet_328.onnx", "unet_int8.onnx", "unet_int8.onnx.json"]
+    assert any("opset 11 converted to 13" in n for n in report.notes)
+    assert _opset(out) == 13
+    scales = _dequantize_scales(out)
+    assert len(scales) > 50 and sum(s > 1 for s in scales) > 50  # per-channel weight scales
+    sess = models.load_session(out)
+    assert sess.kind == "unet" and sess.mode == "ave" and sess.dynamic_batch
+    # Fidelity of a trained network against its fp32 self: every block int8 (no target)
+    # costs some dB in the mouth box (about 25.5 here, as for the same weights exported
+    # at opset 17), nothing outside it.
+    mouth, frame = report.fidelity["mouth"], report.fidelity["frame"]
+    assert 22.0 <= mouth["psnr"] < 60.0 and 0 < mouth["max"] < 255 and 0 < mouth["mean"] < 20
+    assert frame["psnr"] > mouth["psnr"] + 10 and frame["max"] == mouth["max"]
+    assert math.isfinite(report.fidelity["unet"]["psnr"]) and report.speed["int8"] > 0
+
+
+@needs_trained
+def test_opset11_int8_model_runs_in_the_pipeline(opset11_int8, opset11):
+    out, _ = opset11_int8
+    rows = stf.load_features(FEATURES)[0][100:106]
+    got = list(stf.Pipeline(out, providers=["cpu"], sessions=1, overlap=False).frames(rows, TEMPLATE))
+    want = list(stf.Pipeline(opset11, providers=["cpu"], sessions=1, overlap=False).frames(rows, TEMPLATE))
+    assert len(got) == len(want) == 6 and got[0].shape == want[0].shape == (720, 1280, 3)
+    assert fidelity(want, got)["psnr"] > 35.0  # whole frames: only the mouth box differs
+
+
+@needs_trained
+@pytest.mark.slow
+def test_failed_opset_conversion_falls_back_to_per_tensor(opset11, tmp_path, monkeypatch, caplog):
+    from onnx import version_converter
+
+    def no_adapter(model, version):
+        raise RuntimeError("No adapter for op Resize\nfrom version 11")
+
+    monkeypatch.setattr(version_converter, "convert_version", no_adapter)
+    out = tmp_path / "u8.onnx"
+    with caplog.at_level(logging.WARNING, logger="synctalk_fast.quantization"):
+        report = stf.quantize(opset11, out, template=TEMPLATE, features=FEATURES, methods=("MinMax",),
+                              target_psnr=None, calibration=2, validation=1, heldout=1)
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and "per tensor" in warned[0] and "No adapter for op Resize from version 11" in warned[0]
+    assert any("quantized per tensor" in n for n in report.notes)
+    assert _opset(out) == 11 and all(s == 1 for s in _dequantize_scales(out))
+    assert 20.0 <= report.fidelity["mouth"]["psnr"] < 60.0
+    assert models.load_session(out).kind == "unet"
+
+
+def _failing_quantizer(monkeypatch, *, final_only: bool):
+    """ONNX Runtime's quantize_static raising: on every call, or (``final_only``)
+    only when it writes the output, after writing part of it; the candidates
+    before then are copies of the fp32 model (no time spent quantizing)."""
+    import onnxruntime.quantization as ortq
+
+    def quantize_static(model_input, model_output, *args, calibration_cache_path=None, **kwargs):
+        if final_only and not str(model_output).endswith(".part"):
+            shutil.copyfile(model_input, model_output)
+            return
+        if final_only:
+            Path(model_output).write_bytes(b"\x08\x07partial")
+        raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : boom\n  in the quantizer")
+
+    monkeypatch.setattr(ortq, "quantize_static", quantize_static)
+
+
+def test_quantizer_failure_is_a_one_line_model_error_and_writes_nothing(small, model_dir, tmp_path, monkeypatch):
+    _, _, feats = small
+    folder = tmp_path / "out"
+    folder.mkdir()
+    out = folder / "u8.onnx"
+    _failing_quantizer(monkeypatch, final_only=True)  # the output's write fails half-way
+    with pytest.raises(stf.errors.ModelError) as info:
+        stf.quantize(model_dir / "unet_328.onnx", out, template=small[0], features=feats, methods=("MinMax",),
+                     target_psnr=None, calibration=2, validation=1, heldout=1)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(str(model_dir / "unet_328.onnx") + ": ")
+    assert "ONNX Runtime's quantizer" in message
+    assert "RuntimeError: [ONNXRuntimeError] : 1 : FAIL : boom in the quantizer" in message
+    assert isinstance(info.value, ValueError)
+    assert list(folder.iterdir()) == []  # no model, no report, no temporary file
+
+
+@needs_trained
+def test_cli_quantizer_failure_exits_2_with_one_line(opset11, tmp_path, monkeypatch, capsys):
+    from synctalk_fast import cli
+
+    _failing_quantizer(monkeypatch, final_only=False)
+    out = tmp_path / "u8.onnx"
+    rc = cli.main(["quantize", "--model", str(opset11), "--template", str(TEMPLATE), "--features", str(FEATURES),
+                   "-o", str(out), "--methods", "MinMax", "--target-psnr", "0", "--calibration", "2",
+                   "--validation", "1", "--heldout", "1", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert len(err.splitlines()) == 1 and err.startswith(f"synctalk-fast: error: {opset11}: int8 quantization failed")
+    assert "boom" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
