@@ -53,7 +53,8 @@ from .frames import prepare_input
 from .models import export_onnx, random_state_dict, resolve_model
 from .pipeline import Pipeline
 from .quantization import quantize
-from .runtime import SessionRequest, default_providers, default_threads, get_runtime, is_accelerator, resolve_providers
+from .runtime import (DEFAULT_RUNTIME, PRECISIONS, RUNTIMES, SessionRequest, default_providers, default_threads,
+                      get_runtime, is_accelerator, resolve_providers)
 from ._system import cpu_cores
 from .video import ENCODERS, X264_PRESETS, VideoWriter, encoder_problem
 from .reference import (
@@ -391,6 +392,7 @@ def run(
     rounds: int = 1,
     presets: bool = False,
     precision: str = "fp32",
+    runtime: str = DEFAULT_RUNTIME,
     int8: bool = False,
     output: str | os.PathLike = "bench/results",
 ) -> dict:
@@ -403,8 +405,8 @@ def run(
 
     Returns the JSON record (a dict).
     """
-    providers = resolve_providers(providers)
-    gpu = is_accelerator(providers)
+    providers = resolve_providers(providers, runtime=runtime)
+    gpu = is_accelerator(providers, runtime=runtime)
     out_dir = Path(output)
     with tempfile.TemporaryDirectory(prefix="synctalk-bench-") as tmp:
         work = Path(tmp)
@@ -413,8 +415,8 @@ def run(
         state = random_state_dict("unet", mode="ave", seed=0)
         export_onnx(state, work / "unet.onnx", kind="unet", mode="ave")
         export_onnx(random_state_dict("audio_encoder", seed=0), work / "encoder.onnx", kind="audio_encoder")
-        pipe = Pipeline(work / "unet.onnx", work / "encoder.onnx", providers=providers, batch_size=batch_size,
-                        precision=precision)
+        pipe = Pipeline(work / "unet.onnx", work / "encoder.onnx", runtime=runtime, providers=providers,
+                        batch_size=batch_size, precision=precision)
         tpl = pipe.template(tpl_dir)
         wav = load_audio(speech)
         feats_all = pipe.audio_features(wav)
@@ -469,7 +471,9 @@ def run(
             layouts8 = {"sessions": (pipe8.engine, "throughput"), "single": (pipe8.engine, "latency")}
             warm(pipe8.engine)
 
-        naive = _naive_loop(work / "unet.onnx", tpl_dir, feats, providers)
+        # the original code's runtime: ONNX Runtime, whatever the pipeline runs on
+        naive = _naive_loop(work / "unet.onnx", tpl_dir, feats,
+                            providers if runtime == DEFAULT_RUNTIME else default_providers())
         torch_loop = _torch_loop(state, tpl_dir, feats) if have_torch else None
         warm(engine)
         for _ in pipe.frames(feats[:2], tpl):
@@ -607,7 +611,8 @@ def build_parser(prog: str = "synctalk-fast bench") -> argparse.ArgumentParser:
     p.add_argument("--providers", help="ONNX Runtime providers, comma-separated (default: best available)")
     p.add_argument("--batch-size", type=int, help="pipeline batch size (default: by provider)")
     p.add_argument("--batch-sizes", help="U-Net alone batch sizes, comma-separated")
-    p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
+    p.add_argument("--runtime", choices=tuple(RUNTIMES), default=DEFAULT_RUNTIME, help="inference runtime of the pipeline")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference loop")
     p.add_argument("--naive-frames", type=int, help="frames for the naive loop (default: min(frames, 100) on CPU)")
     p.add_argument("--torch-frames", type=int, help="frames for the PyTorch loop (default: min(frames, 40))")
@@ -625,6 +630,7 @@ def main(argv: list[str] | None = None, *, prog: str = "synctalk-fast bench") ->
         batch_sizes=[int(b) for b in args.batch_sizes.split(",")] if args.batch_sizes else None,
         batch_size=args.batch_size, torch=not args.no_torch, naive_frames=args.naive_frames,
         torch_frames=args.torch_frames, rounds=args.rounds, presets=args.presets, precision=args.precision,
+        runtime=args.runtime,
         int8=args.int8, output=args.output)
     return 0
 
