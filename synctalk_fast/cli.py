@@ -25,6 +25,7 @@ from .features import save_features
 from .pipeline import Pipeline, generate
 from .quantization import quantize
 from .replay import replay
+from .server import AvatarServer, AvatarSpec, check_binding, load_config, serve
 from .runtime import DEFAULT_RUNTIME, PRECISIONS, RUNTIMES
 from .shapes import MODE_TABLE
 from .video import DEFAULT_ENCODER as DEFAULT_VIDEO_ENCODER, DEFAULT_PRESET, ENCODERS, X264_PRESETS
@@ -222,6 +223,34 @@ def _engine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-mb", type=float, help="decoded template frame cache in MiB (default: 1/4 of free memory)")
 
 
+def _serve(args: argparse.Namespace) -> int:
+    conf = load_config(args.config) if args.config else {"avatars": []}
+    avatars = conf["avatars"] + [AvatarSpec.parse(a) for a in args.avatar]
+    if not avatars:
+        raise ValueError("give at least one --avatar NAME=TEMPLATE_DIR:UNET.onnx (or --config)")
+    host = args.host or conf.get("host", "127.0.0.1")
+    port = args.port or int(conf.get("port", 8000))
+    token_file = args.token_file or conf.get("token_file")
+    token = Path(token_file).read_text().strip() if token_file else None
+    if token_file and not token:
+        raise ValueError(f"{token_file}: the token file is empty")
+    check_binding(host, token=token, insecure=args.insecure or bool(conf.get("insecure")))
+    max_sessions = args.max_sessions or str(conf.get("max_sessions", "auto"))
+    server = AvatarServer(
+        avatars, args.audio_encoder or conf.get("audio_encoder") or DEFAULT_ENCODER,
+        runtime=args.runtime if args.runtime != DEFAULT_RUNTIME else conf.get("runtime", DEFAULT_RUNTIME),
+        providers=_providers(args) or conf.get("providers"),
+        precision=args.precision if args.precision != "fp32" else conf.get("precision", "fp32"),
+        sessions=args.sessions, threads=args.threads,
+        max_sessions=max_sessions if max_sessions == "auto" else int(max_sessions),
+        token=token, allowed_origins=args.allowed_origin + list(conf.get("allowed_origins", [])))
+    engine = next(iter(server.avatars.values())).engine
+    print(f"serving {', '.join(server.avatars)} on http://{host}:{port} ({server.capacity} session(s) at once; "
+          f"{engine.runtime} {engine.providers[0]} {engine.precision})", flush=True)
+    serve(server, host=host, port=port, log_level="info" if args.verbose else "warning")
+    return 0
+
+
 def _runtime_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runtime", choices=("auto", *RUNTIMES), default=DEFAULT_RUNTIME,
                    help=f"inference runtime; auto: the fastest here for the U-Net, measured once "
@@ -346,6 +375,27 @@ def build_parser() -> argparse.ArgumentParser:
     _video_options(p, " of --output")
     p.add_argument("-q", "--quiet", action="store_true", help="no summary")
     p.set_defaults(func=_stream)
+
+    p = sub.add_parser(
+        "serve",
+        help="serve avatars live: speech in over a WebSocket, the person speaking out",
+        description="Serve one or more avatars (a template and its U-Net each; the audio encoder is shared) "
+        "over WebSocket at /v1/avatars/NAME/stream; /v1/avatars lists them, /metrics has Prometheus metrics. "
+        "Listens on 127.0.0.1 unless told otherwise; another address needs --token-file (or --insecure).",
+    )
+    p.add_argument("--avatar", action="append", default=[], metavar="NAME=TEMPLATE_DIR:UNET.onnx",
+                   help="an avatar (repeat for more)")
+    p.add_argument("--audio-encoder", help=f"audio encoder ONNX file (default: {DEFAULT_ENCODER})")
+    p.add_argument("--config", help="avatars and options from a TOML file ([[avatar]] name, template, unet)")
+    p.add_argument("--host", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default: 8000)")
+    p.add_argument("--token-file", help="file holding the token clients must present")
+    p.add_argument("--insecure", action="store_true", help="allow a non-loopback address without a token")
+    p.add_argument("--max-sessions", help="sessions at once: auto (what the machine sustains at real time) or N")
+    p.add_argument("--allowed-origin", action="append", default=[], help="a browser origin allowed besides the "
+                   "server's own (repeat for more)")
+    _engine_options(p)
+    p.set_defaults(func=_serve)
 
     p = sub.add_parser(
         "quantize",

@@ -107,6 +107,8 @@ class StreamFrame:
         The stream was more than ``max_lag`` behind: the frame is the
         template frame untouched (not lip-synced), with its audio, so that
         the stream catches up with real time.
+    last : bool
+        The last frame of its utterance (known once the utterance is flushed).
     """
 
     index: int
@@ -119,6 +121,7 @@ class StreamFrame:
     audio_in: float = math.nan
     emitted: float = math.nan
     skipped: bool = False
+    last: bool = False
     _gen: int = field(default=0, repr=False)
 
     @property
@@ -282,6 +285,7 @@ class _Job:
     audio: np.ndarray
     ready: float
     audio_in: float
+    last: bool = False  # the utterance's final frame
 
 
 class Stream:
@@ -643,7 +647,7 @@ class Stream:
             first = self.frame_samples * i
             audio_in = utt.arrival(first + 1)
             audio = feats.samples(first, first + self.frame_samples)
-            job = _Job(self._next_pos, utt, i, audio, ready, audio_in)
+            job = _Job(self._next_pos, utt, i, audio, ready, audio_in, feats.complete and i == f_to - 1)
             self._next_pos += 1
             self._jobs.append(job)
             self._ready_times.append((job.pos, ready))
@@ -697,7 +701,7 @@ class Stream:
     def _frame(self, job: _Job, image: np.ndarray, gen: int, *, skipped: bool = False) -> StreamFrame:
         return StreamFrame(index=job.pos, time=job.pos / self.fps, image=image, audio=job.audio,
                            utterance=job.utt.number, frame=job.i, ready=job.ready, audio_in=job.audio_in,
-                           skipped=skipped, _gen=gen)
+                           skipped=skipped, last=job.last, _gen=gen)
 
     def _note_skips(self, late: int) -> None:
         """Count frames emitted unsynced; warn once per late stretch (under the lock)."""

@@ -185,7 +185,7 @@ LAYERS: list[set[str]] = [
     {"video"},
     {"sinks"},
     {"stream"},
-    {"pipeline", "quantization", "replay", "reference", "_config"},
+    {"pipeline", "quantization", "replay", "reference", "_config", "server"},
     {"benchmark"},
     {"cli", "__main__", ""},
 ]
