@@ -75,6 +75,7 @@ CLOSE_CODES = {"bad_request": 1008, "unauthorized": 1008, "unknown_avatar": 1008
                "rate_limited": 1008, "idle_timeout": 1008, "session_too_long": 1008, "server_full": 1013,
                "internal": 1011}
 _JPEG_QUALITY = 90
+_PAGE = Path(__file__).with_name("static") / "index.html"  # the browser page, shipped in the wheel
 _START_KEYS = {"type", "sample_rate", "channels", "format", "idle", "max_lag", "start"}
 
 
@@ -360,7 +361,7 @@ class AvatarServer:
     # -- the application ------------------------------------------------------------------
     def _build_app(self):
         from starlette.applications import Starlette
-        from starlette.responses import JSONResponse, Response
+        from starlette.responses import HTMLResponse, JSONResponse, Response
         from starlette.routing import Route, WebSocketRoute
 
         async def avatars(request):
@@ -388,7 +389,11 @@ class AvatarServer:
                 return JSONResponse({"error": "server_full", "message": self._full_message()}, status_code=503)
             return JSONResponse({"sessions": self._active, "capacity": self.capacity})
 
+        async def page(request):
+            return HTMLResponse(_PAGE.read_text(encoding="utf-8"))
+
         routes = [
+            Route("/", page),
             Route("/v1/avatars", avatars),
             Route("/v1/avatars/{name}", admission),
             Route("/healthz", health),
