@@ -63,6 +63,7 @@ from .runtime import DEFAULT_RUNTIME
 from .shapes import AUDIO_SHAPES, FPS, IMAGE_SHAPE
 from .stream import Stream, StreamFrame
 from .template import Template
+from . import webrtc
 
 __all__ = ["AvatarSpec", "Limits", "AvatarServer", "check_binding", "load_config", "FORMATS", "CLOSE_CODES"]
 
@@ -294,6 +295,7 @@ class AvatarServer:
         self.metrics.capacity.set(self.capacity)
         self._active = 0
         self._lock = threading.Lock()
+        self._rtc: set = set()  # open WebRTC sessions
         self._encoders = ThreadPoolExecutor(max(2, cpu_cores()), thread_name_prefix="synctalk-image")
         self.app = self._build_app()
 
@@ -392,8 +394,12 @@ class AvatarServer:
         async def page(request):
             return HTMLResponse(_PAGE.read_text(encoding="utf-8"))
 
+        async def webrtc(request):
+            return await self._webrtc(request)
+
         routes = [
             Route("/", page),
+            Route("/v1/avatars/{name}/webrtc", webrtc, methods=["POST"]),
             Route("/v1/avatars", avatars),
             Route("/v1/avatars/{name}", admission),
             Route("/healthz", health),
@@ -407,11 +413,67 @@ class AvatarServer:
 
         return Starlette(routes=routes, lifespan=lifespan)
 
+    async def _webrtc(self, request):
+        """An SDP offer in, the answer out; the session lives until the peer connection ends."""
+        from starlette.responses import JSONResponse
+
+        name = request.path_params["name"]
+
+        def refuse(code: str, message: str, status: int):
+            self.metrics.sessions.labels(name, code).inc()
+            return JSONResponse({"type": "error", "code": code, "message": message}, status_code=status)
+
+        if not webrtc.available():
+            return refuse("unavailable", "WebRTC needs aiortc: pip install 'synctalk-fast[serve]'", 501)
+        if not self._origin_ok(request.headers):
+            return refuse("forbidden_origin", f"origin {request.headers.get('origin')} is not allowed", 403)
+        if not self._token_ok(request.headers, request.query_params):
+            return refuse("unauthorized", "a valid token is required (?token= or Authorization: Bearer)", 401)
+        avatar = self.avatars.get(name)
+        if avatar is None:
+            return refuse("unknown_avatar", f"no avatar {name!r}; avatars: {', '.join(self.avatars)}", 404)
+        body = await request.body()
+        if len(body) > self.limits.max_message_bytes:
+            return refuse("bad_request", "the offer is too large", 413)
+        try:
+            offer = json.loads(body)
+        except ValueError:
+            return refuse("bad_request", "the body must be JSON {\"sdp\", \"type\": \"offer\"}", 400)
+        if not self._admit():
+            return refuse("server_full", self._full_message(), 503)
+        self.metrics.sessions.labels(name, "admitted").inc()
+        self.metrics.active.labels(name).inc()
+
+        def closed() -> None:
+            self._rtc.discard(session)
+            self._release()
+            self.metrics.active.labels(name).dec()
+
+        def sent(f) -> None:
+            self.metrics.frames.labels(name).inc()
+
+        session = webrtc.WebRtcSession(avatar.engine, avatar.template, on_frame=sent, on_close=closed)
+        self._rtc.add(session)
+        try:
+            answer = await session.answer(offer)
+        except ValueError as exc:
+            await session.close()
+            return JSONResponse({"type": "error", "code": "bad_request", "message": str(exc)}, status_code=400)
+        except Exception as exc:  # noqa: BLE001 - this session only
+            log.exception("WebRTC session on %s failed", name)
+            await session.close()
+            return JSONResponse({"type": "error", "code": "internal", "message": str(exc)[:300]}, status_code=500)
+        asyncio.get_running_loop().call_later(self.limits.max_session_seconds,
+                                              lambda: asyncio.ensure_future(session.close()))
+        return JSONResponse(answer)
+
     def _full_message(self) -> str:
         return (f"the server is full: {self._active} of {self.capacity} sessions are open "
                 f"(what this machine sustains at real time); try again later")
 
     async def close(self) -> None:
+        """End the WebRTC sessions and the image pool (the ASGI app's shutdown)."""
+        await asyncio.gather(*(s.close() for s in list(self._rtc)), return_exceptions=True)
         self._encoders.shutdown(wait=False, cancel_futures=True)
 
     # -- one WebSocket session ---------------------------------------------------------------

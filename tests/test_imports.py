@@ -185,7 +185,7 @@ LAYERS: list[set[str]] = [
     {"video"},
     {"sinks"},
     {"stream"},
-    {"pipeline", "quantization", "replay", "reference", "_config", "server"},
+    {"pipeline", "quantization", "replay", "reference", "_config", "server", "webrtc"},
     {"benchmark"},
     {"cli", "__main__", ""},
 ]
