@@ -399,3 +399,8 @@ def test_config_file_and_avatar_spelling(tmp_path):
     conf.write_text('colour = "red"\n')
     with pytest.raises(ValueError, match="unknown key"):
         load_config(conf)
+
+
+def test_auto_capacity_is_measured_and_at_least_one(server):
+    capacity = server.measure_capacity(seconds=0.5)
+    assert isinstance(capacity, int) and capacity >= 1
