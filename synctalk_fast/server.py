@@ -527,6 +527,14 @@ class _Disconnected(Exception):
     """The client went away."""
 
 
+def _gone(exc: BaseException) -> bool:
+    """Whether ``exc`` says the client went away (a send on a closed socket)."""
+    from starlette.websockets import WebSocketDisconnect
+
+    return isinstance(exc, (_Disconnected, WebSocketDisconnect, ConnectionError)) or (
+        isinstance(exc, OSError) and "disconnect" in type(exc).__name__.lower())
+
+
 def parse_start(text: str) -> dict:
     """The validated start message, with defaults filled in.
 
@@ -614,10 +622,13 @@ class _Session:
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             for t in done:
-                if t.exception() is not None:
-                    raise t.exception()
+                exc = t.exception()
+                if exc is not None and _gone(exc):
+                    raise _Disconnected from exc
+                if exc is not None:
+                    raise exc
         except _Disconnected:
-            pass
+            return
         finally:
             for t in tasks:
                 t.cancel()
