@@ -1,0 +1,158 @@
+"""Batch rendering (synctalk_fast.batch): manifests, workers, failures, resume."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from synctalk_fast import batch, models
+from synctalk_fast.demo import synthetic_speech, synthetic_template
+from synctalk_fast.pipeline import Pipeline
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, model_dir):
+    """Two small templates, two U-Nets (seeds 0 and 1), four 0.5 s speeches and a bad audio file."""
+    root = tmp_path_factory.mktemp("batch_inputs")
+    for k in range(2):
+        synthetic_template(root / f"tpl{k}", frames=8, width=320, height=240, seed=k)
+    shutil.copy(model_dir / "unet_328.onnx", root / "unet0.onnx")
+    shutil.copy(model_dir / "audio_encoder.onnx", root / "enc.onnx")
+    models.export_onnx(models.random_state_dict("unet", seed=1), root / "unet1.onnx", kind="unet")
+    for k in range(4):
+        sf.write(root / f"speech{k}.wav", synthetic_speech(0.5, seed=k), 16000)
+    (root / "bad.wav").write_bytes(np.random.default_rng(0).bytes(3000))
+    return root
+
+
+def _jobs(root: Path) -> list[dict]:
+    """10 jobs over 2 templates x 2 U-Nets (paths relative to ``root``); line 7 has bad audio."""
+    jobs = []
+    for k in range(10):
+        job = {"audio": f"speech{k % 4}.wav", "template": f"tpl{k % 2}", "unet": f"unet{(k // 2) % 2}.onnx",
+               "audio_encoder": "enc.onnx", "output": f"out{k}", "start": k}
+        if k == 6:
+            job["audio"] = "bad.wav"
+        jobs.append(job)
+    return jobs
+
+
+def _frames(folder: Path) -> list[bytes]:
+    return [p.read_bytes() for p in sorted(folder.glob("frame_*.png"))]
+
+
+def _parts(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.name.endswith(".part")]
+
+
+@pytest.mark.slow
+def test_batch_matches_generate_records_failures_and_resumes(inputs, tmp_path):
+    manifest = tmp_path / "jobs.jsonl"
+    manifest.write_text("\n".join(json.dumps(j) for j in _jobs(inputs)) + "\n")
+    # the manifest's folder is the base of relative paths: put the inputs beside it
+    for p in inputs.iterdir():
+        (tmp_path / p.name).symlink_to(p)
+    out = tmp_path / "out"
+    result = batch.render_batch(manifest, output_dir=out, workers=2, progress=False)
+
+    assert result.counts == {"done": 9, "skipped": 0, "failed": 1}
+    assert result.exit_code == 1 and result.workers == 2
+    failed = [r for r in result.results if r.status == "failed"]
+    assert [r.job for r in failed] == [7] and "bad.wav" in failed[0].error and "\n" not in failed[0].error
+    lines = [json.loads(s) for s in (out / "results.jsonl").read_text().splitlines()]
+    assert [d["job"] for d in lines] == list(range(1, 11))
+    assert [d["status"] for d in lines] == ["done"] * 6 + ["failed"] + ["done"] * 3
+    assert all(set(d) >= {"job", "status", "output", "frames", "seconds", "error"} for d in lines)
+
+    # every output equals a single generate call with the same plan
+    _, plan, _ = batch._plan(4, 2, "onnxruntime")
+    pipes = {u: Pipeline(inputs / u, inputs / "enc.onnx", **plan) for u in ("unet0.onnx", "unet1.onnx")}
+    for k, job in enumerate(_jobs(inputs)):
+        if k == 6:
+            assert not (out / "out6").exists()
+            continue
+        ref = tmp_path / "ref" / f"out{k}"
+        r = pipes[job["unet"]].generate(inputs / job["audio"], template=inputs / job["template"], output=ref,
+                                        start=k, progress=False)
+        assert lines[k]["frames"] == r.frames > 0
+        assert _frames(out / f"out{k}") == _frames(ref), f"job {k + 1}"
+    assert not _parts(out)
+
+    again = batch.render_batch(manifest, output_dir=out, workers=2, progress=False)
+    assert again.counts == {"done": 0, "skipped": 9, "failed": 1} and again.frames == 0
+
+    before = _frames(out / "out3")
+    shutil.rmtree(out / "out3")
+    (out / "out6").mkdir()  # not skipped: no record
+    third = batch.render_batch(manifest, output_dir=out, workers=1, progress=False)
+    assert third.counts == {"done": 1, "skipped": 8, "failed": 1}
+    assert [r.job for r in third.results if r.status == "done"] == [4]
+    assert _frames(out / "out3") == before
+
+
+@pytest.mark.slow
+def test_dead_worker_is_retried_and_leaves_no_partial_file(inputs, tmp_path, monkeypatch):
+    jobs = [{"audio": "speech0.wav", "template": "tpl0", "unet": "unet0.onnx", "audio_encoder": "enc.onnx",
+             "output": "a.mp4"},
+            {"audio": "speech1.wav", "template": "tpl0", "unet": "unet0.onnx", "audio_encoder": "enc.onnx",
+             "output": "sub/b"}]
+    out = tmp_path / "out"
+    monkeypatch.setenv(batch.TEST_CRASH_ENV, "a.mp4:1")  # a.mp4's first attempt dies midway
+    result = batch.render_batch(jobs, output_dir=out, workers=1, retries=1, progress=False, base=inputs)
+    assert result.counts == {"done": 2, "skipped": 0, "failed": 0}
+    assert [r.attempts for r in result.results] == [2, 1]
+    assert (out / "a.mp4").stat().st_size > 0 and len(_frames(out / "sub" / "b")) == result.results[1].frames
+    assert not _parts(out)
+
+    monkeypatch.setenv(batch.TEST_CRASH_ENV, "c.mp4:9")  # dies every time
+    jobs[0]["output"] = "c.mp4"
+    result = batch.render_batch(jobs, output_dir=out, workers=1, retries=1, progress=False, base=inputs)
+    assert result.counts == {"done": 0, "skipped": 1, "failed": 1} and result.exit_code == 1
+    assert "worker process died" in result.results[0].error and result.results[0].attempts == 2
+    assert not (out / "c.mp4").exists() and not _parts(out)
+
+
+def test_manifest_errors_are_listed_with_line_numbers(inputs, tmp_path):
+    good = {"audio": "a.wav", "template": "t", "unet": "u.onnx", "output": "x.mp4"}
+    lines = [json.dumps(good), "{not json", json.dumps({**good, "output": "y.mp4", "colour": 1}),
+             json.dumps({"audio": "a.wav", "output": "z.mp4"}), "", json.dumps({**good, "output": "../up.mp4"}),
+             json.dumps(good), json.dumps({**good, "output": "w.webm"}), json.dumps({**good, "crf": "high",
+                                                                                   "output": "v"})]
+    manifest = tmp_path / "jobs.jsonl"
+    manifest.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    with pytest.raises(ValueError) as e:
+        batch.render_batch(manifest, output_dir=out, progress=False)
+    msg = str(e.value)
+    for line, what in ((2, "bad JSON"), (3, "unknown key 'colour'"), (4, "missing template, unet"),
+                       (6, "not inside the output directory"), (7, "also the output of line 1"), (8, "w.webm"),
+                       (9, "crf: bad value")):
+        assert f"jobs.jsonl:{line}: " in msg and what in msg, (line, what, msg)
+    assert ":1: " not in msg and ":5: " not in msg
+    assert not out.exists()  # nothing ran
+    with pytest.raises(ValueError, match="missing audio"):
+        batch.read_jobs([{"template": "t", "unet": "u", "output": "o"}], output_dir=out)
+
+
+def test_csv_manifest(inputs, tmp_path):
+    (tmp_path / "jobs.csv").write_text(
+        "audio,template,unet,audio_encoder,output,start,feather\n"
+        f"{inputs}/speech2.wav,{inputs}/tpl1,{inputs}/unet1.onnx,{inputs}/enc.onnx,clip,3,\n")
+    jobs = batch.read_jobs(tmp_path / "jobs.csv", output_dir=tmp_path / "out")
+    assert len(jobs) == 1 and jobs[0].line == 2 and jobs[0].options == {"start": 3}
+    assert jobs[0].inputs["template"] == inputs / "tpl1"
+    (tmp_path / "bad.csv").write_text("audio,template,unet,output,size\na.wav,t,u,o,9\n")
+    with pytest.raises(ValueError, match=r"bad.csv:2: unknown key 'size'"):
+        batch.read_jobs(tmp_path / "bad.csv", output_dir=tmp_path / "out")
+    result = batch.render_batch(tmp_path / "jobs.csv", output_dir=tmp_path / "out", workers=1, progress=False)
+    assert result.counts["done"] == 1 and result.exit_code == 0
+    _, plan, _ = batch._plan(1, 1, "onnxruntime")
+    ref = Pipeline(inputs / "unet1.onnx", inputs / "enc.onnx", **plan).generate(
+        inputs / "speech2.wav", template=inputs / "tpl1", output=tmp_path / "ref", start=3, progress=False)
+    assert result.results[0].frames == ref.frames
+    assert _frames(tmp_path / "out" / "clip") == _frames(tmp_path / "ref")
