@@ -86,6 +86,7 @@ def test_a_precision_the_cpu_cannot_run_is_one_line_never_emulated(model_dir, mo
 
 
 @needs_bf16
+@pytest.mark.slow
 def test_streamed_frames_equal_offline_frames_at_bf16(model_dir, tpl):
     pipe = stf.Pipeline(model_dir / "unet_328.onnx", audio_encoder=model_dir / "audio_encoder.onnx",
                         runtime="openvino", precision="bf16", sessions=2, threads=1)
@@ -158,6 +159,7 @@ def test_auto_measures_once_caches_and_is_never_slower_than_onnx_runtime_fp32(mo
         assert (eng.runtime, eng.precision) == ("openvino", "bf16")
 
 
+@pytest.mark.slow
 def test_auto_really_measures(model_dir, cache):
     runtime, precision = choice.choose_runtime(model_dir / "unet_328.onnx")
     assert precision == "fp32" and runtime in ("onnxruntime", "openvino")

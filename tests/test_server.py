@@ -169,6 +169,7 @@ def test_jpeg_frames_and_stereo_44k_input(running, speech, offline):
     assert err < 4
 
 
+@pytest.mark.slow
 def test_two_sessions_at_once_each_get_the_offline_frames(running, speech, offline):
     results = {}
 
@@ -309,6 +310,7 @@ class StalledClient:
         self.sock.close()
 
 
+@pytest.mark.slow
 def test_a_stalled_client_loses_frames_but_never_delays_another(running, server, speech, offline):
     server.limits = Limits(send_queue=2)
     long = np.concatenate([speech[1]] * 4)

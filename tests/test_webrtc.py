@@ -27,6 +27,7 @@ def _can_unshare() -> bool:
 
 
 @pytest.mark.skipif(not _can_unshare(), reason="needs unshare -n (a loopback-only network namespace)")
+@pytest.mark.slow
 def test_a_peer_speaks_and_gets_the_avatar_back(tmp_path):
     script = Path(__file__).with_name("webrtc_check.py")
     proc = subprocess.run(["unshare", "-n", sys.executable, str(script), str(tmp_path), "4.0"],
