@@ -600,6 +600,10 @@ def render_batch(
     describes this run.
     """
     t0 = time.perf_counter()
+    if workers is not None and (isinstance(workers, bool) or int(workers) < 1):
+        raise ValueError(f"workers must be >= 1, got {workers!r}")
+    if isinstance(retries, bool) or int(retries) < 0:
+        raise ValueError(f"retries must be >= 0, got {retries!r}")
     checked = read_jobs(jobs, output_dir=output_dir, base=base)
     out = Path(output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)

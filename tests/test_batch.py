@@ -17,7 +17,7 @@ from synctalk_fast.pipeline import Pipeline
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory, model_dir):
-    """Two small templates, two U-Nets (seeds 0 and 1), four 0.5 s speeches and a bad audio file."""
+    """Two small templates, two U-Nets (seeds 0 and 1), four 0.3 s speeches and a bad audio file."""
     root = tmp_path_factory.mktemp("batch_inputs")
     for k in range(2):
         synthetic_template(root / f"tpl{k}", frames=8, width=320, height=240, seed=k)
@@ -25,7 +25,7 @@ def inputs(tmp_path_factory, model_dir):
     shutil.copy(model_dir / "audio_encoder.onnx", root / "enc.onnx")
     models.export_onnx(models.random_state_dict("unet", seed=1), root / "unet1.onnx", kind="unet")
     for k in range(4):
-        sf.write(root / f"speech{k}.wav", synthetic_speech(0.5, seed=k), 16000)
+        sf.write(root / f"speech{k}.wav", synthetic_speech(0.3, seed=k), 16000)
     (root / "bad.wav").write_bytes(np.random.default_rng(0).bytes(3000))
     return root
 
@@ -117,7 +117,7 @@ def test_dead_worker_is_retried_and_leaves_no_partial_file(inputs, tmp_path, mon
     assert not (out / "c.mp4").exists() and not _parts(out)
 
 
-def test_manifest_errors_are_listed_with_line_numbers(inputs, tmp_path):
+def test_manifest_errors_are_listed_with_line_numbers(tmp_path):
     good = {"audio": "a.wav", "template": "t", "unet": "u.onnx", "output": "x.mp4"}
     lines = [json.dumps(good), "{not json", json.dumps({**good, "output": "y.mp4", "colour": 1}),
              json.dumps({"audio": "a.wav", "output": "z.mp4"}), "", json.dumps({**good, "output": "../up.mp4"}),
@@ -135,6 +135,8 @@ def test_manifest_errors_are_listed_with_line_numbers(inputs, tmp_path):
         assert f"jobs.jsonl:{line}: " in msg and what in msg, (line, what, msg)
     assert ":1: " not in msg and ":5: " not in msg
     assert not out.exists()  # nothing ran
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        batch.render_batch([good], output_dir=out, workers=0)
     with pytest.raises(ValueError, match="missing audio"):
         batch.read_jobs([{"template": "t", "unet": "u", "output": "o"}], output_dir=out)
 
