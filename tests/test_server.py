@@ -406,3 +406,30 @@ def test_config_file_and_avatar_spelling(tmp_path):
 def test_auto_capacity_is_measured_and_at_least_one(server):
     capacity = server.measure_capacity(seconds=0.5)
     assert isinstance(capacity, int) and capacity >= 1
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/status"), reason="reads /proc")
+def test_a_long_session_keeps_going_in_flat_memory(running, server, speech):
+    """Eight utterances back to back in one session (bounded: about a minute):
+    every utterance completes, and memory after the last few is what it was
+    after the first few."""
+    server.limits = Limits(max_audio_rate=8.0, audio_burst=30.0)
+    sizes, rss = [], []
+    with connect(running) as ws:
+        ws.send(json.dumps({"type": "start", "format": "jpeg"}))
+        for k in range(8):
+            send_speech(ws, speech[1], chunk=1600)
+            ws.send(json.dumps({"type": "flush"}))
+            msgs = collect(ws, until_close=False, limit_s=TIMEOUT)
+            assert msgs and msgs[-1]["type"] == "utterance_end" and msgs[-1]["utterance"] == k
+            sizes.append(msgs[-1]["frames"])
+            rss.append(_rss_mb())
+        ws.send(json.dumps({"type": "close"}))
+    assert len(set(sizes)) == 1
+    assert rss[-1] - rss[2] < 50, rss
