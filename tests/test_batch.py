@@ -144,15 +144,18 @@ def test_manifest_errors_are_listed_with_line_numbers(tmp_path):
 def test_csv_manifest(inputs, tmp_path):
     (tmp_path / "jobs.csv").write_text(
         "audio,template,unet,audio_encoder,output,start,feather\n"
-        f"{inputs}/speech2.wav,{inputs}/tpl1,{inputs}/unet1.onnx,{inputs}/enc.onnx,clip,3,\n")
+        f"{inputs}/speech2.wav,{inputs}/tpl1,{inputs}/unet1.onnx,{inputs}/enc.onnx,clip,3,\n"
+        f"{inputs}/speech2.wav,no_such_template,{inputs}/unet1.onnx,{inputs}/enc.onnx,clip2.mp4,,2\n")
     jobs = batch.read_jobs(tmp_path / "jobs.csv", output_dir=tmp_path / "out")
-    assert len(jobs) == 1 and jobs[0].line == 2 and jobs[0].options == {"start": 3}
+    assert [j.line for j in jobs] == [2, 3] and jobs[0].options == {"start": 3} and jobs[1].options == {"feather": 2}
     assert jobs[0].inputs["template"] == inputs / "tpl1"
     (tmp_path / "bad.csv").write_text("audio,template,unet,output,size\na.wav,t,u,o,9\n")
     with pytest.raises(ValueError, match=r"bad.csv:2: unknown key 'size'"):
         batch.read_jobs(tmp_path / "bad.csv", output_dir=tmp_path / "out")
     result = batch.render_batch(tmp_path / "jobs.csv", output_dir=tmp_path / "out", workers=1, progress=False)
-    assert result.counts["done"] == 1 and result.exit_code == 0
+    assert result.counts == {"done": 1, "skipped": 0, "failed": 1} and result.exit_code == 1
+    assert result.results[1].job == 3 and "no_such_template" in result.results[1].error
+    assert not (tmp_path / "out" / "clip2.mp4").exists()
     _, plan, _ = batch._plan(1, 1, "onnxruntime")
     ref = Pipeline(inputs / "unet1.onnx", inputs / "enc.onnx", **plan).generate(
         inputs / "speech2.wav", template=inputs / "tpl1", output=tmp_path / "ref", start=3, progress=False)
