@@ -633,7 +633,8 @@ def render_batch(
         pool = _LocalPool(n_workers, plan, pins[:n_workers])
         _schedule(pool, groups, results, manifest, n_workers=n_workers, retries=retries, progress=progress,
                   total=len(checked))
-    ordered = [results[j.line] for j in checked]
+    ordered = [results.get(j.line) or JobResult(j.line, "failed", str(j.output), error="not run: no worker left")
+               for j in checked]
     counts = {s: sum(r.status == s for r in ordered) for s in ("done", "skipped", "failed")}
     return BatchResult(ordered, manifest, time.perf_counter() - t0, n_workers, counts)
 
@@ -716,6 +717,8 @@ def _schedule(pool: _LocalPool, groups: OrderedDict, results: dict[int, JobResul
             for wid, code in pool.dead():
                 if wid not in running:  # died idle: leave the slot empty
                     pool.procs[wid] = None
+                    pool.conns[wid].close()
+                    pool.conns[wid] = None
                     if wid in idle:
                         idle.remove(wid)
                     continue
