@@ -141,6 +141,7 @@ def test_manifest_errors_are_listed_with_line_numbers(tmp_path):
         batch.read_jobs([{"template": "t", "unet": "u", "output": "o"}], output_dir=out)
 
 
+@pytest.mark.slow
 def test_csv_manifest(inputs, tmp_path):
     (tmp_path / "jobs.csv").write_text(
         "audio,template,unet,audio_encoder,output,start,feather\n"
