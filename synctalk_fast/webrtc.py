@@ -33,10 +33,10 @@ from .errors import AudioError
 from .stream import Stream
 
 try:
-    from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+    from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
     from aiortc.mediastreams import MediaStreamError
 except ImportError:  # the server without its WebRTC part: POST .../webrtc answers 501
-    MediaStreamTrack, RTCPeerConnection, RTCSessionDescription = object, None, None
+    MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription = object, None, None, None
     MediaStreamError = Exception
 
 __all__ = ["VoiceGate", "WebRtcSession", "available"]
@@ -139,7 +139,9 @@ class WebRtcSession:
             raise RuntimeError("WebRTC needs aiortc: pip install 'synctalk-fast[serve]'")
         self.engine, self.template = engine, template
         self.on_frame, self.on_close = on_frame, on_close
-        self.pc = RTCPeerConnection()
+        # No STUN / TURN servers: aiortc's default asks a public STUN server on
+        # every session; the server offers its own host candidates only.
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.video, self.audio = _VideoOut(), _AudioOut()
         self.stream: Stream | None = None
         self.tasks: list[asyncio.Task] = []

@@ -63,11 +63,11 @@ def post(url: str, body: bytes) -> tuple[int, dict]:
 
 
 async def client(base: str, wav: Path, seconds: float, server: AvatarServer) -> dict:
-    from aiortc import RTCPeerConnection, RTCSessionDescription
+    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
     from aiortc.contrib.media import MediaPlayer
 
     loop = asyncio.get_running_loop()
-    pc = RTCPeerConnection()
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))  # no STUN server: loopback only
     player = MediaPlayer(str(wav))
     pc.addTrack(player.audio)
     pc.addTransceiver("video", direction="recvonly")
