@@ -17,6 +17,7 @@ from ._filters import SAMPLE_RATE
 from ._atomic import write_atomic
 from ._config import config, show_config
 from ._version import __version__
+from .batch import render_batch
 from .benchmark import main as bench_main
 from .demo import synthetic_speech, synthetic_template
 from .engine import Engine
@@ -251,6 +252,18 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _batch(args: argparse.Namespace) -> int:
+    result = render_batch(args.jobs, output_dir=args.output_dir, workers=args.workers, retries=args.retries,
+                          progress=not args.quiet)
+    if not args.quiet and args.json != "-":
+        for r in result.results:
+            if r.status == "failed":
+                print(f"synctalk-fast: {args.jobs}:{r.job}: {r.output}: {r.error}", file=sys.stderr)
+        print(result)
+    _write_json(args.json, result.to_dict())
+    return result.exit_code  # 0 all done or skipped, 1 a job failed; a bad manifest is a ValueError (2)
+
+
 def _runtime_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runtime", choices=("auto", *RUNTIMES), default=DEFAULT_RUNTIME,
                    help=f"inference runtime; auto: the fastest here for the U-Net, measured once "
@@ -396,6 +409,25 @@ def build_parser() -> argparse.ArgumentParser:
                    "server's own (repeat for more)")
     _engine_options(p)
     p.set_defaults(func=_serve)
+
+    p = sub.add_parser(
+        "batch",
+        help="render many jobs from a manifest on worker processes (resumable)",
+        description="Render the jobs of a manifest (.jsonl: one JSON object a line; .csv: a header row) on worker "
+        "processes that keep their models loaded. A job has audio (or features), template, unet, audio_encoder, "
+        "output (a name under --output-dir) and any generate option by its API name (start, fps, crf, preset, "
+        "feather, precision, runtime, ...); relative paths are relative to the manifest. OUTPUT_DIR/results.jsonl "
+        "records each job; a second run skips jobs whose output is complete and whose inputs are unchanged. "
+        "Exit status: 0 all done or skipped, 1 some job failed, 2 a bad manifest.",
+    )
+    p.add_argument("jobs", metavar="JOBS", help="manifest: .jsonl or .csv")
+    p.add_argument("--output-dir", required=True, help="where the outputs and results.jsonl go (created if missing)")
+    p.add_argument("--workers", type=int, help="worker processes (default: one per template and U-Net, at most one "
+                   "per core; one on a GPU)")
+    p.add_argument("--retries", type=int, default=2, help="reruns of a job whose worker died (default: 2)")
+    p.add_argument("--json", metavar="FILE", help="write the results as JSON to FILE (- for stdout)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    p.set_defaults(func=_batch)
 
     p = sub.add_parser(
         "quantize",

@@ -124,3 +124,12 @@ def test_encoder_option(model_dir, speech, tmp_path, capsys):
         assert not (tmp_path / "nv.mp4").exists()
     assert cli.main(base + ["-o", str(tmp_path / "auto.mp4"), "-encoder=auto"]) == 0
     assert (tmp_path / "auto.mp4").stat().st_size > 0
+
+
+def test_batch_reports_a_bad_manifest_with_line_numbers_and_exit_2(tmp_path, capsys):
+    manifest = tmp_path / "jobs.jsonl"
+    manifest.write_text('{"audio": "a.wav", "template": "t", "unet": "u.onnx", "output": "x.mp4"}\nnot json\n')
+    assert cli.main(["batch", str(manifest), "--output-dir", str(tmp_path / "out"), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "jobs.jsonl:2: bad JSON" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()

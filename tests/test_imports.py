@@ -185,7 +185,7 @@ LAYERS: list[set[str]] = [
     {"video"},
     {"sinks"},
     {"stream"},
-    {"pipeline", "quantization", "replay", "reference", "_config", "server", "webrtc"},
+    {"pipeline", "quantization", "replay", "reference", "_config", "server", "webrtc", "batch"},
     {"benchmark"},
     {"cli", "__main__", ""},
 ]
