@@ -23,6 +23,7 @@ from . import _backend
 from ._config import config, show_config
 from ._version import __version__
 from .audio import load_audio, mel_spectrogram, mel_windows, num_mel_windows
+from .batch import BatchResult, render_batch
 from .engine import Engine, Producer
 from .errors import AudioError, BoxError, Error, FeatureError, ModelError, OutputError, TemplateError
 from .features import feature_windows, load_features, pad_embeddings, save_features
@@ -34,6 +35,8 @@ from .stream import Stream, StreamFrame
 from .template import Template
 
 __all__ = [
+    "BatchResult",
+    "render_batch",
     "__version__",
     "backend",
     "show_config",
