@@ -1,36 +1,56 @@
 """int8 U-Net: static quantization calibrated on the user's own template and
-speech, with a fidelity report.
+speech, by ONNX Runtime's or NNCF's tools, with a fidelity report.
 
 :func:`quantize` (``synctalk_fast.quantize``) draws network
 inputs from the template's frames and the speech's features (the real input
 distribution), splits the frames into calibration, validation and held-out
-sets, and:
+sets, and builds one int8 candidate per tool:
 
-1. calibrates the activation ranges with each method asked for (ONNX
-   Runtime's MinMax, Percentile, Entropy; one frame at a time, so memory
-   stays flat) and keeps the one whose fully quantized model is closest to
-   fp32 on the validation frames;
-2. when that misses ``target_psnr``, measures the sensitivity of every block
-   (quantize that block alone, measure), then keeps the most sensitive
-   blocks in fp32, as few as reach the target (binary search over the
-   ranking);
-3. writes the QDQ model (int8 per-channel weights, uint8 activations) and a
-   report: PSNR and max / mean level difference against fp32 on the held-out
-   frames (never used above), over the mouth box and the whole frame, and the
-   speed of both models measured in the same run.
+- ONNX Runtime (runs on ONNX Runtime; blocks left in floating point run in
+  fp32):
+
+  1. calibrates the activation ranges with each method asked for (ONNX
+     Runtime's MinMax, Percentile, Entropy; one frame at a time, so memory
+     stays flat) and keeps the one whose fully quantized model is closest to
+     fp32 on the validation frames;
+  2. when that misses ``target_psnr`` (plus 1 dB headroom), measures the
+     sensitivity of every block (quantize that block alone, measure), then
+     keeps the most sensitive blocks in floating point, as few as reach it
+     (binary search over the ranking);
+
+- NNCF (OpenVINO's post-training quantization, its ONNX backend; runs on
+  OpenVINO, where blocks left in floating point run in bf16 on CPUs with
+  avx512_bf16 / AMX, else in fp32): quantizes every block once on the same
+  calibration frames, then puts the same blocks back in floating point by
+  the same accuracy-aware search, each candidate measured as it will run
+  (OpenVINO at that precision, so the bf16 error counts).
+
+Both write a QDQ ONNX model (int8 per-channel weights): either runs through
+``Pipeline(unet=...)`` on either runtime; the report says which runtime and
+precision it is fast on. Every candidate, ONNX Runtime fp32 (the
+reference) and, where the CPU runs it natively, OpenVINO bf16 without int8
+are measured on the held-out frames (never used above): PSNR and max /
+mean level difference against ONNX Runtime fp32 over the mouth box and the
+whole frame, and the speed of each on its runtime, in the same run, the
+runs interleaved. The output is the fastest int8 candidate that reaches
+``target_psnr`` there (:func:`choose_candidate`); the report lists them all
+and says so when OpenVINO bf16 alone is both faster and closer.
 
 Per-channel weights need ``DequantizeLinear``'s ``axis`` (opset 13): a model
 of a lower default-domain opset (``torch.onnx.export`` at opset 11, as
 SyncTalk_2D's own export writes) is converted to opset 13 in memory first, and
 the conversion is checked by running one frame against the original; when
 it fails, weights are quantized per tensor instead (a report note and a log
-warning say so). Any failure of the ONNX / ONNX Runtime tooling is raised as
-a one-line :class:`~synctalk_fast.errors.ModelError` naming the model.
+warning say so). Any failure of the ONNX / ONNX Runtime / NNCF / OpenVINO
+tooling is raised as a one-line :class:`~synctalk_fast.errors.ModelError`
+naming the model.
 
-Every network run goes through an :class:`~synctalk_fast.engine.Engine` (the
-U-Net step's prepare and paste included); ONNX Runtime's quantization tools
-write the candidate models. It drives the engine, so it lives above it,
-beside :mod:`~synctalk_fast.pipeline`.
+The held-out and speed runs go through an :class:`~synctalk_fast.engine.Engine`
+(the U-Net step's prepare and paste included); the search's throwaway NNCF
+candidates are compiled by OpenVINO without its disk cache. It drives the
+engine, so it lives above it, beside :mod:`~synctalk_fast.pipeline`. NNCF
+and OpenVINO are optional (the ``openvino`` extra) and imported only when
+used.
 """
 
 from __future__ import annotations
@@ -43,11 +63,12 @@ import logging
 import math
 import os
 import re
+import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -56,17 +77,25 @@ from .engine import Engine, StepBatch
 from .errors import FeatureError, ModelError, TemplateError
 from .features import feature_windows, load_features
 from .runtime import default_threads
+from .runtime.openvino import PRECISION_HINTS, precision_problem
 from .shapes import MODES
 from .template import Template
 
-__all__ = ["quantize", "QuantizeReport", "name_blocks", "fidelity", "METHODS"]
+__all__ = ["quantize", "QuantizeReport", "name_blocks", "fidelity", "choose_candidate", "METHODS", "TOOLS"]
 
 log = logging.getLogger(__name__)
 
 METHODS = ("MinMax", "Percentile", "Entropy")
+#: ``quantize(tool=...)``: "auto" tries every tool installed and keeps the best candidate.
+TOOLS = ("auto", "onnxruntime", "nncf")
 _BATCH = 4
 _PER_CHANNEL_OPSET = 13  # DequantizeLinear's axis attribute (per-channel weights) appears in opset 13
 _CONVERSION_TOLERANCE = 1e-3  # max |difference| of the converted model's output (0..1) against the original
+# The search aims this far above target_psnr on the validation frames: a few
+# frames misjudge the PSNR over the whole template (the face U-Net, NNCF, 3
+# blocks in bf16: 40.7 dB on 8 validation frames, 40.2 dB on 247 other
+# frames, 39.7 dB on the 32 held-out ones; one more block: 41.5 dB on the 247).
+_HEADROOM = 1.0
 
 
 # --- blocks -------------------------------------------------------------------------
@@ -155,23 +184,44 @@ def fidelity(reference: Sequence[np.ndarray], test: Sequence[np.ndarray], *, box
 # --- report -------------------------------------------------------------------------
 
 
+#: Candidate names in the report: the two references, then the int8 candidates by tool.
+FP32 = "onnxruntime fp32"
+BF16 = "openvino bf16"
+_INT8 = {"onnxruntime": "onnxruntime int8", "nncf": "nncf int8"}
+
+
 @dataclass
 class QuantizeReport:
-    """What :func:`quantize` did and measured. ``save`` writes it as JSON."""
+    """What :func:`quantize` did and measured. ``save`` writes it as JSON.
+
+    ``method`` ... ``sensitivity``, ``fidelity`` and ``speed["int8"]``
+    describe the model written (the chosen candidate); ``candidates`` holds
+    every model measured on the held-out frames, by name (``"onnxruntime
+    fp32"``, the reference; ``"openvino bf16"``, the fp32 model at bf16,
+    where the CPU runs it natively; ``"onnxruntime int8"``, ``"nncf int8"``):
+    ``tool``, ``runtime`` and ``precision`` to run it with, ``int8``,
+    ``seconds`` per frame and ``speedup`` against ONNX Runtime fp32 (same
+    run), ``mouth`` / ``frame`` / ``unet`` fidelity, ``met``, and for the
+    int8 ones ``method``, ``float_blocks`` and ``validation_psnr``.
+    """
 
     model: str
     output: str
+    tool: str  # the tool that wrote the output: "onnxruntime" or "nncf"
+    runtime: str  # run the output with this runtime ...
+    precision: str  # ... at this precision (where blocks left in floating point run)
     method: str  # calibration method kept
     methods: dict[str, float]  # method -> validation PSNR (mouth box) of the fully quantized model
     target_psnr: float | None
     met: bool  # the held-out mouth PSNR reaches the target
-    fp32_blocks: list[str]  # blocks left in fp32
+    fp32_blocks: list[str]  # blocks left in floating point (run at ``precision``)
     int8_blocks: list[str]
     sensitivity: dict[str, float]  # block -> validation PSNR with only that block quantized
     frames: dict[str, list[int]]  # "calibration" / "validation" / "heldout" -> template frame indices
     feature_rows: dict[str, list[int]]  # the feature row paired with each of those frames
     fidelity: dict[str, dict]  # "mouth" / "frame" / "unet" -> psnr, max, mean, pixels (held-out)
-    speed: dict[str, float]  # seconds per frame of both models, same run
+    speed: dict[str, float]  # seconds per frame of fp32 and of the output, same run
+    candidates: dict[str, dict]  # every model measured (see the class docstring)
     seconds: float  # wall time of the whole quantization
     notes: list[str] = field(default_factory=list)
 
@@ -193,8 +243,8 @@ class QuantizeReport:
     def __str__(self) -> str:
         f, s = self.fidelity, self.speed
         lines = [
-            f"{self.output}: int8 ({self.method} calibration), {len(self.int8_blocks)} blocks int8, "
-            f"{len(self.fp32_blocks)} kept in fp32",
+            f"{self.output}: int8 by {'NNCF' if self.tool == 'nncf' else 'ONNX Runtime'} ({self.method} calibration), "
+            f"{len(self.int8_blocks)} blocks int8, {len(self.fp32_blocks)} kept in floating point",
             f"held-out frames ({len(self.frames['heldout'])}), int8 vs fp32:",
         ]
         for region in ("mouth", "frame", "unet"):
@@ -205,8 +255,57 @@ class QuantizeReport:
         if self.target_psnr is not None:
             verdict = "met" if self.met else "NOT met"
             lines.append(f"target: mouth PSNR >= {self.target_psnr:g} dB on held-out frames: {verdict}")
+        lines.append("candidates (held-out frames; speed on each one's runtime, same run):")
+        lines.append(f"    {'model':17s} {'runtime':11s} {'precision':9s} {'ms/frame':>8s} {'vs fp32':>7s} "
+                     f"{'mouth PSNR':>10s} {'max':>4s} {'mean':>6s} float blocks")
+        written = _INT8[self.tool]
+        for name, c in self.candidates.items():
+            m = c["mouth"]
+            blocks = str(len(c["float_blocks"])) if c["int8"] else "all"
+            lines.append(f"  {'*' if name == written else ' '} {name:17s} {c['runtime']:11s} {c['precision']:9s} "
+                         f"{1000 * c['seconds']:8.1f} {c['speedup']:6.2f}x {m['psnr']:7.2f} dB {m['max']:4d} "
+                         f"{m['mean']:6.3f} {blocks}")
+        lines.append(f"run it with: Pipeline(unet={self.output!r}, runtime={self.runtime!r}, "
+                     f"precision={self.precision!r})")
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
+
+
+def choose_candidate(candidates: Mapping[str, Mapping], target_psnr: float | None) -> str:
+    """The int8 candidate :func:`quantize` writes.
+
+    Parameters
+    ----------
+    candidates : mapping
+        Name -> ``{"int8": bool, "seconds": float, "mouth": {"psnr": float, ...}, ...}``
+        (:attr:`QuantizeReport.candidates`).
+    target_psnr : float or None
+        Held-out mouth PSNR (dB) against fp32 to reach; None: any.
+
+    Returns
+    -------
+    str
+        The fastest int8 candidate reaching ``target_psnr``; when none does,
+        the closest to fp32 (highest mouth PSNR), the faster on a tie.
+    """
+    int8 = {k: c for k, c in candidates.items() if c["int8"]}
+    if not int8:
+        raise ValueError("no int8 candidate to choose from")
+    meeting = [k for k, c in int8.items() if target_psnr is None or c["mouth"]["psnr"] >= target_psnr]
+    if meeting:
+        return min(meeting, key=lambda k: int8[k]["seconds"])
+    return max(int8, key=lambda k: (int8[k]["mouth"]["psnr"], -int8[k]["seconds"]))
+
+
+def bf16_advice(candidates: Mapping[str, Mapping], chosen: str, model: str) -> str | None:
+    """One line when OpenVINO bf16 without int8 is both faster and closer to
+    fp32 (held-out mouth PSNR) than the ``chosen`` int8 candidate; else None."""
+    bf, c = candidates.get(BF16), candidates[chosen]
+    if bf is None or not (bf["seconds"] < c["seconds"] and bf["mouth"]["psnr"] > c["mouth"]["psnr"]):
+        return None
+    return (f"OpenVINO bf16 without int8 is both faster ({1000 * bf['seconds']:.1f} vs {1000 * c['seconds']:.1f} "
+            f"ms/frame) and closer to fp32 ({bf['mouth']['psnr']:.1f} vs {c['mouth']['psnr']:.1f} dB mouth PSNR) "
+            f"than the int8 model: run {model} itself with runtime='openvino', precision='bf16' instead")
 
 
 # --- ONNX Runtime glue ----------------------------------------------------------------
@@ -270,9 +369,10 @@ def _check_runs(path: Path, feed: dict[str, np.ndarray]) -> None:
     ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feed)
 
 
-def _cpu_engine(path, threads: int | None) -> Engine:
+def _cpu_engine(path, threads: int | None, runtime: str = "onnxruntime", precision: str = "fp32") -> Engine:
     """A one-session engine on the host CPU for a candidate model."""
-    return Engine(path, providers=["cpu"], sessions=1, threads=threads or default_threads())
+    return Engine(path, runtime=runtime, precision=precision, providers=["cpu"], sessions=1,
+                  threads=threads or default_threads())
 
 
 class _Feeds:
@@ -348,6 +448,147 @@ def _quantize_file(src: Path, dst: Path, method: str, cache: Path, exclude: Sequ
                         nodes_to_exclude=list(exclude), calibration_cache_path=str(cache))
 
 
+# --- NNCF / OpenVINO glue ---------------------------------------------------------------
+
+_QDQ = ("QuantizeLinear", "DequantizeLinear")
+
+
+def _nncf_problem() -> str | None:
+    """Why NNCF int8 cannot be tried here, or None when it can."""
+    try:
+        import nncf  # noqa: F401
+        import openvino  # noqa: F401
+    except ImportError as exc:
+        return (f"NNCF int8 needs the openvino and nncf packages ({exc.name or 'one'} is missing): "
+                "pip install 'synctalk-fast[openvino]'")
+    except Exception as exc:  # an install that breaks on import
+        return f"NNCF int8 needs the openvino and nncf packages, and importing them failed: {_reason(exc)}"
+    return None
+
+
+def _openvino_bf16() -> bool:
+    """OpenVINO is installed and runs bf16 natively on this CPU."""
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return precision_problem("bf16") is None
+
+
+@contextlib.contextmanager
+def _quiet_nncf():
+    """NNCF logs INFO lines and draws progress bars on stdout."""
+    logger = logging.getLogger("nncf")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _prune(graph) -> None:
+    """Drop quantize / dequantize nodes nothing reads, then initializers nothing reads."""
+    while True:
+        read = {x for n in graph.node for x in n.input} | {o.name for o in graph.output}
+        dead = [n for n in graph.node if n.op_type in _QDQ and not any(o in read for o in n.output)]
+        if not dead:
+            break
+        for n in dead:
+            graph.node.remove(n)
+    read = {x for n in graph.node for x in n.input} | {o.name for o in graph.output}
+    kept = [t for t in graph.initializer if t.name in read]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+
+
+def _float_blocks(model, blocks: Sequence[str]):
+    """A copy of the QDQ model ``model`` with ``blocks`` (names of
+    :func:`name_blocks`) back in floating point: every input of their nodes
+    that passes through QuantizeLinear -> DequantizeLinear (activations and
+    weights) reads the float tensor instead. Weights must still be float
+    initializers under their QuantizeLinear (NNCF without weight
+    compression); quantizers other consumers read stay."""
+    import onnx
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    chosen = set(blocks)
+    if not chosen:
+        return out
+    made = {o: n for n in out.graph.node for o in n.output}
+    for node in out.graph.node:
+        if node.op_type in _QDQ or node.name.split("/")[0] not in chosen:
+            continue
+        for i, x in enumerate(node.input):
+            dq = made.get(x)
+            q = made.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+            if q is not None and q.op_type == "QuantizeLinear":
+                node.input[i] = q.input[0]
+    _prune(out.graph)
+    return out
+
+
+def _fold_weight_quantizers(model) -> None:
+    """Replace every QuantizeLinear of an initializer (a weight) by its
+    result, an int8 initializer read by the DequantizeLinear: a quarter of
+    the size, the same model (ONNX's QuantizeLinear: round half to even,
+    saturate). In place."""
+    from onnx import numpy_helper
+
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    for node in list(graph.node):
+        if node.op_type != "QuantizeLinear" or node.input[0] not in inits:
+            continue
+        x = numpy_helper.to_array(inits[node.input[0]]).astype(np.float32)
+        scale = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
+        zero = (numpy_helper.to_array(inits[node.input[2]]) if len(node.input) > 2 and node.input[2]
+                else np.zeros(scale.shape, np.uint8))
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1) % max(x.ndim, 1)
+        shape = [1] * x.ndim
+        if scale.ndim:
+            shape[axis] = -1
+        y = np.rint(x / scale.reshape(shape)) + zero.reshape(shape).astype(np.float32)
+        info = np.iinfo(zero.dtype)
+        graph.initializer.append(numpy_helper.from_array(np.clip(y, info.min, info.max).astype(zero.dtype),
+                                                         node.output[0]))
+        graph.node.remove(node)
+    _prune(graph)
+
+
+def _nncf_quantize(src: Path, cal: _Feeds):
+    """Every block of ``src`` quantized by NNCF (CPU target, its default
+    MeanMinMax activation ranges), calibrated on ``cal``; weights stay float
+    under their quantizers (:func:`_float_blocks` needs them), and bias
+    correction is off, so a block put back in floating point is exactly the
+    original."""
+    import nncf
+    import onnx
+    from nncf.onnx.quantization.backend_parameters import BackendParameters
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+
+    params = AdvancedQuantizationParameters(disable_bias_correction=True,
+                                            backend_params={BackendParameters.COMPRESS_WEIGHTS: False})
+    with _quiet_nncf():
+        return nncf.quantize(onnx.load(str(src)), nncf.Dataset(range(len(cal)), cal.batch), subset_size=len(cal),
+                             target_device=nncf.TargetDevice.CPU, advanced_parameters=params)
+
+
+def _ov_predict(core, model: bytes, feeds: _Feeds, precision: str, threads: int) -> np.ndarray:
+    """U-Net predictions of an in-memory ONNX model compiled by OpenVINO on
+    the CPU at ``precision``, all ``feeds`` in one batch, no disk cache (a
+    throwaway candidate)."""
+    net = core.read_model(io.BytesIO(model))
+    batch = feeds.batch(0, len(feeds))
+    net.reshape({name: list(a.shape) for name, a in batch.items()})
+    compiled = core.compile_model(net, "CPU", {"INFERENCE_PRECISION_HINT": PRECISION_HINTS[precision],
+                                               "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
+                                               "INFERENCE_NUM_THREADS": threads, "ENABLE_CPU_PINNING": False})
+    return np.array(compiled(batch)[compiled.output(0)], dtype=np.float32)
+
+
 def search_fp32_blocks(ranking: Sequence[str], score: Callable[[list[str]], float], target: float) -> tuple[list[str], float]:
     """The fewest most-sensitive blocks to keep in fp32 for ``score >= target``.
 
@@ -405,16 +646,37 @@ def _features(features, audio, audio_encoder, mode: str, threads: int | None) ->
     return encoder.audio_features(audio), False
 
 
-def _timed(engine: Engine, feeds: _Feeds, rounds: int = 2) -> float:
-    """Seconds per frame, best of ``rounds`` passes over ``feeds`` in batches."""
-    engine.infer(feeds.images[:_BATCH], feeds.audio[:_BATCH])
-    best = math.inf
+def _timed(engines: Mapping[str, Engine], feeds: _Feeds, rounds: int = 3) -> dict[str, float]:
+    """Seconds per frame of each engine, the best of ``rounds`` passes over
+    ``feeds`` in batches; the engines take turns within each round, so a
+    noisy neighbour slows them alike."""
+    for engine in engines.values():
+        engine.infer(feeds.images[:_BATCH], feeds.audio[:_BATCH])
+    best = dict.fromkeys(engines, math.inf)
     for _ in range(rounds):
-        t0 = time.perf_counter()
-        for i in range(0, len(feeds), _BATCH):
-            engine.infer(feeds.images[i : i + _BATCH], feeds.audio[i : i + _BATCH])
-        best = min(best, (time.perf_counter() - t0) / len(feeds))
+        for name, engine in engines.items():
+            t0 = time.perf_counter()
+            for i in range(0, len(feeds), _BATCH):
+                engine.infer(feeds.images[i : i + _BATCH], feeds.audio[i : i + _BATCH])
+            best[name] = min(best[name], (time.perf_counter() - t0) / len(feeds))
     return best
+
+
+def _tools(tool: str, notes: list[str]) -> list[str]:
+    """The tools to run for ``tool``; a note when "auto" has to leave NNCF out."""
+    if tool not in TOOLS:
+        raise ValueError(f"unknown tool {tool!r}; expected one of {', '.join(TOOLS)}")
+    if tool == "onnxruntime":
+        return ["onnxruntime"]
+    problem = _nncf_problem()
+    if tool == "nncf":
+        if problem:
+            raise ValueError(problem)
+        return ["nncf"]
+    if problem:
+        notes.append(f"only ONNX Runtime's int8 was tried: {problem}")
+        return ["onnxruntime"]
+    return ["onnxruntime", "nncf"]
 
 
 def quantize(
@@ -426,6 +688,7 @@ def quantize(
     audio_encoder=None,
     features=None,
     report: str | os.PathLike | None = None,
+    tool: str = "auto",
     methods: Sequence[str] = METHODS,
     target_psnr: float | None = 40.0,
     calibration: int = 32,
@@ -451,9 +714,12 @@ def quantize(
         report. ``model`` itself is never changed.
     output : str or os.PathLike
         Where to write the int8 model (QDQ ONNX, the opset of ``model`` or
-        13 after a conversion). ``Pipeline(unet=output)`` runs it. It appears
-        at once, complete, after it has loaded and run in ONNX Runtime; a
-        failure before then leaves ``output`` as it was, and no file beside it.
+        13 after a conversion). ``Pipeline(unet=output)`` runs it on either
+        runtime; it is fast on the runtime and precision the report names
+        (:attr:`QuantizeReport.runtime`, :attr:`QuantizeReport.precision`).
+        It appears at once, complete, after it has loaded and run in ONNX
+        Runtime; a failure before then leaves ``output`` as it was, and no
+        file beside it.
     template : Template, str or os.PathLike, keyword-only
         The person's template: its frames are the image inputs.
     audio, audio_encoder : keyword-only
@@ -461,20 +727,32 @@ def quantize(
         inputs; or ``features`` (file or array, any mode) instead.
     report : str or os.PathLike, optional, keyword-only
         JSON report path (default: ``output`` with ``.json`` added).
+    tool : {"auto", "onnxruntime", "nncf"}, keyword-only
+        Who quantizes. ``"onnxruntime"``: ONNX Runtime's tools, the model
+        runs on ONNX Runtime. ``"nncf"``: NNCF (the ``openvino`` extra), the
+        model runs on OpenVINO, its floating-point blocks at bf16 where the
+        CPU has avx512_bf16 / AMX, else fp32. ``"auto"``: both when NNCF and
+        OpenVINO are installed (else ONNX Runtime's, with a note), and the
+        fastest candidate reaching ``target_psnr`` on the held-out frames
+        is written (:func:`choose_candidate`).
     methods : sequence of {"MinMax", "Percentile", "Entropy"}, keyword-only
-        Calibration methods to try; the best on the validation frames is kept.
+        ONNX Runtime's calibration methods to try; the best on the
+        validation frames is kept. (NNCF's candidate uses its own default,
+        MeanMinMax.)
     target_psnr : float or None, keyword-only
-        Mouth-box PSNR (dB) against fp32 the int8 model must reach on the
-        validation frames; the most sensitive blocks stay fp32 until it
-        does. None quantizes every block.
+        Mouth-box PSNR (dB) against fp32 to reach on the held-out frames.
+        Each candidate's most sensitive blocks stay in floating point until
+        its validation PSNR is 1 dB above it (headroom: a few validation
+        frames misjudge the PSNR over the template by about that much). None
+        quantizes every block.
     calibration, validation, heldout : int, keyword-only
         Template frames for calibration, for choosing the method and the
-        fp32 blocks, and for the report (disjoint; scaled down for a short
-        template).
+        floating-point blocks, and for the report and the choice between
+        candidates (disjoint; scaled down for a short template).
     keep_fp32 : sequence of str, keyword-only
-        Blocks (names as in the report) kept in fp32 in any case.
+        Blocks (names as in the report) kept in floating point in any case.
     threads : int, optional, keyword-only
-        ONNX Runtime threads (default: all cores).
+        Threads of every runtime (default: all cores).
     seed : int, keyword-only
         Seed of the frame split and the frame / feature pairing.
     progress : callable, optional, keyword-only
@@ -488,13 +766,15 @@ def quantize(
     Raises
     ------
     ModelError
-        ``model`` is not a usable U-Net, or ONNX / ONNX Runtime's
-        quantization tools failed on it (reading, calibrating, quantizing,
-        running the int8 model): one line naming ``model`` and the reason.
+        ``model`` is not a usable U-Net, or the quantization tools (ONNX,
+        ONNX Runtime, NNCF, OpenVINO) failed on it (reading, calibrating,
+        quantizing, running an int8 model): one line naming ``model`` and
+        the reason.
     TemplateError, FeatureError
         The template or the speech's features cannot be used.
     ValueError
-        Unknown calibration method or ``keep_fp32`` block.
+        Unknown tool, calibration method or ``keep_fp32`` block; ``tool="nncf"``
+        without NNCF or OpenVINO installed.
     OSError
         Files cannot be read or written (disk full, permissions).
     """
@@ -507,10 +787,14 @@ def quantize(
             raise ValueError(f"unknown calibration method {m!r}; expected some of {', '.join(METHODS)}")
     if not methods:
         raise ValueError("give at least one calibration method")
-    from onnxruntime.quantization import quantize_static
+    notes: list[str] = []
+    tools = _tools(tool, notes)
+    if "onnxruntime" in tools:
+        from onnxruntime.quantization import quantize_static
 
-    if "calibration_cache_path" not in inspect.signature(quantize_static).parameters:
-        raise ModelError("int8 quantization needs a newer onnxruntime (calibration caches); pip install -U onnxruntime")
+        if "calibration_cache_path" not in inspect.signature(quantize_static).parameters:
+            raise ModelError("int8 quantization needs a newer onnxruntime (calibration caches); "
+                             "pip install -U onnxruntime")
     try:
         engine = _cpu_engine(model, threads)
     except ModelError as exc:
@@ -518,6 +802,9 @@ def quantize(
             raise ModelError(f"{model}: is an audio encoder; quantize takes a U-Net") from None
         raise
     fp32 = engine.unet
+    n_threads = threads or default_threads()
+    bf16 = _openvino_bf16()
+    ov_precision = "bf16" if bf16 else "fp32"  # where NNCF's floating-point blocks run
     tpl = template if isinstance(template, Template) else Template(template)
     rows, windowed = _features(features, audio, audio_encoder, fp32.mode, threads)
 
@@ -544,7 +831,9 @@ def quantize(
     val_boxes = [tpl.box(int(k)) for k in sets["validation"]]
     ref_val_pred = _run(engine, val)
     ref_val_frames = pasted("validation", ref_val_pred)
-    notes: list[str] = []
+
+    def val_psnr(pred: np.ndarray) -> float:
+        return fidelity(ref_val_frames, pasted("validation", pred), boxes=val_boxes)["psnr"]
 
     with tempfile.TemporaryDirectory(prefix="synctalk-quant-") as tmp:
         work = Path(tmp)
@@ -585,73 +874,148 @@ def quantize(
         if unknown:
             raise ValueError(f"keep_fp32: no block {unknown[0]!r}; blocks are {', '.join(blocks)}")
 
-        def quantized(dst: Path, method: str, exclude: Sequence[str] = (), include: Sequence[str] | None = None):
-            with _failure(model, f"in ONNX Runtime's quantizer ({method})", work):
-                _quantize_file(src, dst, method, work / f"{method}.json", exclude=exclude, include=include,
-                               per_channel=per_channel)
+        def search(label: str, full: float, score: Callable[[list[str], str | None], float]) -> tuple[list[str], dict]:
+            """Blocks to keep in floating point for ``target_psnr`` on the
+            validation frames: ``keep_fp32``, then the most sensitive ones.
+            ``full``: the validation mouth PSNR with only ``keep_fp32`` in
+            floating point; ``score(float_blocks, only)``: with
+            ``float_blocks`` in floating point, or with only block ``only``
+            int8."""
+            sensitivity: dict[str, float] = {}
+            kept = list(keep_fp32)
+            aim = None if target_psnr is None else target_psnr + _HEADROOM
+            if aim is not None and full < aim:
+                say(f"  {label}: below {aim:g} dB ({target_psnr:g} dB + {_HEADROOM:g} dB headroom): measuring each "
+                    "block's sensitivity ...")
+                for b in blocks:
+                    if b not in keep_fp32:
+                        sensitivity[b] = score([], b)
+                ranking = sorted(sensitivity, key=sensitivity.get)
+                say(f"  {label}: most sensitive: " + ", ".join(f"{b} {sensitivity[b]:.1f} dB" for b in ranking[:5]))
+                extra, best = search_fp32_blocks(ranking, lambda fb: score(kept + fb, None), aim)
+                kept += extra
+                say(f"  {label}: {len(kept)} of {len(blocks)} blocks kept in floating point -> validation mouth "
+                    f"PSNR {best:.2f} dB")
+            else:
+                best = full
+            return kept, {"sensitivity": sensitivity, "validation_psnr": best}
 
-        def score(method: str, fp32_blocks: Sequence[str] = (), only: str | None = None) -> float:
-            dst = work / "candidate.onnx"
-            quantized(dst, method, [n for b in fp32_blocks for n in node_names[b]], node_names[only] if only else None)
-            with _failure(model, f"while running the int8 model ({method} calibration)", work):
-                pred = _run(_cpu_engine(dst, threads), val)
-            return fidelity(ref_val_frames, pasted("validation", pred), boxes=val_boxes)["psnr"]
+        def onnxruntime_candidate() -> dict:
+            def quantized(dst: Path, method: str, exclude: Sequence[str] = (), include: Sequence[str] | None = None):
+                with _failure(model, f"in ONNX Runtime's quantizer ({method})", work):
+                    _quantize_file(src, dst, method, work / f"{method}.json", exclude=exclude, include=include,
+                                   per_channel=per_channel)
 
-        method_scores = {}
-        for method in methods:
-            say(f"calibrating ({method}) ...")
-            with _failure(model, f"while calibrating ({method})", work):
-                _calibrate(src, method, cal, work / f"{method}.json", work)
-            method_scores[method] = score(method, keep_fp32)
-            say(f"  {method}: every block int8 -> validation mouth PSNR {method_scores[method]:.2f} dB")
-        method = max(method_scores, key=method_scores.get)
+            def score(method: str, fp32_blocks: Sequence[str] = (), only: str | None = None) -> float:
+                dst = work / "candidate.onnx"
+                quantized(dst, method, [n for b in fp32_blocks for n in node_names[b]],
+                          node_names[only] if only else None)
+                with _failure(model, f"while running the int8 model ({method} calibration)", work):
+                    return val_psnr(_run(_cpu_engine(dst, threads), val))
 
-        sensitivity: dict[str, float] = {}
-        kept = list(keep_fp32)
-        if target_psnr is not None and method_scores[method] < target_psnr:
-            say(f"below {target_psnr:g} dB: measuring each block's sensitivity ...")
-            for b in blocks:
-                if b not in keep_fp32:
-                    sensitivity[b] = score(method, only=b)
-            ranking = sorted(sensitivity, key=sensitivity.get)
-            say("most sensitive: " + ", ".join(f"{b} {sensitivity[b]:.1f} dB" for b in ranking[:5]))
-            extra, best = search_fp32_blocks(ranking, lambda fb: score(method, kept + fb), target_psnr)
-            kept += extra
-            say(f"{len(kept)} of {len(blocks)} blocks kept in fp32 -> validation mouth PSNR {best:.2f} dB")
+            method_scores = {}
+            for method in methods:
+                say(f"ONNX Runtime: calibrating ({method}) ...")
+                with _failure(model, f"while calibrating ({method})", work):
+                    _calibrate(src, method, cal, work / f"{method}.json", work)
+                method_scores[method] = score(method, keep_fp32)
+                say(f"  {method}: every block int8 -> validation mouth PSNR {method_scores[method]:.2f} dB")
+            method = max(method_scores, key=method_scores.get)
+            kept, found = search("ONNX Runtime", method_scores[method], lambda fb, only: score(method, fb, only))
+            path = work / "onnxruntime_int8.onnx"
+            quantized(path, method, [n for b in kept for n in node_names[b]])
+            return {"path": path, "tool": "onnxruntime", "runtime": "onnxruntime", "precision": "fp32",
+                    "method": method, "methods": method_scores, "float_blocks": kept, **found}
+
+        def nncf_candidate() -> dict:
+            import openvino as ov
+
+            say(f"NNCF: calibrating (MeanMinMax), candidates measured on OpenVINO at {ov_precision} ...")
+            with _failure(model, "in NNCF's quantizer", work):
+                every = _nncf_quantize(src, cal)
+            core = ov.Core()
+
+            def score(float_blocks: list[str], only: str | None) -> float:
+                back = [b for b in blocks if b != only] if only is not None else float_blocks
+                with _failure(model, "while running the NNCF int8 model in OpenVINO", work):
+                    pred = _ov_predict(core, _float_blocks(every, back).SerializeToString(), val, ov_precision,
+                                       n_threads)
+                return val_psnr(pred)
+
+            full = score(list(keep_fp32), None)
+            say(f"  MeanMinMax: every block int8 -> validation mouth PSNR {full:.2f} dB")
+            kept, found = search("NNCF", full, score)
+            path = work / "nncf_int8.onnx"
+            with _failure(model, "while writing the NNCF int8 model", work):
+                final = _float_blocks(every, kept)
+                _fold_weight_quantizers(final)
+                onnx.save(final, str(path))
+            del every, final
+            return {"path": path, "tool": "nncf", "runtime": "openvino", "precision": ov_precision,
+                    "method": "MeanMinMax", "methods": {"MeanMinMax": full}, "float_blocks": kept, **found}
+
+        built = {_INT8[t]: onnxruntime_candidate() if t == "onnxruntime" else nncf_candidate() for t in tools}
+
+        say("measuring held-out fidelity and speed ...")
+        held = feeds_for("heldout")
+        boxes = [tpl.box(int(k)) for k in sets["heldout"]]
+        engines = {FP32: engine}
+        specs = {FP32: {"tool": None, "runtime": "onnxruntime", "precision": "fp32", "int8": False}}
+        if bf16:
+            with _failure(model, "while opening it in OpenVINO at bf16"):
+                engines[BF16] = _cpu_engine(model, threads, "openvino", "bf16")
+            specs[BF16] = {"tool": None, "runtime": "openvino", "precision": "bf16", "int8": False}
+        for name, c in built.items():
+            with _failure(model, f"while opening the {name} model", work):
+                engines[name] = _cpu_engine(c["path"], threads, c["runtime"], c["precision"])
+            specs[name] = {"tool": c["tool"], "runtime": c["runtime"], "precision": c["precision"], "int8": True,
+                           "method": c["method"], "float_blocks": [b for b in blocks if b in c["float_blocks"]],
+                           "validation_psnr": c["validation_psnr"]}
+        preds = {}
+        for name, e in engines.items():
+            with _failure(model, f"while running the {name} model", work):
+                preds[name] = _run(e, held)
+        f32 = pasted("heldout", preds[FP32])
+        speed_feeds = held if len(held) >= 2 * _BATCH else cal
+        with _failure(model, "while timing the models", work):
+            seconds = _timed(engines, speed_feeds)
+        candidates: dict[str, dict] = {}
+        for name, spec in specs.items():
+            frames = pasted("heldout", preds[name])
+            fid = {"mouth": fidelity(f32, frames, boxes=boxes), "frame": fidelity(f32, frames),
+                   "unet": fidelity(_levels(preds[FP32]), _levels(preds[name]))}
+            candidates[name] = {**spec, "seconds": seconds[name], "speedup": seconds[FP32] / seconds[name], **fid,
+                                "met": target_psnr is None or fid["mouth"]["psnr"] >= target_psnr}
+        chosen = choose_candidate(candidates, target_psnr)
+        c, row = built[chosen], candidates[chosen]
+        if len(built) > 1:
+            say(f"keeping {chosen}: " + ("the fastest int8 model" if target_psnr is None else
+                                         f"the fastest int8 model reaching {target_psnr:g} dB" if row["met"] else
+                                         f"no int8 model reaches {target_psnr:g} dB; the closest to fp32"))
+        advice = bf16_advice(candidates, chosen, str(model))
+        if advice:
+            notes.append(advice)
 
         output = Path(output)
         with atomic_path(output) as part:
-            quantized(part, method, [n for b in kept for n in node_names[b]])
+            shutil.copyfile(c["path"], part)
             with _failure(model, "while checking the int8 model", work):  # output only as a model that loads and runs
                 written = onnx.load(str(part))
                 _check_runs(part, val.batch(0))
             if not any(n.op_type == "QuantizeLinear" for n in written.graph.node):
-                notes.append("every block is in fp32: the output is the fp32 model with no int8 left")
+                notes.insert(0, "every block is in floating point: the output is the fp32 model with no int8 left")
             del written
 
-    say("measuring held-out fidelity and speed ...")
-    held = feeds_for("heldout")
-    s32 = engine
-    with _failure(model, "while running the int8 model"):
-        s8 = _cpu_engine(output, threads)
-        p8 = _run(s8, held)
-    p32 = _run(s32, held)
-    f32, f8 = pasted("heldout", p32), pasted("heldout", p8)
-    boxes = [tpl.box(int(k)) for k in sets["heldout"]]
-    fid = {"mouth": fidelity(f32, f8, boxes=boxes), "frame": fidelity(f32, f8),
-           "unet": fidelity(_levels(p32), _levels(p8))}
-    speed_feeds = held if len(held) >= 2 * _BATCH else cal
-    t32 = _timed(s32, speed_feeds)
-    with _failure(model, "while running the int8 model"):
-        t8 = _timed(s8, speed_feeds)
-    speed = {"fp32": t32, "int8": t8, "speedup": t32 / t8, "batch": _BATCH, "threads": threads or default_threads(),
-             "frames": len(speed_feeds)}
-    met = target_psnr is None or fid["mouth"]["psnr"] >= target_psnr
+    speed = {"fp32": seconds[FP32], "int8": seconds[chosen], "speedup": seconds[FP32] / seconds[chosen],
+             "batch": _BATCH, "threads": n_threads, "frames": len(speed_feeds)}
     result = QuantizeReport(
-        model=str(model), output=str(output), method=method, methods=method_scores, target_psnr=target_psnr, met=met,
-        fp32_blocks=[b for b in blocks if b in kept], int8_blocks=[b for b in blocks if b not in kept],
-        sensitivity=sensitivity, frames={k: [int(i) for i in v] for k, v in sets.items()},
-        feature_rows={k: [int(i) for i in v] for k, v in pairing.items()}, fidelity=fid, speed=speed,
+        model=str(model), output=str(output), tool=c["tool"], runtime=c["runtime"], precision=c["precision"],
+        method=c["method"], methods=c["methods"], target_psnr=target_psnr, met=row["met"],
+        fp32_blocks=[b for b in blocks if b in c["float_blocks"]],
+        int8_blocks=[b for b in blocks if b not in c["float_blocks"]], sensitivity=c["sensitivity"],
+        frames={k: [int(i) for i in v] for k, v in sets.items()},
+        feature_rows={k: [int(i) for i in v] for k, v in pairing.items()},
+        fidelity={k: row[k] for k in ("mouth", "frame", "unet")}, speed=speed, candidates=candidates,
         seconds=time.perf_counter() - t_start, notes=notes,
     )
     result.save(report if report is not None else output.with_name(output.name + ".json"))
