@@ -464,7 +464,7 @@ def run(
         quant = None
         if int8:
             print("quantizing the U-Net to int8 (MinMax, every block) ...", flush=True)
-            quant = quantize(work / "unet.onnx", work / "unet_int8.onnx", template=tpl, features=feats_all,
+            quant = quantize(work / "unet.onnx", work / "unet_int8.onnx", template=tpl, features=feats_all, tool="onnxruntime",
                              methods=("MinMax",), target_psnr=None, calibration=16, validation=1, heldout=16)
             pipe8 = Pipeline(work / "unet_int8.onnx", work / "encoder.onnx", providers=providers,
                              batch_size=batch_size)

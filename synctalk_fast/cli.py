@@ -173,7 +173,7 @@ def _quantize(args: argparse.Namespace) -> int:
     report = quantize(args.model, args.output, template=args.template, audio=args.audio, audio_encoder=encoder,
                              features=args.features, report=args.report, methods=methods, target_psnr=target,
                              calibration=args.calibration, validation=args.validation, heldout=args.heldout,
-                             keep_fp32=keep, threads=args.threads, seed=args.seed,
+                             keep_fp32=keep, threads=args.threads, seed=args.seed, tool=args.tool,
                              progress=None if args.quiet else print)
     print(report)
     print(f"report: {args.report or str(args.output) + '.json'}")
@@ -454,8 +454,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration", type=int, default=32, help="calibration frames (default: 32)")
     p.add_argument("--validation", type=int, default=8, help="validation frames (default: 8)")
     p.add_argument("--heldout", type=int, default=32, help="held-out frames for the report (default: 32)")
-    p.add_argument("--threads", type=int, help="ONNX Runtime threads (default: all cores)")
+    p.add_argument("--threads", type=int, help="threads of every runtime (default: all cores)")
     p.add_argument("--seed", type=int, default=0, help="frame split seed (default: 0)")
+    p.add_argument("--tool", choices=("auto", "onnxruntime", "nncf"), default="auto",
+                   help="int8 by ONNX Runtime's quantizer, by NNCF (run on OpenVINO, bf16 where the CPU has it), or "
+                   "auto: both where openvino and nncf are installed, the fastest reaching --target-psnr on the "
+                   "held-out frames (default: auto); the report says which runtime and precision to run it with")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=_quantize)
 
