@@ -77,6 +77,8 @@ CLOSE_CODES = {"bad_request": 1008, "unauthorized": 1008, "unknown_avatar": 1008
                "internal": 1011}
 _JPEG_QUALITY = 90
 _PAGE = Path(__file__).with_name("static") / "index.html"  # the browser page, shipped in the wheel
+#: The HTTP status of a refusal before a WebRTC session starts.
+_HTTP_STATUS = {"forbidden_origin": 403, "unauthorized": 401, "unknown_avatar": 404}
 _START_KEYS = {"type", "sample_rate", "channels", "format", "idle", "max_lag", "start"}
 
 
@@ -352,6 +354,17 @@ class AvatarServer:
             given = auth[7:].strip()
         return given is not None and hmac.compare_digest(given.encode(), self.token.encode())
 
+    def _client_avatar(self, headers, query, name: str) -> _Avatar:
+        """The avatar a client asks for, once its origin and token pass (``_Refusal`` otherwise)."""
+        if not self._origin_ok(headers):
+            raise _Refusal("forbidden_origin", f"origin {headers.get('origin')} is not allowed")
+        if not self._token_ok(headers, query):
+            raise _Refusal("unauthorized", "a valid token is required (?token= or Authorization: Bearer)")
+        avatar = self.avatars.get(name)
+        if avatar is None:
+            raise _Refusal("unknown_avatar", f"no avatar {name!r}; avatars: {', '.join(self.avatars)}")
+        return avatar
+
     def _origin_ok(self, headers) -> bool:
         origin = headers.get("origin")
         if origin is None:  # not a browser
@@ -425,13 +438,10 @@ class AvatarServer:
 
         if not webrtc.available():
             return refuse("unavailable", "WebRTC needs aiortc: pip install 'synctalk-fast[serve]'", 501)
-        if not self._origin_ok(request.headers):
-            return refuse("forbidden_origin", f"origin {request.headers.get('origin')} is not allowed", 403)
-        if not self._token_ok(request.headers, request.query_params):
-            return refuse("unauthorized", "a valid token is required (?token= or Authorization: Bearer)", 401)
-        avatar = self.avatars.get(name)
-        if avatar is None:
-            return refuse("unknown_avatar", f"no avatar {name!r}; avatars: {', '.join(self.avatars)}", 404)
+        try:
+            avatar = self._client_avatar(request.headers, request.query_params, name)
+        except _Refusal as exc:
+            return refuse(exc.code, str(exc), _HTTP_STATUS[exc.code])
         body = await request.body()
         if len(body) > self.limits.max_message_bytes:
             return refuse("bad_request", "the offer is too large", 413)
@@ -482,13 +492,7 @@ class AvatarServer:
         await ws.accept()
         admitted = False
         try:
-            if not self._origin_ok(ws.headers):
-                raise _Refusal("forbidden_origin", f"origin {ws.headers.get('origin')} is not allowed")
-            if not self._token_ok(ws.headers, ws.query_params):
-                raise _Refusal("unauthorized", "a valid token is required (?token= or Authorization: Bearer)")
-            avatar = self.avatars.get(name)
-            if avatar is None:
-                raise _Refusal("unknown_avatar", f"no avatar {name!r}; avatars: {', '.join(self.avatars)}")
+            avatar = self._client_avatar(ws.headers, ws.query_params, name)
             if not self._admit():
                 raise _Refusal("server_full", self._full_message())
             admitted = True

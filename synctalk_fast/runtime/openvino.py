@@ -151,7 +151,7 @@ class OvSession:
     def run(self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None) -> list[np.ndarray]:
         feeds = {name: np.ascontiguousarray(a, dtype=np.float32) for name, a in feeds.items()}
         with self._lock:
-            compiled, infer = self._compiled_for(feeds)
+            infer = self._compiled_for(feeds)[1]
             infer.infer(feeds)
             # copies: the request's output buffers are overwritten by its next run
             results = {o: np.array(infer.get_tensor(o).data, copy=True) for o in (outputs or self.outputs)}
