@@ -1,24 +1,27 @@
-"""Batch rendering: many jobs from a manifest, over local worker processes (issue 17).
+"""Batch rendering: many jobs from a manifest, over local worker processes
+or Ray actors (issue 17).
 
 :func:`render_batch` reads jobs (a ``.jsonl`` / ``.csv`` manifest, or a list
 of dicts), checks them all before any work, skips those already rendered
-with the same inputs, and renders the rest on worker processes that keep
-their loaded networks and template caches between jobs.
+with the same inputs, and renders the rest on workers that keep their
+loaded networks and template caches between jobs.
 
 Who owns what
 -------------
 - The parent process owns the schedule, ``OUTPUT_DIR/results.jsonl``, the
-  digest sidecars (``.<name>.job.json`` beside each output) and the cleanup
-  of a dead worker's partial output. It never loads a network.
-- Each worker process owns its :class:`~synctalk_fast.pipeline.Pipeline`\\ s
-  (an LRU) and writes only the output of the job it was handed; outputs are
-  atomic (:func:`~synctalk_fast.pipeline.generate` writes a hidden
+  digest sidecars (``.<name>.job.json`` beside each output), the cleanup
+  of a dead worker's partial output and, with Ray, the connection to the
+  cluster. It never loads a network.
+- Each worker (a :class:`_JobRunner` in a local process or a Ray actor)
+  owns its :class:`~synctalk_fast.pipeline.Pipeline`\\ s (an LRU) and
+  writes only the output of the job it was handed; outputs are atomic
+  (:func:`~synctalk_fast.pipeline.generate` writes a hidden
   ``.<name>.<hex>.part`` and renames it), so a job's output is complete or
   absent.
 
-The local pool is :class:`_LocalPool`; a distributed backend (Ray) is a
-class with the same three methods (``start``, ``send``, ``events``) and
-the same messages, handed to :func:`_schedule` instead.
+:func:`_schedule` drives a pool: :class:`_LocalPool` (processes on this
+machine) or :class:`_RayPool` (actors on a Ray cluster), which have the
+same methods and messages.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ import multiprocessing.connection as mp_connection
 import os
 import re
 import shutil
+import tarfile
+import tempfile
 import time
 import traceback
 from collections import OrderedDict
@@ -356,11 +361,11 @@ def _discard_parts(output: Path) -> None:
 # -- worker process -------------------------------------------------------
 
 class _Ticker:
-    """A sink that reports frames to the parent (every ``every`` frames), and
-    the test-only crash hook (:data:`TEST_CRASH_ENV`)."""
+    """A sink that reports frames through ``send`` (every ``every`` frames),
+    and the test-only crash hook (:data:`TEST_CRASH_ENV`)."""
 
-    def __init__(self, events, wid: int, job: int, crash_at: int | None, every: int = 8):
-        self.events, self.wid, self.job, self.crash_at, self.every = events, wid, job, crash_at, every
+    def __init__(self, send, wid: int, job: int, crash_at: int | None, every: int = 8):
+        self.send, self.wid, self.job, self.crash_at, self.every = send, wid, job, crash_at, every
         self.count = self.sent = 0
 
     def write(self, frame, audio=None) -> None:
@@ -368,21 +373,23 @@ class _Ticker:
         if self.crash_at is not None and self.count >= self.crash_at:
             os._exit(_CRASH_EXIT)  # TEST ONLY: die mid-job, with a partial output on disk
         if self.count - self.sent >= self.every:
-            self.events.send(("frames", self.wid, self.job, self.count - self.sent))
+            self.flush()
+
+    def flush(self) -> None:
+        if self.count > self.sent:
+            self.send(("frames", self.wid, self.job, self.count - self.sent))
             self.sent = self.count
 
     def close(self) -> None:
-        if self.count > self.sent:
-            self.events.send(("frames", self.wid, self.job, self.count - self.sent))
-            self.sent = self.count
+        self.flush()
 
     def abort(self) -> None:
         pass
 
 
-def _crash_at(job: BatchJob, attempt: int) -> int | None:
-    spec = os.environ.get(TEST_CRASH_ENV, "")
-    name, _, attempts = spec.rpartition(":")
+def _crash_at(job: BatchJob, attempt: int, crash: str) -> int | None:
+    """The frame at which the test hook ``crash`` (:data:`TEST_CRASH_ENV`) kills this attempt, if any."""
+    name, _, attempts = crash.rpartition(":")
     if name and name == job.name and attempts.isdigit() and attempt <= int(attempts):
         return 3
     return None
@@ -393,48 +400,67 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
-def _worker(wid: int, inbox, events, cores: list[int] | None, plan: dict) -> None:
-    """Worker process main: render the jobs sent to ``inbox`` until None.
-
-    Owns an LRU of :class:`Pipeline` (keyed by networks and pipeline
-    options; each keeps its last template's decoded frames) and writes only
-    the output of the job in hand.
-    """
+def _pin(cores: list[int] | None) -> None:
+    """Run this process on ``cores``: its defaults (threads, encoder) follow them."""
     if cores and hasattr(os, "sched_setaffinity"):
         try:
-            os.sched_setaffinity(0, cores)  # this worker's share: defaults (threads, encoder) follow it
+            os.sched_setaffinity(0, cores)
         except OSError:
             pass
-    pipelines: OrderedDict[tuple, Pipeline] = OrderedDict()
+
+
+class _JobRunner:
+    """A worker's state, the same in a local process and in a Ray actor: an
+    LRU of :class:`Pipeline` (keyed by networks and pipeline options; each
+    keeps its last template's decoded frames). Runs one job at a time and
+    writes only that job's output."""
+
+    def __init__(self, wid: int, plan: dict, crash: str = ""):
+        self.wid, self.plan, self.crash = wid, plan, crash
+        self.pipelines: OrderedDict[tuple, Pipeline] = OrderedDict()
+
+    def _pipeline(self, job: BatchJob) -> Pipeline:
+        popts = {**self.plan, **{k: v for k, v in job.options.items() if k in PIPELINE_KEYS}}
+        key = (str(job.inputs["unet"]), str(job.inputs.get("audio_encoder")),
+               json.dumps(popts, sort_keys=True, default=str))
+        pipe = self.pipelines.pop(key, None)
+        if pipe is None:
+            while len(self.pipelines) >= PIPELINES_PER_WORKER:
+                self.pipelines.popitem(last=False)
+            pipe = Pipeline(job.inputs["unet"], job.inputs.get("audio_encoder"), **popts)
+        self.pipelines[key] = pipe
+        return pipe
+
+    def run(self, job: BatchJob, attempt: int, send) -> tuple:
+        """Render ``job``; ``send`` takes the frame-count messages. Returns
+        the closing message, ``("done" | "failed", wid, line, data)``."""
+        t0 = time.perf_counter()
+        try:
+            pipe = self._pipeline(job)
+            ticker = _Ticker(send, self.wid, job.line, _crash_at(job, attempt, self.crash))
+            gopts = {k: v for k, v in job.options.items() if k in GENERATE_KEYS}
+            result = pipe.generate(job.inputs.get("audio"), features=job.inputs.get("features"),
+                                   template=job.inputs["template"], output=[job.output, ticker], progress=False,
+                                   **gopts)
+            return ("done", self.wid, job.line, {"frames": result.frames, "seconds": time.perf_counter() - t0})
+        except Exception as e:  # the job fails, the worker goes on
+            return ("failed", self.wid, job.line, {"error": _one_line(e), "seconds": time.perf_counter() - t0,
+                                                   "trace": traceback.format_exc()})
+
+
+def _worker(wid: int, conn, cores: list[int] | None, plan: dict, crash: str) -> None:
+    """Local worker process main: render the jobs ``conn`` brings until None."""
+    _pin(cores)
+    runner = _JobRunner(wid, plan, crash)
     while True:
         try:
-            msg = inbox.recv()
+            msg = conn.recv()
         except EOFError:  # the parent is gone
             return
         if msg is None:
             return
         job, attempt = msg
-        t0 = time.perf_counter()
-        events.send(("started", wid, job.line, 0))
-        try:
-            popts = {**plan, **{k: v for k, v in job.options.items() if k in PIPELINE_KEYS}}
-            key = (str(job.inputs["unet"]), str(job.inputs.get("audio_encoder")),
-                   json.dumps(popts, sort_keys=True, default=str))
-            pipe = pipelines.pop(key, None)
-            if pipe is None:
-                while len(pipelines) >= PIPELINES_PER_WORKER:
-                    pipelines.popitem(last=False)
-                pipe = Pipeline(job.inputs["unet"], job.inputs.get("audio_encoder"), **popts)
-            pipelines[key] = pipe
-            ticker = _Ticker(events, wid, job.line, _crash_at(job, attempt))
-            gopts = {k: v for k, v in job.options.items() if k in GENERATE_KEYS}
-            result = pipe.generate(job.inputs.get("audio"), features=job.inputs.get("features"),
-                                   template=job.inputs["template"], output=[job.output, ticker], progress=False,
-                                   **gopts)
-            events.send(("done", wid, job.line, {"frames": result.frames, "seconds": time.perf_counter() - t0}))
-        except Exception as e:  # the job fails, the worker goes on
-            events.send(("failed", wid, job.line, {"error": _one_line(e), "seconds": time.perf_counter() - t0,
-                                                  "trace": traceback.format_exc()}))
+        conn.send(runner.run(job, attempt, conn.send))
 
 
 class _LocalPool:
@@ -442,16 +468,16 @@ class _LocalPool:
     duplex pipe (jobs in, events out: a worker dying mid-send can only
     break its own pipe). Owned by the parent.
 
-    The interface a distributed backend (Ray) reproduces: ``start(wid)`` (a
-    fresh worker in slot ``wid``), ``send(wid, job, attempt)``,
-    ``events(timeout)`` (messages ``(kind, wid, job line, data)``),
-    ``dead()`` (slots whose worker is gone, with the exit code) and
-    ``close()``.
+    The interface :func:`_schedule` drives, which :class:`_RayPool` shares:
+    ``start(wid)`` (a fresh worker in slot ``wid``), ``send(wid, job,
+    attempt)``, ``events(timeout)`` (messages ``(kind, wid, job line,
+    data)``), ``dead()`` (slots whose worker is gone, with why), ``kill(wid)``,
+    ``forget(wid)`` (empty a dead slot) and ``close()``.
     """
 
-    def __init__(self, workers: int, plan: dict, cores: list[list[int] | None]):
+    def __init__(self, workers: int, plan: dict, cores: list[list[int] | None], crash: str = ""):
         self.ctx = mp.get_context("spawn")
-        self.plan, self.cores = plan, cores
+        self.plan, self.cores, self.crash = plan, cores, crash
         self.procs: list[Any] = [None] * workers
         self.conns: list[Any] = [None] * workers
 
@@ -459,7 +485,7 @@ class _LocalPool:
         if self.conns[wid] is not None:
             self.conns[wid].close()
         mine, theirs = self.ctx.Pipe(duplex=True)
-        p = self.ctx.Process(target=_worker, args=(wid, theirs, theirs, self.cores[wid], self.plan),
+        p = self.ctx.Process(target=_worker, args=(wid, theirs, self.cores[wid], self.plan, self.crash),
                              name=f"synctalk-batch-{wid}", daemon=True)
         p.start()
         theirs.close()
@@ -484,8 +510,21 @@ class _LocalPool:
                     pass
         return got
 
-    def dead(self) -> list[tuple[int, int | None]]:
-        return [(wid, p.exitcode) for wid, p in enumerate(self.procs) if p is not None and not p.is_alive()]
+    def dead(self) -> list[tuple[int, str]]:
+        return [(wid, f"exit code {p.exitcode}") for wid, p in enumerate(self.procs)
+                if p is not None and not p.is_alive()]
+
+    def kill(self, wid: int) -> None:
+        p = self.procs[wid]
+        if p is not None and p.is_alive():
+            p.terminate()
+            p.join(timeout=5)
+
+    def forget(self, wid: int) -> None:
+        self.procs[wid] = None
+        if self.conns[wid] is not None:
+            self.conns[wid].close()
+        self.conns[wid] = None
 
     def close(self) -> None:
         for wid, p in enumerate(self.procs):
@@ -505,7 +544,205 @@ class _LocalPool:
                 c.close()
 
 
+# -- Ray ------------------------------------------------------------------
+
+#: Where a Ray worker unpacks shipped inputs: node-local, shared by the
+#: actors of a node, one folder per input content.
+SHIPPED_DIR = "synctalk_fast_inputs"
+
+
+def _import_ray():
+    """Ray, imported on first use: optional (the ``[ray]`` extra), and slow to import."""
+    try:
+        import ray
+        import ray.util.queue
+    except ImportError:
+        raise ValueError("Ray is not installed: pip install 'synctalk-fast[ray]'") from None
+    return ray
+
+
+def _pack(path: Path) -> bytes:
+    """A file's bytes, or a folder as an uncompressed tar of its contents."""
+    if not path.is_dir():
+        return path.read_bytes()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        tar.add(path, arcname=".")
+    return buf.getvalue()
+
+
+def _unpacked(key: str, name: str, is_dir: bool, ref: Any) -> Path:
+    """The node-local copy of a shipped input, fetched from the object store
+    (``ref``) and unpacked the first time this node needs it."""
+    root = Path(tempfile.gettempdir()) / SHIPPED_DIR
+    target = root / key / name
+    if target.exists():
+        return target
+    data = _import_ray().get(ref)
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
+    try:
+        if is_dir:
+            with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+                if hasattr(tarfile, "data_filter"):
+                    tar.extractall(staging / name, filter="data")
+                else:  # Python < 3.11.4; the tar is ours
+                    tar.extractall(staging / name)
+        else:
+            (staging / name).write_bytes(data)
+        try:
+            os.rename(staging, root / key)  # whole or absent: actors of this node may race here
+        except OSError:  # another actor of this node unpacked it first
+            pass
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+class _RayWorker:
+    """The body of a Ray actor (wrapped by ``ray.remote`` in :class:`_RayPool`):
+    a :class:`_JobRunner`; frame counts go to the parent through a Ray queue,
+    a job's closing message is the result of its ``run`` call."""
+
+    def __init__(self, wid: int, plan: dict, crash: str, queue: Any, cores: list[int] | None):
+        _pin(cores)
+        self.runner, self.queue = _JobRunner(wid, plan, crash), queue
+
+    def run(self, job: BatchJob, attempt: int, shipped: dict[str, tuple]) -> tuple:
+        if shipped:  # inputs from the object store instead of a shared file system
+            job = dataclasses.replace(job, inputs={**job.inputs, **{k: _unpacked(*v) for k, v in shipped.items()}})
+        return self.runner.run(job, attempt, self.queue.put_nowait)
+
+
+def _connect_ray(ray: Any, address: str) -> bool:
+    """Join the cluster at ``address`` ("local": start a Ray instance on
+    this machine, with the cores this process may use). True when this call
+    started Ray (the caller shuts it down); an initialised Ray is used as is."""
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # never report usage to the internet
+    local = {"num_cpus": cpu_cores()} if address == "local" else {}
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="WARNING", **local)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise ValueError(f"cannot reach a Ray cluster at {address!r}: {_one_line(e)}") from None
+    return True
+
+
+def _ray_plan(ray: Any, n_groups: int, workers: int | None, num_cpus: float | None, num_gpus: float | None,
+              local: bool) -> tuple[int, dict, dict, list[list[int] | None]]:
+    """(workers, pipeline options each, actor options, the cores each is
+    pinned to) for the cluster Ray reports. GPU actors when the cluster has
+    GPUs (or ``num_gpus`` is given): one per GPU by default, the Engine's
+    defaults. CPU actors: as :func:`_plan`, over the cluster's CPUs."""
+    resources = ray.cluster_resources()
+    cpus, gpus = int(resources.get("CPU", 1)), float(resources.get("GPU", 0))
+    if num_gpus is None:
+        num_gpus = 1.0 if gpus >= 1 else 0.0
+    if num_gpus > 0:
+        if workers is None:
+            workers = max(1, int(gpus // num_gpus))
+        return workers, {}, {"num_cpus": num_cpus or 1, "num_gpus": num_gpus}, [None] * workers
+    if workers is None:
+        workers = max(1, min(n_groups, int(cpus // (num_cpus or 1))))
+    share = num_cpus or max(1, cpus // workers)
+    pins = _pins(workers, int(share)) if local else [None] * workers
+    return workers, _share_plan(max(1, int(share))), {"num_cpus": share}, pins
+
+
+class _RayPool:
+    """Workers as Ray actors, with :class:`_LocalPool`'s interface. Owned by
+    the parent, which owns the Ray connection too (``started``: shut it
+    down at close). Inputs are read from their paths (a file system shared
+    with the cluster), or, after :meth:`ship`, from the object store."""
+
+    def __init__(self, ray: Any, workers: int, plan: dict, actor_options: dict, cores: list[list[int] | None],
+                 crash: str = "", started: bool = False):
+        self.ray, self.plan, self.cores, self.crash, self.started = ray, plan, cores, crash, started
+        self.queue = ray.util.queue.Queue(actor_options={"num_cpus": 0})
+        self.cls = ray.remote(_RayWorker).options(max_restarts=0, **actor_options)
+        self.actors: list[Any] = [None] * workers
+        self.calls: dict[int, Any] = {}  # worker slot -> its running call
+        self.gone: list[tuple[int, str]] = []
+        self.shipped: dict[Path, tuple] = {}
+
+    def ship(self, paths: set[Path]) -> None:
+        """Put each input in the object store once (workers unpack it once a node)."""
+        for path in sorted(paths):
+            if path.exists() and path not in self.shipped:
+                key = hashlib.sha256(json.dumps([_file_digest(path), path.name]).encode()).hexdigest()[:24]
+                self.shipped[path] = (key, path.name, path.is_dir(), self.ray.put(_pack(path)))
+
+    def start(self, wid: int) -> None:
+        self.kill(wid)
+        self.actors[wid] = self.cls.remote(wid, self.plan, self.crash, self.queue, self.cores[wid])
+
+    def send(self, wid: int, job: BatchJob, attempt: int) -> None:
+        shipped = {k: self.shipped[p] for k, p in job.inputs.items() if p in self.shipped}
+        self.calls[wid] = self.actors[wid].run.remote(job, attempt, shipped)
+
+    def events(self, timeout: float) -> list[tuple]:
+        ray = self.ray
+        by_ref = {ref: wid for wid, ref in self.calls.items()}
+        ready: list = []
+        if by_ref:
+            ready, rest = ray.wait(list(by_ref), num_returns=1, timeout=timeout)
+            if ready and rest:
+                ready += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
+        else:
+            time.sleep(timeout)
+        closing = []
+        for ref in ready:
+            wid = by_ref[ref]
+            del self.calls[wid]
+            try:
+                closing.append(ray.get(ref))
+            except ray.exceptions.RayError as e:  # the actor (its process or node) is gone
+                self.gone.append((wid, _one_line(e)))
+        n = self.queue.qsize()  # after the calls: a finished job's frame counts are all queued
+        return (self.queue.get_nowait_batch(n) if n else []) + closing
+
+    def dead(self) -> list[tuple[int, str]]:
+        gone, self.gone = self.gone, []
+        return gone
+
+    def kill(self, wid: int) -> None:
+        if self.actors[wid] is not None:
+            self.ray.kill(self.actors[wid], no_restart=True)
+            self.actors[wid] = None
+        self.calls.pop(wid, None)
+
+    def forget(self, wid: int) -> None:
+        self.kill(wid)
+
+    def close(self) -> None:
+        for wid in range(len(self.actors)):
+            self.kill(wid)
+        self.queue.shutdown()
+        self.shipped.clear()
+        if self.started:
+            self.ray.shutdown()
+
+
 # -- scheduling -----------------------------------------------------------
+
+def _share_plan(cores: int) -> dict:
+    """Pipeline options filling ``cores``: sessions x threads = cores (sessions <= 4)."""
+    sessions = max(1, min(cores, 4))
+    return {"sessions": sessions, "threads": max(1, cores // sessions)}
+
+
+def _pins(workers: int, share: int) -> list[list[int] | None]:
+    """Disjoint shares of this process's cores, one a worker (None each when
+    the cores do not go round)."""
+    try:
+        allowed = sorted(os.sched_getaffinity(0))
+    except AttributeError:
+        return [None] * workers
+    if workers <= len(allowed) <= cpu_cores():
+        return [allowed[k * share : (k + 1) * share] for k in range(workers)]
+    return [None] * workers
+
 
 def _plan(n_groups: int, workers: int | None, runtime: str) -> tuple[int, dict, list[list[int] | None]]:
     """(workers, pipeline options each, the cores each is pinned to).
@@ -526,16 +763,8 @@ def _plan(n_groups: int, workers: int | None, runtime: str) -> tuple[int, dict, 
     if accelerator:
         return workers, {}, [None] * workers
     share = max(1, cores // workers)
-    sessions = min(share, 4)
-    plan = {"sessions": sessions, "threads": max(1, share // sessions)}
-    try:
-        allowed = sorted(os.sched_getaffinity(0))
-    except AttributeError:
-        allowed = []
-    if workers <= len(allowed) and len(allowed) <= cores:  # disjoint shares of the cores
-        pins: list[list[int] | None] = [allowed[k * share : (k + 1) * share] for k in range(workers)]
-    else:
-        pins = [None] * workers
+    plan = _share_plan(share)
+    pins = _pins(workers, share)
     return workers, plan, pins
 
 
@@ -552,8 +781,12 @@ def render_batch(
     retries: int = 2,
     progress: bool = True,
     base: str | os.PathLike | None = None,
+    ray_address: str | None = None,
+    num_cpus: float | None = None,
+    num_gpus: float | None = None,
+    ship_inputs: bool = False,
 ) -> BatchResult:
-    """Render many jobs on local worker processes; resumable.
+    """Render many jobs on local worker processes or Ray actors; resumable.
 
     Parameters
     ----------
@@ -580,6 +813,21 @@ def render_batch(
     base : str or os.PathLike, optional, keyword-only
         Relative input paths resolve against it (default: the manifest's
         folder, or the current directory).
+    ray_address : str, optional, keyword-only
+        Run the workers as Ray actors: ``"local"`` starts a Ray instance on
+        this machine (shut down at the end), ``"auto"`` joins the cluster
+        this machine belongs to, or a cluster's address (``"ray://..."``,
+        ``"host:port"``). An already initialised Ray is used as it is. The
+        inputs and ``output_dir`` must be at the same paths on every node
+        (a shared file system), unless ``ship_inputs``.
+    num_cpus, num_gpus : float, optional, keyword-only
+        Ray resources of each actor (default: the cluster's CPUs shared out
+        among the workers; one GPU per actor when the cluster has GPUs).
+    ship_inputs : bool, keyword-only
+        With Ray: put each input (template folder, networks, audio) in Ray's
+        object store once, and let each node unpack it once, instead of
+        reading it from a shared file system. ``output_dir`` is still
+        written by the workers.
 
     Returns
     -------
@@ -604,7 +852,13 @@ def render_batch(
         raise ValueError(f"workers must be >= 1, got {workers!r}")
     if isinstance(retries, bool) or int(retries) < 0:
         raise ValueError(f"retries must be >= 0, got {retries!r}")
+    if ray_address is None and (num_cpus is not None or num_gpus is not None or ship_inputs):
+        raise ValueError("num_cpus, num_gpus and ship_inputs are options of Ray workers: give ray_address")
+    for name, value in (("num_cpus", num_cpus), ("num_gpus", num_gpus)):
+        if value is not None and (isinstance(value, bool) or not float(value) >= 0):
+            raise ValueError(f"{name} must be >= 0, got {value!r}")
     checked = read_jobs(jobs, output_dir=output_dir, base=base)
+    ray = _import_ray() if ray_address is not None else None
     out = Path(output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     manifest = out / RESULTS_NAME
@@ -627,10 +881,26 @@ def render_batch(
         groups: OrderedDict[tuple[str, str], list[tuple[BatchJob, str]]] = OrderedDict()
         for item in todo:
             groups.setdefault(item[0].group, []).append(item)
-        runtime = next((str(j.options["runtime"]) for j, _ in todo if "runtime" in j.options), DEFAULT_RUNTIME)
-        n_workers, plan, pins = _plan(len(groups), workers, runtime)
-        n_workers = min(n_workers, len(todo))
-        pool = _LocalPool(n_workers, plan, pins[:n_workers])
+        crash = os.environ.get(TEST_CRASH_ENV, "")
+        pool: _LocalPool | _RayPool
+        if ray is None:
+            runtime = next((str(j.options["runtime"]) for j, _ in todo if "runtime" in j.options), DEFAULT_RUNTIME)
+            n_workers, plan, pins = _plan(len(groups), workers, runtime)
+            n_workers = min(n_workers, len(todo))
+            pool = _LocalPool(n_workers, plan, pins[:n_workers], crash)
+        else:
+            started = _connect_ray(ray, ray_address)
+            try:
+                n_workers, plan, actor_options, pins = _ray_plan(ray, len(groups), workers, num_cpus, num_gpus,
+                                                                 local=ray_address == "local")
+                n_workers = min(n_workers, len(todo))
+                pool = _RayPool(ray, n_workers, plan, actor_options, pins[:n_workers], crash, started)
+                if ship_inputs:
+                    pool.ship({p for j, _ in todo for p in j.inputs.values()})
+            except BaseException:
+                if started:
+                    ray.shutdown()
+                raise
         _schedule(pool, groups, results, manifest, n_workers=n_workers, retries=retries, progress=progress,
                   total=len(checked))
     ordered = [results.get(j.line) or JobResult(j.line, "failed", str(j.output), error="not run: no worker left")
@@ -639,7 +909,7 @@ def render_batch(
     return BatchResult(ordered, manifest, time.perf_counter() - t0, n_workers, counts)
 
 
-def _schedule(pool: _LocalPool, groups: OrderedDict, results: dict[int, JobResult], manifest: Path, *,
+def _schedule(pool: _LocalPool | _RayPool, groups: OrderedDict, results: dict[int, JobResult], manifest: Path, *,
               n_workers: int, retries: int, progress: bool, total: int) -> None:
     """Hand out the jobs of ``groups`` (lists, by group) to the pool's
     workers, one at a time, a worker's own group first; record results as
@@ -714,11 +984,9 @@ def _schedule(pool: _LocalPool, groups: OrderedDict, results: dict[int, JobResul
                     finish(line, JobResult(line, "failed", str(job.output), 0, round(data["seconds"], 3),
                                            data["error"], attempts[line]))
                     dispatch(wid)
-            for wid, code in pool.dead():
+            for wid, why in pool.dead():
                 if wid not in running:  # died idle: leave the slot empty
-                    pool.procs[wid] = None
-                    pool.conns[wid].close()
-                    pool.conns[wid] = None
+                    pool.forget(wid)
                     if wid in idle:
                         idle.remove(wid)
                     continue
@@ -729,7 +997,7 @@ def _schedule(pool: _LocalPool, groups: OrderedDict, results: dict[int, JobResul
                     pending.move_to_end(job.group, last=False)
                 else:
                     finish(job.line, JobResult(job.line, "failed", str(job.output), 0, 0.0,
-                                               f"worker process died (exit code {code}) on each of "
+                                               f"worker process died ({why}) on each of "
                                                f"{attempts[job.line]} attempts", attempts[job.line]))
                 pool.start(wid)  # a fresh worker in the slot
                 last_group.pop(wid, None)
@@ -738,10 +1006,7 @@ def _schedule(pool: _LocalPool, groups: OrderedDict, results: dict[int, JobResul
                     dispatch(idle.pop())
     finally:
         for wid, (job, _) in running.items():  # interrupted: no partial output may stay
-            p = pool.procs[wid]
-            if p is not None and p.is_alive():
-                p.terminate()
-                p.join(timeout=5)
+            pool.kill(wid)
             _discard_parts(job.output)
         pool.close()
         if bar is not None:

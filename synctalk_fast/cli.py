@@ -254,7 +254,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _batch(args: argparse.Namespace) -> int:
     result = render_batch(args.jobs, output_dir=args.output_dir, workers=args.workers, retries=args.retries,
-                          progress=not args.quiet)
+                          progress=not args.quiet, ray_address=args.ray, num_cpus=args.num_cpus,
+                          num_gpus=args.num_gpus, ship_inputs=args.ship_inputs)
     if not args.quiet and args.json != "-":
         for r in result.results:
             if r.status == "failed":
@@ -418,13 +419,22 @@ def build_parser() -> argparse.ArgumentParser:
         "output (a name under --output-dir) and any generate option by its API name (start, fps, crf, preset, "
         "feather, precision, runtime, ...); relative paths are relative to the manifest. OUTPUT_DIR/results.jsonl "
         "records each job; a second run skips jobs whose output is complete and whose inputs are unchanged. "
-        "Exit status: 0 all done or skipped, 1 some job failed, 2 a bad manifest.",
+        "With --ray the workers are Ray actors, on a local Ray instance or on the cluster at ADDRESS; the inputs "
+        "and the output directory must then be on a file system every node shares (or use --ship-inputs). "
+        "Exit status: 0 all done or skipped, 1 some job failed, 2 a bad manifest or bad options.",
     )
     p.add_argument("jobs", metavar="JOBS", help="manifest: .jsonl or .csv")
     p.add_argument("--output-dir", required=True, help="where the outputs and results.jsonl go (created if missing)")
     p.add_argument("--workers", type=int, help="worker processes (default: one per template and U-Net, at most one "
                    "per core; one on a GPU)")
     p.add_argument("--retries", type=int, default=2, help="reruns of a job whose worker died (default: 2)")
+    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="run the workers as Ray actors: on a new local Ray instance, or on the cluster at ADDRESS "
+                   "(auto, host:port or ray://host:port); needs synctalk-fast[ray]")
+    p.add_argument("--num-cpus", type=float, help="CPUs of each Ray actor (default: the cluster's, shared out)")
+    p.add_argument("--num-gpus", type=float, help="GPUs of each Ray actor (default: 1 when the cluster has GPUs)")
+    p.add_argument("--ship-inputs", action="store_true", help="with --ray: send each template, network and audio "
+                   "file to the cluster once (Ray's object store) instead of reading them from a shared file system")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON to FILE (- for stdout)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=_batch)

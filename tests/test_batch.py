@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -162,3 +165,47 @@ def test_csv_manifest(inputs, tmp_path):
         inputs / "speech2.wav", template=inputs / "tpl1", output=tmp_path / "ref", start=3, progress=False)
     assert result.results[0].frames == ref.frames
     assert _frames(tmp_path / "out" / "clip") == _frames(tmp_path / "ref")
+
+
+def _can_unshare() -> bool:
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        return False
+    return subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="needs ray (the [ray] extra)")
+@pytest.mark.skipif(not _can_unshare(), reason="needs unshare -n (a loopback-only network namespace)")
+@pytest.mark.slow
+def test_ray_actors_match_local_workers_and_survive_a_killed_actor(inputs, tmp_path):
+    """Two Ray actors on a local Ray instance: outputs equal to single
+    generate calls, a killed actor's job retried with no partial file, and
+    the same with inputs shipped through the object store."""
+    jobs = [{"audio": f"speech{k}.wav", "template": f"tpl{k % 2}", "unet": "unet0.onnx", "audio_encoder": "enc.onnx",
+             "output": f"clip{k}"} for k in range(4)]
+    jobs.append({**jobs[0], "audio": "bad.wav", "output": "bad"})
+    script = Path(__file__).with_name("ray_check.py")
+    proc = subprocess.run(["unshare", "-n", sys.executable, str(script), str(inputs), str(tmp_path), json.dumps(jobs)],
+                          capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = json.loads(proc.stdout.strip().splitlines()[-1])
+
+    shared, shipped = runs["shared"], runs["shipped"]
+    assert shared["counts"] == {"done": 4, "skipped": 0, "failed": 1} and shared["workers"] == 2, shared
+    assert [r["attempts"] for r in shared["results"]] == [2, 1, 1, 1, 1]
+    assert "bad.wav" in shared["results"][4]["error"]
+    assert runs["shut_down"] and runs["still_up"]
+    assert shipped["counts"] == {"done": 3, "skipped": 0, "failed": 2} and shipped["workers"] == 2, shipped
+    died = shipped["results"][1]
+    assert died["status"] == "failed" and "worker process died" in died["error"] and died["attempts"] == 2
+
+    _, plan, _ = batch._plan(1, 2, "onnxruntime")  # each actor: 1 CPU of 2, as a local worker
+    pipe = Pipeline(inputs / "unet0.onnx", inputs / "enc.onnx", **plan)
+    for k, job in enumerate(jobs[:4]):
+        ref = pipe.generate(inputs / job["audio"], template=inputs / job["template"], output=tmp_path / "ref" / f"c{k}",
+                            progress=False)
+        assert shared["results"][k]["frames"] == ref.frames
+        assert _frames(tmp_path / "shared" / f"clip{k}") == _frames(tmp_path / "ref" / f"c{k}"), k
+        if k != 1:
+            assert _frames(tmp_path / "shipped" / f"clip{k}") == _frames(tmp_path / "ref" / f"c{k}"), k
+    assert not _parts(tmp_path / "shared") and not _parts(tmp_path / "shipped")
+    assert not (tmp_path / "shipped" / "clip1").exists()

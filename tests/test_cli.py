@@ -4,6 +4,7 @@ anywhere, one-line errors with exit codes 2 / 1 / 130, --json records."""
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -132,4 +133,20 @@ def test_batch_reports_a_bad_manifest_with_line_numbers_and_exit_2(tmp_path, cap
     assert cli.main(["batch", str(manifest), "--output-dir", str(tmp_path / "out"), "-q"]) == 2
     err = capsys.readouterr().err
     assert "jobs.jsonl:2: bad JSON" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"audio": "a.wav", "template": "t", "unet": "u.onnx", "output": "x.mp4"}\n')
+    assert cli.main(["batch", str(good), "--output-dir", str(tmp_path / "out"), "--num-cpus", "1", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "options of Ray workers" in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_batch_ray_without_ray_installed_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"audio": "a.wav", "template": "t", "unet": "u.onnx", "output": "x.mp4"}\n')
+    assert cli.main(["batch", str(good), "--output-dir", str(tmp_path / "out"), "--ray", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "pip install 'synctalk-fast[ray]'" in err and err.count("\n") == 1
     assert not (tmp_path / "out").exists()
