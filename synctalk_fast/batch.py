@@ -892,7 +892,7 @@ def render_batch(
             started = _connect_ray(ray, ray_address)
             try:
                 n_workers, plan, actor_options, pins = _ray_plan(ray, len(groups), workers, num_cpus, num_gpus,
-                                                                 local=ray_address == "local")
+                                                                 local=started and ray_address == "local")
                 n_workers = min(n_workers, len(todo))
                 pool = _RayPool(ray, n_workers, plan, actor_options, pins[:n_workers], crash, started)
                 if ship_inputs:

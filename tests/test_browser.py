@@ -29,24 +29,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("starlette")
-pytest.importorskip("uvicorn")
-pytest.importorskip("prometheus_client")
-pytest.importorskip("websockets")
+# The shared server fixtures (imported by name; skips without the server's extras).
+from _server_fixtures import H, RATE, W, Running, fresh_limits, make_server, running, server, tpl_dir  # noqa: F401
+
 sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the browser is Debian's chromium)")
 
 import synctalk_fast as stf  # noqa: E402
-from synctalk_fast.demo import synthetic_speech, synthetic_template  # noqa: E402
-from synctalk_fast.server import AvatarServer, AvatarSpec  # noqa: E402
-from test_server import Running  # noqa: E402
+from synctalk_fast.demo import synthetic_speech  # noqa: E402
 
 CHROMIUM = os.environ.get("SYNCTALK_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 if not CHROMIUM:
     pytest.skip("no system Chromium (apt-get install chromium)", allow_module_level=True)
 
-RATE = 16000
 WAIT_MS = 60_000  # the longest any one wait in the page may take
-W, H = 320, 240
 FLAGS = ["--autoplay-policy=no-user-gesture-required", "--use-fake-ui-for-media-stream",
          "--use-fake-device-for-media-stream", "--allow-loopback-in-peer-connection",
          "--disable-features=WebRtcHideLocalIpsWithMdns", "--no-first-run", "--no-default-browser-check"]
@@ -63,31 +58,7 @@ def write_wav(path: Path, seconds: float, seed: int = 0) -> np.ndarray:
     return pcm
 
 
-# -- the server ------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def tpl_dir(tmp_path_factory):
-    return synthetic_template(tmp_path_factory.mktemp("tpl") / "ann", frames=12, width=W, height=H)
-
-
-@pytest.fixture(scope="module")
-def server(model_dir, tpl_dir):
-    return AvatarServer([AvatarSpec("ann", tpl_dir, model_dir / "unet_328.onnx")], model_dir / "audio_encoder.onnx",
-                        max_sessions=2, sessions=2, threads=1)
-
-
-@pytest.fixture(scope="module")
-def running(server):
-    r = Running(server)
-    yield r
-    r.stop()
-
-
-@pytest.fixture(autouse=True)
-def no_token(server):
-    yield
-    server.token = None
-
-
+# -- the audio (the server: _server_fixtures) ---------------------------------------------------------
 @pytest.fixture(scope="module")
 def wavs(tmp_path_factory):
     d = tmp_path_factory.mktemp("wav")
@@ -118,13 +89,18 @@ def browser(playwright, wavs):
     b.close()
 
 
-@pytest.fixture
-def page(browser, tmp_path):
-    context = browser.new_context(viewport={"width": 1100, "height": 760})
-    pg = context.new_page()
+def watched(pg):
+    """The page, its errors and console errors gathered in ``pg.problems``."""
     pg.problems = []
     pg.on("pageerror", lambda exc: pg.problems.append(f"page error: {exc}"))
     pg.on("console", lambda m: m.type == "error" and pg.problems.append(f"console: {m.text}"))
+    return pg
+
+
+@pytest.fixture
+def page(browser, tmp_path):
+    context = browser.new_context(viewport={"width": 1100, "height": 760})
+    pg = watched(context.new_page())
     yield pg
     try:
         pg.screenshot(path=str(tmp_path / "page.png"))
@@ -320,8 +296,7 @@ def _webrtc_check(work: Path, model_dir: Path, tpl: Path, mic: Path) -> dict:
     except ImportError:
         return {"skip": "the server's WebRTC part (aiortc) is not installed"}
     aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"] if use_ipv4 else []
-    server = AvatarServer([AvatarSpec("ann", tpl, model_dir / "unet_328.onnx")], model_dir / "audio_encoder.onnx",
-                          max_sessions=1, sessions=2, threads=1, token="s3cret")
+    server = make_server(model_dir, tpl, max_sessions=1, token="s3cret")
     running = Running(server)
     url = f"http://{running.base}/v1/avatars/ann/webrtc?token=s3cret"
     probe = urllib.request.Request(url, data=b"{}", headers={"Content-Type": "application/json"}, method="POST")
@@ -342,10 +317,7 @@ def _webrtc_check(work: Path, model_dir: Path, tpl: Path, mic: Path) -> dict:
     with sync_api.sync_playwright() as pw:
         b = pw.chromium.launch(executable_path=CHROMIUM, args=[*FLAGS, f"--use-file-for-fake-audio-capture={mic}"],
                                timeout=60_000)
-        pg = b.new_page()
-        pg.problems = []
-        pg.on("pageerror", lambda exc: pg.problems.append(f"page error: {exc}"))
-        pg.on("console", lambda m: m.type == "error" and pg.problems.append(f"console: {m.text}"))
+        pg = watched(b.new_page())
         posts = []
 
         def record(route):

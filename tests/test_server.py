@@ -15,67 +15,17 @@ import cv2
 import numpy as np
 import pytest
 
-pytest.importorskip("starlette")
-pytest.importorskip("uvicorn")
-pytest.importorskip("prometheus_client")
+# The shared server fixtures (imported by name; skips without the server's extras).
+from _server_fixtures import RATE, fresh_limits, running, server, tpl_dir  # noqa: F401
+
 websockets_sync = pytest.importorskip("websockets.sync.client")
 
 import synctalk_fast as stf  # noqa: E402
 from synctalk_fast import cli  # noqa: E402
-from synctalk_fast.demo import synthetic_speech, synthetic_template  # noqa: E402
-from synctalk_fast.server import AvatarServer, AvatarSpec, Limits, check_binding, load_config  # noqa: E402
+from synctalk_fast.demo import synthetic_speech  # noqa: E402
+from synctalk_fast.server import AvatarSpec, Limits, check_binding, load_config  # noqa: E402
 
-RATE = 16000
 TIMEOUT = 60.0  # seconds any one exchange may take, at most
-
-
-class Running:
-    """``server.app`` on uvicorn at 127.0.0.1 on a free port, in a thread."""
-
-    def __init__(self, server: AvatarServer):
-        import uvicorn
-
-        config = uvicorn.Config(server.app, host="127.0.0.1", port=0, log_level="warning",
-                                ws_max_size=server.limits.max_message_bytes)
-        self.uvicorn = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.uvicorn.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.uvicorn.started:
-            assert time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.05)
-        self.port = self.uvicorn.servers[0].sockets[0].getsockname()[1]
-        self.base = f"127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        self.uvicorn.should_exit = True
-        self.thread.join(15)
-
-
-@pytest.fixture(scope="module")
-def tpl_dir(tmp_path_factory):
-    return synthetic_template(tmp_path_factory.mktemp("tpl") / "ann", frames=12, width=320, height=240)
-
-
-@pytest.fixture(scope="module")
-def server(model_dir, tpl_dir):
-    srv = AvatarServer([AvatarSpec("ann", tpl_dir, model_dir / "unet_328.onnx")], model_dir / "audio_encoder.onnx",
-                       max_sessions=2, sessions=2, threads=1)
-    return srv
-
-
-@pytest.fixture(scope="module")
-def running(server):
-    r = Running(server)
-    yield r
-    r.stop()
-
-
-@pytest.fixture(autouse=True)
-def fresh_limits(server):
-    limits, token = server.limits, server.token
-    yield
-    server.limits, server.token = limits, token
 
 
 @pytest.fixture(scope="module")
