@@ -8,14 +8,15 @@ to MP4 (worker start and model loading included):
 - ``one clip``: one job of ``--clips x --clip`` seconds (what one
   ``synctalk-fast generate`` does, in a worker process);
 - ``local``: the clips as jobs on local worker processes (the default plan:
-  one group, so one worker on every core), and ``local, 2 workers``;
+  one group, so one worker on every core), and with ``--two-workers`` two
+  workers of one core each;
 - ``ray``: the same jobs on Ray actors of a local Ray instance (started
   before the clock; its start time is printed), with ``--ray``.
 
 Each clip starts where the previous one left the template (``start``), so
 the clips walk the same template frames the long clip does.
 
-Usage: ``python bench/bench_batch.py [--clips 20] [--clip 2] [--ray] [--data ../shared/data]``.
+Usage: ``python bench/bench_batch.py [--clips 20] [--clip 2] [--ray] [--rounds 2] [--data ../shared/data]``.
 Ray's servers bind every interface: on a shared machine run it inside
 ``unshare -n`` (loopback only). The machine is named; ratios are to the
 one-clip row of the same run.
@@ -49,6 +50,8 @@ def main() -> int:
     p.add_argument("--clips", type=int, default=20)
     p.add_argument("--clip", type=float, default=2.0, help="seconds of each short clip")
     p.add_argument("--ray", action="store_true", help="also on Ray actors (a local Ray instance)")
+    p.add_argument("--two-workers", action="store_true", help="also 2 workers (2 actors) of one core each")
+    p.add_argument("--rounds", type=int, default=2, help="interleaved rounds; the median is reported")
     p.add_argument("--runtime", default="onnxruntime")
     p.add_argument("--precision", default="fp32")
     p.add_argument("--data", default=str(_root.parent / "shared" / "data"))
@@ -83,22 +86,19 @@ def main() -> int:
             short_jobs.append({**common, "audio": str(work / f"clip{k}.wav"), "output": f"clip{k}.mp4",
                                "start": int(round(k * args.clip * FPS))})
 
-        rows = []
+        runs: dict[str, list[dict]] = {}
 
         def measure(name: str, jobs: list[dict], **kw) -> None:
             t0 = time.perf_counter()
-            result = render_batch(jobs, output_dir=work / name.replace(" ", "_").replace(",", ""), progress=False,
-                                  **kw)
+            result = render_batch(jobs, output_dir=work / f"{name}_{len(runs.get(name, []))}".replace(" ", "_"),
+                                  progress=False, **kw)
             seconds = time.perf_counter() - t0
             assert result.exit_code == 0, [r.error for r in result.results if r.error]
-            rows.append({"run": name, "jobs": len(jobs), "workers": result.workers, "frames": result.frames,
-                         "seconds": seconds, "fps": result.frames / seconds})
-            print(json.dumps(rows[-1], default=lambda v: round(v, 2)), flush=True)
+            row = {"run": name, "jobs": len(jobs), "workers": result.workers, "frames": result.frames,
+                   "seconds": seconds, "fps": result.frames / seconds}
+            runs.setdefault(name, []).append(row)
+            print(json.dumps(row, default=lambda v: round(v, 2)), flush=True)
 
-        measure("one clip", long_job)
-        measure("local", short_jobs)
-        if cpu_cores() > 1:
-            measure("local, 2 workers", short_jobs, workers=2)
         if args.ray:
             import ray
 
@@ -107,13 +107,22 @@ def main() -> int:
             ray.init(address="local", num_cpus=cpu_cores(), include_dashboard=False, log_to_driver=False,
                      logging_level="WARNING")
             print(f"ray start: {time.perf_counter() - t0:.1f} s", flush=True)
-            measure("ray", short_jobs, ray_address="local")
-            if cpu_cores() > 1:
-                measure("ray, 2 actors", short_jobs, ray_address="local", workers=2)
+        for _ in range(args.rounds):  # interleaved, so a noisy neighbour hits every run alike
+            measure("one clip", long_job)
+            measure("local", short_jobs)
+            if args.two_workers:
+                measure("local, 2 workers", short_jobs, workers=2)
+            if args.ray:
+                measure("ray", short_jobs, ray_address="local")
+                if args.two_workers:
+                    measure("ray, 2 actors", short_jobs, ray_address="local", workers=2)
+        if args.ray:
             ray.shutdown()
+    rows = [{**r[0], "seconds": float(np.median([x["seconds"] for x in r])),
+             "fps": float(np.median([x["fps"] for x in r]))} for r in runs.values()]
     base = rows[0]["fps"]
     print(f"\n{machine}; {what}; {args.runtime} {args.precision}; MP4; {args.clips} x {args.clip:g} s vs one "
-          f"{total:g} s clip")
+          f"{total:g} s clip; median of {args.rounds} interleaved rounds")
     print("| run | jobs | workers | frames | seconds | frames/s | vs one clip |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
