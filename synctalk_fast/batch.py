@@ -639,6 +639,12 @@ def _ray_plan(ray: Any, n_groups: int, workers: int | None, num_cpus: float | No
     cpus, gpus = int(resources.get("CPU", 1)), float(resources.get("GPU", 0))
     if num_gpus is None:
         num_gpus = 1.0 if gpus >= 1 else 0.0
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    if (num_cpus or num_gpus) and not any(n.get("CPU", 0) >= (num_cpus or 0) and n.get("GPU", 0) >= num_gpus
+                                          for n in nodes):  # an actor no node can hold would wait forever
+        largest = max(nodes, key=lambda n: (n.get("GPU", 0), n.get("CPU", 0)), default={})
+        raise ValueError(f"no node of the Ray cluster has {num_cpus or 0:g} CPUs and {num_gpus:g} GPUs for one "
+                         f"worker (the largest has {largest.get('CPU', 0):g} CPUs and {largest.get('GPU', 0):g} GPUs)")
     if num_gpus > 0:
         if workers is None:
             workers = max(1, int(gpus // num_gpus))

@@ -34,6 +34,12 @@ def main(inputs: Path, work: Path, jobs: list[dict]) -> dict:
     r = batch.render_batch(jobs, output_dir=work / "shipped", base=inputs, ray_address="local", num_cpus=1,
                            retries=1, ship_inputs=True, progress=False)
     runs["shipped"] = r.to_dict()
+    try:  # an actor no node can hold is refused, not left waiting
+        batch.render_batch(jobs, output_dir=work / "too_big", base=inputs, ray_address="local", num_cpus=3,
+                           progress=False)
+        runs["too_big"] = "ran"
+    except ValueError as e:
+        runs["too_big"] = str(e)
     runs["still_up"] = ray.is_initialized()
     ray.shutdown()
     return runs

@@ -194,6 +194,7 @@ def test_ray_actors_match_local_workers_and_survive_a_killed_actor(inputs, tmp_p
     assert [r["attempts"] for r in shared["results"]] == [2, 1, 1, 1, 1]
     assert "bad.wav" in shared["results"][4]["error"]
     assert runs["shut_down"] and runs["still_up"]
+    assert runs["too_big"].startswith("no node of the Ray cluster has 3 CPUs and 0 GPUs"), runs["too_big"]
     assert shipped["counts"] == {"done": 3, "skipped": 0, "failed": 2} and shipped["workers"] == 2, shipped
     died = shipped["results"][1]
     assert died["status"] == "failed" and "worker process died" in died["error"] and died["attempts"] == 2
