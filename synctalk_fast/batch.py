@@ -562,11 +562,11 @@ def _import_ray():
 
 
 def _pack(path: Path) -> bytes:
-    """A file's bytes, or a folder as an uncompressed tar of its contents."""
+    """A file's bytes, or a folder as an uncompressed tar of its contents (links followed)."""
     if not path.is_dir():
         return path.read_bytes()
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
+    with tarfile.open(fileobj=buf, mode="w", dereference=True) as tar:  # the files, not links to them
         tar.add(path, arcname=".")
     return buf.getvalue()
 
