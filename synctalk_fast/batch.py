@@ -380,8 +380,7 @@ class _Ticker:
             self.send(("frames", self.wid, self.job, self.count - self.sent))
             self.sent = self.count
 
-    def close(self) -> None:
-        self.flush()
+    close = flush
 
     def abort(self) -> None:
         pass

@@ -464,8 +464,8 @@ def run(
         quant = None
         if int8:
             print("quantizing the U-Net to int8 (MinMax, every block) ...", flush=True)
-            quant = quantize(work / "unet.onnx", work / "unet_int8.onnx", template=tpl, features=feats_all, tool="onnxruntime",
-                             methods=("MinMax",), target_psnr=None, calibration=16, validation=1, heldout=16)
+            quant = quantize(work / "unet.onnx", work / "unet_int8.onnx", template=tpl, features=feats_all,
+                             tool="onnxruntime", methods=("MinMax",), target_psnr=None, calibration=16, validation=1, heldout=16)
             pipe8 = Pipeline(work / "unet_int8.onnx", work / "encoder.onnx", providers=providers,
                              batch_size=batch_size)
             layouts8 = {"sessions": (pipe8.engine, "throughput"), "single": (pipe8.engine, "latency")}

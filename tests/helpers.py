@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import cv2
@@ -15,6 +17,18 @@ TEMPLATE = DATA / "sanders"
 SPEECH = DATA / "audio" / "talk_hb.wav"
 
 needs_data = pytest.mark.skipif(not (TEMPLATE / "full_body_img" / "0.jpg").is_file(), reason=f"no test data at {DATA}")
+
+
+def _can_unshare() -> bool:
+    ip = shutil.which("ip") or "/sbin/ip"
+    return shutil.which("unshare") is not None and os.path.exists(ip) and \
+        subprocess.run(["unshare", "-n", "true"], capture_output=True, timeout=30).returncode == 0
+
+
+#: Tests that run servers binding every interface (Ray, WebRTC's ICE) in a
+#: network namespace with only loopback (``unshare -n``; ``ip`` brings it up).
+needs_loopback_namespace = pytest.mark.skipif(not _can_unshare(),
+                                              reason="needs unshare -n (a loopback-only network namespace) and ip")
 
 
 def read_template_frame(k: int) -> tuple[np.ndarray, np.ndarray]:

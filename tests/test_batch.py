@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from helpers import needs_loopback_namespace
 
 from synctalk_fast import batch, models
 from synctalk_fast.demo import synthetic_speech, synthetic_template
@@ -167,14 +168,8 @@ def test_csv_manifest(inputs, tmp_path):
     assert _frames(tmp_path / "out" / "clip") == _frames(tmp_path / "ref")
 
 
-def _can_unshare() -> bool:
-    if shutil.which("unshare") is None or shutil.which("ip") is None:
-        return False
-    return subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode == 0
-
-
 @pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="needs ray (the [ray] extra)")
-@pytest.mark.skipif(not _can_unshare(), reason="needs unshare -n (a loopback-only network namespace)")
+@needs_loopback_namespace
 @pytest.mark.slow
 def test_ray_actors_match_local_workers_and_survive_a_killed_actor(inputs, tmp_path):
     """Two Ray actors on a local Ray instance: outputs equal to single

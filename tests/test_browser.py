@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import needs_loopback_namespace
+
 # The shared server fixtures (imported by name; skips without the server's extras).
 from _server_fixtures import H, RATE, W, Running, fresh_limits, make_server, running, server, tpl_dir  # noqa: F401
 
@@ -255,13 +257,7 @@ def test_microphone_over_the_websocket_when_the_server_has_no_webrtc(page, runni
     no_errors(page, refused=501)
 
 
-def can_unshare() -> bool:
-    ip = shutil.which("ip") or "/sbin/ip"
-    return shutil.which("unshare") is not None and os.path.exists(ip) and \
-        subprocess.run(["unshare", "-n", "true"], capture_output=True, timeout=30).returncode == 0
-
-
-@pytest.mark.skipif(not can_unshare(), reason="needs unshare -n (a loopback-only network namespace) and ip")
+@needs_loopback_namespace
 @pytest.mark.slow
 def test_microphone_over_webrtc_with_the_server(model_dir, tpl_dir, wavs, tmp_path):
     """The Talk button against the server's WebRTC endpoint: server and browser in a network namespace

@@ -6,7 +6,6 @@ the data channel, admission. Runs in a network namespace with loopback only
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,16 +16,12 @@ import pytest
 pytest.importorskip("aiortc")
 pytest.importorskip("starlette")
 
+from helpers import needs_loopback_namespace  # noqa: E402
+
 from synctalk_fast.webrtc import VoiceGate  # noqa: E402
 
 
-def _can_unshare() -> bool:
-    if shutil.which("unshare") is None or shutil.which("ip") is None:
-        return False
-    return subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode == 0
-
-
-@pytest.mark.skipif(not _can_unshare(), reason="needs unshare -n (a loopback-only network namespace)")
+@needs_loopback_namespace
 @pytest.mark.slow
 def test_a_peer_speaks_and_gets_the_avatar_back(tmp_path):
     script = Path(__file__).with_name("webrtc_check.py")
