@@ -19,12 +19,11 @@ import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-import numpy as np
-
 from .._atomic import write_atomic
 from .._system import cache_dir, cpu_cores, cpu_name
 from ..runtime import DEFAULT_RUNTIME, default_batch_size, get_runtime, is_accelerator
 from .session import ModelSession, resolve_model
+from .timing import seconds_per_frame, unet_feeds
 
 __all__ = ["choose_runtime", "choice_file"]
 
@@ -65,14 +64,13 @@ def _ms_per_frame(path: Path, runtime: str, precision: str) -> float:
     model = resolve_model(path, precision=precision, runtime=runtime)
     session = ModelSession(model, threads=cpu_cores())
     batch = default_batch_size(session.providers, runtime=runtime)
-    rng = np.random.default_rng(0)
-    feeds = {role: rng.uniform(0.0, 1.0, (batch, *shape)).astype(np.float32)
-             for role, shape in session.item_shapes.items()}
-    session.run(**feeds)  # first-run setup is not speed
-    t0 = time.perf_counter()
-    for _ in range(_TIMED_RUNS):
+    feeds = unet_feeds(session.item_shapes, batch, seed=0)
+
+    def run() -> int:
         session.run(**feeds)
-    return 1000.0 * (time.perf_counter() - t0) / (_TIMED_RUNS * batch)
+        return batch
+
+    return 1000.0 * seconds_per_frame({"unet": run}, rounds=_TIMED_RUNS, reduce="mean")["unet"]
 
 
 def choose_runtime(unet: str | os.PathLike, *, precision: str = "fp32") -> tuple[str, str]:
