@@ -39,7 +39,7 @@ _root = Path(__file__).resolve().parents[1]
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _root]  # measure the installed package
 
 from synctalk_fast import models, render_batch  # noqa: E402
-from synctalk_fast._system import cpu_cores, cpu_name  # noqa: E402
+from synctalk_fast._util.system import cpu_cores, cpu_name  # noqa: E402
 from synctalk_fast.demo import synthetic_speech, synthetic_template  # noqa: E402
 
 FPS = 25

@@ -33,7 +33,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _root]  # meas
 
 import synctalk_fast as stf  # noqa: E402
 from synctalk_fast import models  # noqa: E402
-from synctalk_fast._system import cpu_cores, cpu_flags, cpu_name  # noqa: E402
+from synctalk_fast._util.system import cpu_cores, cpu_flags, cpu_name  # noqa: E402
 from synctalk_fast.demo import synthetic_template  # noqa: E402
 from synctalk_fast.quantization import fidelity  # noqa: E402
 from synctalk_fast.runtime import get_runtime  # noqa: E402

@@ -9,7 +9,7 @@ import sys
 from . import _backend
 from .runtime import RUNTIMES, default_providers, get_runtime
 from .runtime.openvino import precision_problem
-from ._system import cpu_flags, cpu_name
+from ._util.system import cpu_flags, cpu_name
 from .runtime.ort import builds_conflict, installed_builds, probe
 from ._version import __version__
 from .video import ENCODERS, encoder_problem

@@ -45,9 +45,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from ._atomic import write_atomic
-from ._progress import progress_bar
-from ._system import cpu_cores
+from ._util.atomic import write_atomic
+from ._util.progress import progress_bar
+from ._util.system import cpu_cores
 from ._version import __version__
 from .pipeline import Pipeline
 from .runtime import DEFAULT_RUNTIME, default_providers, get_runtime, is_accelerator

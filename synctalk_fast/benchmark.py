@@ -45,7 +45,7 @@ from ._version import __version__
 from . import _backend
 from .audio import load_audio
 from ._filters import SAMPLE_RATE
-from ._progress import StageTimer
+from ._util.progress import StageTimer
 from .demo import synthetic_speech, synthetic_template
 from .engine import Engine
 from .features import feature_windows
@@ -55,7 +55,7 @@ from .pipeline import Pipeline
 from .quantization import quantize
 from .runtime import (DEFAULT_RUNTIME, PRECISIONS, RUNTIMES, SessionRequest, default_providers, default_threads,
                       get_runtime, is_accelerator, resolve_providers)
-from ._system import cpu_cores
+from ._util.system import cpu_cores
 from .video import ENCODERS, X264_PRESETS, VideoWriter, encoder_problem
 from .reference import (
     reference_audio_window,

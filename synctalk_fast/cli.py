@@ -14,7 +14,7 @@ import soundfile as sf
 
 from . import models
 from ._filters import SAMPLE_RATE
-from ._atomic import write_atomic
+from ._util.atomic import write_atomic
 from ._config import config, show_config
 from ._version import __version__
 from .batch import render_batch

@@ -19,8 +19,8 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from ._filters import SAMPLE_RATE
-from ._progress import StageTimer, progress_bar
-from ._stages import run_stages
+from ._util.progress import StageTimer, progress_bar
+from ._util.stages import run_stages
 from .audio import load_audio
 from .engine import Engine, StepBatch
 from .errors import FeatureError, ModelError
@@ -226,7 +226,7 @@ class Pipeline:
         """Run batches (:class:`~synctalk_fast.engine.StepBatch`) in order;
         each function of ``then`` is applied to them in a further stage. The
         prepare stage and ``then`` run at background priority on CPU (see
-        :mod:`synctalk_fast._stages`)."""
+        :mod:`synctalk_fast._util.stages`)."""
         engine = self.engine
         rows, windowed = self._unet_audio(features)
         tpl = self.template(template)

@@ -72,7 +72,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from ._atomic import atomic_path, write_atomic
+from ._util.atomic import atomic_path, write_atomic
 from .engine import Engine, StepBatch
 from .errors import FeatureError, ModelError, TemplateError
 from .features import feature_windows, load_features

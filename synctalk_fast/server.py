@@ -55,7 +55,7 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
-from ._system import cpu_cores
+from ._util.system import cpu_cores
 from .engine import Engine
 from .errors import AudioError
 from .models.session import ModelSession

@@ -17,7 +17,7 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from ._system import available_memory
+from ._util.system import available_memory
 from .errors import BoxError, TemplateError
 from .frames import Box, crop_box
 

@@ -35,8 +35,8 @@ import av.logging
 import cv2
 import numpy as np
 
-from ._atomic import PartFile, make_dirs, part_name, remove_dirs
-from ._system import cpu_cores
+from ._util.atomic import PartFile, make_dirs, part_name, remove_dirs
+from ._util.system import cpu_cores
 from .audio import StreamResampler
 from .errors import OutputError
 

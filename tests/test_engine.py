@@ -19,7 +19,7 @@ import soundfile as sf
 
 import synctalk_fast as stf
 from synctalk_fast import models
-from synctalk_fast._stages import lower_priority, run_stages
+from synctalk_fast._util.stages import lower_priority, run_stages
 from synctalk_fast.demo import synthetic_speech, synthetic_template
 from synctalk_fast.errors import TemplateError
 from synctalk_fast.template import FrameCache, Template

@@ -173,7 +173,7 @@ def test_no_package_imports_inside_functions():
 # The layers, bottom first: a module imports only from its own layer or
 # those before it (README "Layout"). Modules of a subpackage take its entry.
 LAYERS: list[set[str]] = [
-    {"_version", "errors", "_filters", "_system", "_atomic", "_progress", "_stages", "_validate", "_backend",
+    {"_version", "errors", "_filters", "_util", "_validate", "_backend",
      "_numpy_kernels", "_numba_kernels"},
     {"shapes"},
     {"audio"},

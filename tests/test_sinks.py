@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 import soxr
 
-from synctalk_fast import _atomic, video
-from synctalk_fast._atomic import PartFile, atomic_path, write_atomic
+from synctalk_fast import video
+from synctalk_fast._util import atomic as _atomic
+from synctalk_fast._util.atomic import PartFile, atomic_path, write_atomic
 from synctalk_fast.audio import StreamResampler
 from synctalk_fast.errors import OutputError
 from synctalk_fast.sinks import (

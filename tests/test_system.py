@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from synctalk_fast import _system
+from synctalk_fast._util import system as _system
 
 
 def _affinity() -> int:

@@ -26,7 +26,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from .._progress import progress_bar
+from .._util.progress import progress_bar
 from ..audio import load_audio, mel_spectrogram, mel_windows, num_mel_windows
 from ..errors import FeatureError, ModelError
 from ..features import pad_embeddings

@@ -19,8 +19,8 @@ import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from .._atomic import write_atomic
-from .._system import cache_dir, cpu_cores, cpu_name
+from .._util.atomic import write_atomic
+from .._util.system import cache_dir, cpu_cores, cpu_name
 from ..runtime import DEFAULT_RUNTIME, default_batch_size, get_runtime, is_accelerator
 from .session import ModelSession, resolve_model
 from .timing import seconds_per_frame, unet_feeds

@@ -10,7 +10,7 @@ from typing import Mapping
 
 import numpy as np
 
-from .._atomic import write_atomic
+from .._util.atomic import write_atomic
 from ..errors import ModelError
 from ..runtime import cpu_session
 from ..shapes import AUDIO_SHAPES, EMBEDDING, IMAGE_SHAPE, MEL_SHAPE, PRED_SHAPE

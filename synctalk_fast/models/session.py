@@ -24,8 +24,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .._atomic import write_atomic
-from .._system import cache_dir
+from .._util.atomic import write_atomic
+from .._util.system import cache_dir
 from ..errors import ModelError
 from ..runtime import (
     DEFAULT_RUNTIME,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-from .._system import cpu_cores
+from .._util.system import cpu_cores
 from .base import Provider, Runtime, RuntimeSession, SessionRequest
 from .openvino import OpenVinoRuntime
 from .ort import OnnxRuntime

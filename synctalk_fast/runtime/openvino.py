@@ -24,7 +24,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .._system import cache_dir
+from .._util.system import cache_dir
 from .base import Provider, SessionRequest
 
 __all__ = ["DEVICES", "PRECISION_HINTS", "OpenVinoRuntime", "OvSession", "openvino_cache", "precision_problem",

@@ -19,7 +19,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .._system import cache_dir
+from .._util.system import cache_dir
 from .base import Provider, SessionRequest
 
 __all__ = ["PROVIDERS", "OnnxRuntime", "OrtSession", "session_options", "tensorrt_cache", "tensorrt_loadable",
