@@ -24,7 +24,7 @@ from ._config import config, show_config
 from ._version import __version__
 from .audio import load_audio, mel_spectrogram, mel_windows, num_mel_windows
 from .batch import BatchResult, render_batch
-from .engine import Engine, Producer
+from .engine import Engine, EngineOptions, Producer
 from .errors import AudioError, BoxError, Error, FeatureError, ModelError, OutputError, TemplateError
 from .features import feature_windows, load_features, pad_embeddings, save_features
 from .frames import clip_box, crop_box, load_landmarks, paste_back, prepare_input
@@ -42,6 +42,7 @@ __all__ = [
     "show_config",
     "config",
     "Engine",
+    "EngineOptions",
     "Producer",
     "Pipeline",
     "generate",

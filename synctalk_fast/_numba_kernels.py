@@ -230,11 +230,11 @@ def _fft_plan(n: int):
             rest //= p
     if rest != 1:
         raise ValueError(f"rfft: FFT length {n} has a prime factor other than 2, 3, 5")
-    radices = np.array(radices, dtype=np.int64)
-    tw, post = _fft_tables(radices, n, half)
-    for a in (radices, tw, post):
+    factors = np.array(radices, dtype=np.int64)
+    tw, post = _fft_tables(factors, n, half)
+    for a in (factors, tw, post):
         a.flags.writeable = False
-    return radices, tw, post
+    return factors, tw, post
 
 
 @_njit

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Union
+from typing import Any, Union
 
 import numpy as np
 
 from . import _backend
+from ._util.deprecation import renamed
 from ._filters import HOP, N_MELS, SAMPLE_RATE
 from .errors import AudioError
 from .shapes import MEL_WINDOW
@@ -30,15 +31,15 @@ def _to_mono(y: np.ndarray) -> np.ndarray:
     return np.mean(y, axis=tuple(range(y.ndim - 1))) if y.ndim > 1 else y
 
 
-def _resample(y: np.ndarray, orig_sr: float, sr: int) -> np.ndarray:
+def _resample(y: np.ndarray, source_rate: float, sample_rate: int) -> np.ndarray:
     # librosa.resample(res_type="soxr_hq"): soxr, then fixed to ceil(n * ratio).
-    if orig_sr == sr:
+    if source_rate == sample_rate:
         return y
     import soxr
 
-    ratio = float(sr) / orig_sr
+    ratio = float(sample_rate) / source_rate
     n_out = int(np.ceil(y.shape[-1] * ratio))
-    y_hat = soxr.resample(y, orig_sr, sr, quality="soxr_hq")
+    y_hat = soxr.resample(y, source_rate, sample_rate, quality="soxr_hq")
     if y_hat.shape[-1] > n_out:
         y_hat = y_hat[:n_out]
     elif y_hat.shape[-1] < n_out:
@@ -178,8 +179,9 @@ def _read_av(path: str) -> tuple[np.ndarray, int]:
     return np.concatenate(chunks, axis=1).astype(np.float32, copy=False), sr
 
 
-def load_audio(source: AudioSource, *, sr: int = SAMPLE_RATE, orig_sr: float | None = None) -> np.ndarray:
-    """Load speech as mono float32 samples at ``sr`` Hz (numerics §1.1).
+def load_audio(source: AudioSource, *, sample_rate: int = SAMPLE_RATE, source_sample_rate: float | None = None,
+               **deprecated: Any) -> np.ndarray:
+    """Load speech as mono float32 samples at ``sample_rate`` Hz (numerics §1.1).
 
     Parameters
     ----------
@@ -189,16 +191,18 @@ def load_audio(source: AudioSource, *, sr: int = SAMPLE_RATE, orig_sr: float | N
         ``[n]`` mono or ``[channels, n]`` (librosa's layout; an
         ``[n, channels]`` array with at most 8 channels is recognised too),
         float in [-1, 1] or int16.
-    sr : int, keyword-only
-        Target sample rate, 16000 for every network of this package.
-    orig_sr : float, optional, keyword-only
-        Sample rate of an array ``source`` (default: already ``sr``).
+    sample_rate : int, keyword-only
+        Target sample rate, 16000 for every network of this package
+        (``sr=`` is its deprecated name).
+    source_sample_rate : float, optional, keyword-only
+        Sample rate of an array ``source`` (default: already ``sample_rate``;
+        ``orig_sr=`` is its deprecated name).
 
     Returns
     -------
     np.ndarray
         float32 ``[n]``, C-contiguous. For a file read by soundfile this is
-        identical to ``librosa.load(path, sr=sr)`` (same reader, same channel
+        identical to ``librosa.load(path, sr=sample_rate)`` (same reader, same channel
         average, same soxr "HQ" resampler and length).
 
     Raises
@@ -206,6 +210,11 @@ def load_audio(source: AudioSource, *, sr: int = SAMPLE_RATE, orig_sr: float | N
     AudioError
         Missing or undecodable file, empty or non-finite samples.
     """
+    if deprecated:
+        given = renamed(deprecated, {"sample_rate": None, "source_sample_rate": source_sample_rate},
+                        {"sr": "sample_rate", "orig_sr": "source_sample_rate"}, where="load_audio")
+        sample_rate = given["sample_rate"] or sample_rate
+        source_sample_rate = given["source_sample_rate"]
     if isinstance(source, np.ndarray):
         y = source
         if y.dtype == np.int16:
@@ -215,7 +224,7 @@ def load_audio(source: AudioSource, *, sr: int = SAMPLE_RATE, orig_sr: float | N
             raise AudioError(f"audio array must be [n] or [channels, n], got shape {y.shape}")
         if y.ndim == 2 and y.shape[1] <= 8 < y.shape[0]:
             y = y.T  # soundfile's [n, channels]
-        native = float(orig_sr) if orig_sr is not None else float(sr)
+        native = float(source_sample_rate) if source_sample_rate is not None else float(sample_rate)
     else:
         path = os.fspath(source)
         if not Path(path).is_file():
@@ -234,7 +243,7 @@ def load_audio(source: AudioSource, *, sr: int = SAMPLE_RATE, orig_sr: float | N
         raise AudioError("audio is empty")
     if not np.isfinite(y).all():
         raise AudioError("audio contains NaN or infinite samples")
-    return np.ascontiguousarray(_resample(y, native, sr), dtype=np.float32)
+    return np.ascontiguousarray(_resample(y, native, sample_rate), dtype=np.float32)
 
 
 def mel_spectrogram(wav: np.ndarray, *, n_threads: int = 0) -> np.ndarray:

@@ -58,25 +58,25 @@ def synthetic_template(folder: str | os.PathLike, *, frames: int = 50, width: in
     return folder
 
 
-def synthetic_speech(seconds: float = 4.0, *, sr: int = 16000, seed: int = 0) -> np.ndarray:
+def synthetic_speech(seconds: float = 4.0, *, sample_rate: int = 16000, seed: int = 0) -> np.ndarray:
     """Speech-like audio: voiced syllables (a glottal buzz through three
     formant resonances that move) separated by short pauses. float32 ``[n]``
     in [-1, 1]."""
     rng = np.random.default_rng(seed)
-    n = int(seconds * sr)
-    t = np.arange(n) / sr
+    n = int(seconds * sample_rate)
+    t = np.arange(n) / sample_rate
     f0 = 120 + 25 * np.sin(2 * np.pi * 0.7 * t)
-    phase = 2 * np.pi * np.cumsum(f0) / sr
+    phase = 2 * np.pi * np.cumsum(f0) / sample_rate
     buzz = sum(np.sin(h * phase) / h for h in range(1, 30))
     out = np.zeros(n)
     for lo, hi, f_start, f_end in ((300, 900, 500, 800), (900, 2200, 1500, 1100), (2200, 3400, 2600, 2400)):
         formant = np.linspace(f_start, f_end, n) * (1 + 0.15 * np.sin(2 * np.pi * 3 * t))
-        out += np.sin(2 * np.pi * np.cumsum(formant) / sr) * buzz / 3
+        out += np.sin(2 * np.pi * np.cumsum(formant) / sample_rate) * buzz / 3
     envelope = np.zeros(n)
     pos = 0
     while pos < n:
-        length = int(rng.uniform(0.15, 0.35) * sr)
+        length = int(rng.uniform(0.15, 0.35) * sample_rate)
         envelope[pos : pos + length] = np.hanning(len(envelope[pos : pos + length]))
-        pos += length + int(rng.uniform(0.03, 0.2) * sr)
+        pos += length + int(rng.uniform(0.03, 0.2) * sample_rate)
     y = out * envelope + rng.normal(0, 0.003, n)
     return (0.5 * y / np.abs(y).max()).astype(np.float32)

@@ -12,7 +12,7 @@ from typing import Sequence, Tuple
 import numpy as np
 
 from . import _backend
-from .errors import BoxError
+from .errors import BoxError, TemplateError
 from .shapes import IMAGE_SHAPE
 
 __all__ = ["Box", "BoxError", "load_landmarks", "crop_box", "clip_box", "prepare_input", "paste_back", "INPUT_SHAPE"]
@@ -23,23 +23,58 @@ INPUT_SHAPE = IMAGE_SHAPE  # the name this module has always used
 _LEFT, _RIGHT, _TOP = 1, 31, 52
 
 
-def load_landmarks(path: str | os.PathLike) -> np.ndarray:
-    """Read a ``.lms`` file: one ``"x y"`` pair of floats per line.
+def load_landmarks(path: str | os.PathLike[str], *, points: int | None = None) -> np.ndarray:
+    """Read a ``.lms`` file: one ``"x y"`` pair of numbers per line.
+
+    The one landmark parser of the package (templates use it too).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    points : int, optional, keyword-only
+        The number of points the file must have (a template's 110); any
+        number when None.
 
     Returns
     -------
     np.ndarray
         int32 ``[points, 2]``, each value parsed as float32 and truncated
         toward zero, exactly as the reference converts them.
+
+    Raises
+    ------
+    TemplateError
+        (a ``ValueError``) An unreadable file, a line that is not two finite
+        numbers (named with its line number), or the wrong number of points.
     """
-    with open(path, encoding="utf-8") as f:
-        rows = [line.split() for line in f.read().splitlines() if line.strip()]
+    name = os.fspath(path)
     try:
-        pts = np.array(rows, dtype=np.float32)
-    except ValueError as exc:
-        raise ValueError(f"{os.fspath(path)}: not a landmark file of 'x y' lines ({exc})") from None
-    if pts.ndim != 2 or pts.shape[1] != 2:
-        raise ValueError(f"{os.fspath(path)}: expected 'x y' per line, got shape {pts.shape}")
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TemplateError(f"{name}: cannot read landmarks ({exc})") from None
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        raise TemplateError(f"{name}: no landmarks in the file")
+    try:  # fast path; the line-by-line parse below only runs to report an error
+        pts = np.array(text.split(), dtype=np.float32).reshape(len(lines), 2)
+        if np.isfinite(pts).all() and (points is None or len(lines) == points):
+            return pts.astype(np.int32)
+    except ValueError:
+        pass
+    if points is not None and len(lines) != points:
+        raise TemplateError(f"{name}: {len(lines)} landmark lines, expected {points}")
+    pts = np.empty((len(lines), 2), dtype=np.float32)
+    for i, line in enumerate(lines):
+        parts = line.split()
+        try:
+            if len(parts) != 2:
+                raise ValueError
+            pts[i] = (float(parts[0]), float(parts[1]))
+        except ValueError:
+            raise TemplateError(f"{name}:{i + 1}: expected two numbers 'x y', got {line.strip()[:40]!r}") from None
+        if not np.isfinite(pts[i]).all():
+            raise TemplateError(f"{name}:{i + 1}: landmark is not a finite number ({line.strip()[:40]})")
     return pts.astype(np.int32)
 
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from ._util.system import available_memory
 from .errors import BoxError, TemplateError
-from .frames import Box, crop_box
+from .frames import Box, crop_box, load_landmarks
 
 __all__ = ["Template", "FrameCache", "ping_pong", "LANDMARKS", "available_memory"]
 
@@ -81,35 +81,6 @@ def _numbered(folder: Path, exts: tuple[str, ...]) -> dict[int, Path]:
         if p.suffix.lower() in exts and p.stem.isdigit():
             files[int(p.stem)] = p
     return files
-
-
-def _read_landmarks(path: Path) -> np.ndarray:
-    """int32 [110, 2], float32 values truncated toward zero as the reference does."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TemplateError(f"{path}: cannot read landmarks ({exc})") from None
-    try:  # fast path; the line-by-line parse below only runs to report an error
-        pts = np.array(text.split(), dtype=np.float32).reshape(LANDMARKS, 2)
-        if np.isfinite(pts).all() and len(text.strip().splitlines()) == LANDMARKS:
-            return pts.astype(np.int32)
-    except ValueError:
-        pass
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    if len(lines) != LANDMARKS:
-        raise TemplateError(f"{path}: {len(lines)} landmark lines, expected {LANDMARKS}")
-    pts = np.empty((LANDMARKS, 2), dtype=np.float32)
-    for i, line in enumerate(lines):
-        parts = line.split()
-        try:
-            if len(parts) != 2:
-                raise ValueError
-            pts[i] = (float(parts[0]), float(parts[1]))
-        except ValueError:
-            raise TemplateError(f"{path}:{i + 1}: expected two numbers 'x y', got {line.strip()[:40]!r}") from None
-        if not np.isfinite(pts[i]).all():
-            raise TemplateError(f"{path}:{i + 1}: landmark is not a finite number ({line.strip()[:40]})")
-    return pts.astype(np.int32)
 
 
 class FrameCache:
@@ -224,7 +195,7 @@ class Template:
                 f"{self.frame_paths[0].name} ({sizes[0][0]}x{sizes[0][1]}); all frames must have one size"
             )
         self.size = sizes[0]
-        self.landmarks = np.stack([_read_landmarks(p) for p in self.landmark_paths])
+        self.landmarks = np.stack([load_landmarks(p, points=LANDMARKS) for p in self.landmark_paths])
         shape = (self.size[1], self.size[0])
         boxes = []
         for p, lms in zip(self.landmark_paths, self.landmarks):

@@ -167,7 +167,7 @@ def test_load_audio_arrays():
 
     stereo = _tone(44100, 2)  # [n, 2]
     mono_ref = librosa.resample(librosa.to_mono(stereo.T), orig_sr=44100, target_sr=16000)
-    assert np.array_equal(stf.load_audio(stereo.T, orig_sr=44100), mono_ref)
+    assert np.array_equal(stf.load_audio(stereo.T, source_sample_rate=44100), mono_ref)
     assert np.array_equal(stf.load_audio(stereo, orig_sr=44100), mono_ref)  # [n, channels] recognised
     pcm = (stereo[:, 0] * 32767).astype(np.int16)
     np.testing.assert_array_equal(stf.load_audio(pcm), pcm.astype(np.float32) / 32768)
@@ -205,3 +205,13 @@ def test_load_audio_errors(tmp_path):
         stf.load_audio(np.array([0.0, np.nan], np.float32))
     with pytest.raises(stf.AudioError, match="empty"):
         stf.load_audio(np.zeros(0, np.float32))
+
+
+def test_load_audio_old_keyword_names_warn():
+    tone = np.sin(np.arange(4410) / 10).astype(np.float32)
+    new = stf.load_audio(tone, source_sample_rate=44100, sample_rate=16000)
+    with pytest.warns(DeprecationWarning, match="orig_sr"):
+        old = stf.load_audio(tone, orig_sr=44100, sr=16000)
+    assert np.array_equal(new, old)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        stf.load_audio(tone, rate=1)

@@ -251,3 +251,37 @@ def test_non_contiguous_frames_read_correctly(backend, case):
     assert np.array_equal(stf.prepare_input(view, box), stf.prepare_input(dense, box))
     pred = _pred(seed)
     assert np.array_equal(stf.paste_back(view, box, pred), stf.paste_back(dense, box, pred))
+
+
+def test_one_landmark_parser_for_files_and_templates(tmp_path, template_dir):
+    """load_landmarks is the parser templates use: same values, same errors (with line numbers)."""
+    import shutil
+
+    from synctalk_fast import Template, load_landmarks
+    from synctalk_fast.errors import TemplateError
+
+    good = tmp_path / "good.lms"
+    good.write_text("1.9 2.5\n-3.7 4\n\n")
+    assert load_landmarks(good).tolist() == [[1, 2], [-3, 4]]
+    with pytest.raises(TemplateError, match="expected 3"):
+        load_landmarks(good, points=3)
+    bad = tmp_path / "bad.lms"
+    bad.write_text("1 2\n3 x\n")
+    with pytest.raises(TemplateError, match=r"bad.lms:2: expected two numbers"):
+        load_landmarks(bad)
+    (tmp_path / "nan.lms").write_text("1 2\nnan 3\n")
+    with pytest.raises(TemplateError, match=r"nan.lms:2: landmark is not a finite number"):
+        load_landmarks(tmp_path / "nan.lms")
+    (tmp_path / "empty.lms").write_text("\n")
+    with pytest.raises(ValueError, match="no landmarks"):
+        load_landmarks(tmp_path / "empty.lms")
+
+    tpl = Template(template_dir)
+    assert np.array_equal(tpl.landmarks[0], load_landmarks(template_dir / "landmarks" / "0.lms", points=110))
+    broken = tmp_path / "tpl"
+    shutil.copytree(template_dir, broken)
+    lines = (broken / "landmarks" / "1.lms").read_text().splitlines()
+    lines[4] = "12 abc"
+    (broken / "landmarks" / "1.lms").write_text("\n".join(lines) + "\n")
+    with pytest.raises(TemplateError, match=r"1.lms:5: expected two numbers"):
+        Template(broken)

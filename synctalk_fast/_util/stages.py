@@ -140,7 +140,7 @@ def run_stages(source: Iterable, stages: Sequence[Callable | Sequence[Callable]]
     run = _Run()
     widths = [1] + [len(st) if isinstance(st, Sequence) else 1 for st in stages] + [1]  # source, stages, caller
     # links[s][a][b]: from worker a of stage s to worker b of stage s + 1
-    links = [[[queue.Queue(maxsize=depth) for _ in range(widths[s + 1])] for _ in range(widths[s])]
+    links: list[list[list[queue.Queue]]] = [[[queue.Queue(maxsize=depth) for _ in range(widths[s + 1])] for _ in range(widths[s])]
              for s in range(len(widths) - 1)]
     threads = [threading.Thread(target=_produce, args=(run, source, links[0][0], 0 in background),
                                 name=f"{name}-source", daemon=True)]

@@ -36,7 +36,10 @@ def cgroup_cpu_limit(root: Path) -> float | None:
         if quota != "max" and quota.isdigit() and period.isdigit() and int(period) > 0:
             return int(quota) / int(period)
         return None
-    quota, period = _read(root / "cpu" / "cpu.cfs_quota_us"), _read(root / "cpu" / "cpu.cfs_period_us")
+    quota_v1, period_v1 = _read(root / "cpu" / "cpu.cfs_quota_us"), _read(root / "cpu" / "cpu.cfs_period_us")
+    if quota_v1 is None or period_v1 is None:
+        return None
+    quota, period = quota_v1, period_v1
     if quota and period and quota.lstrip("-").isdigit() and period.isdigit() and int(quota) > 0 < int(period):
         return int(quota) / int(period)
     return None

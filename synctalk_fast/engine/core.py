@@ -32,6 +32,7 @@ from ..errors import FeatureError, ModelError
 from ..features import pad_embeddings
 from ..models.choice import choose_runtime
 from ..models.session import ModelSession, ResolvedModel, resolve_model
+from ..models.timing import unet_feeds
 from ..runtime import DEFAULT_RUNTIME, default_batch_size, default_threads, get_runtime, resolve_providers, session_plan
 from ..shapes import AUDIO_SHAPES, ENCODER_BATCH, IMAGE_SHAPE, MEL_SHAPE
 from ..template import Template
@@ -93,12 +94,13 @@ class Engine:
         opts = EngineOptions.merge(options, engine_options, where="Engine")
         if unet is None and audio_encoder is None:
             raise ValueError("an engine needs a U-Net, an audio encoder, or both")
-        runtime, precision = opts.runtime, opts.precision
+        runtime: str = opts.runtime
+        precision: str = opts.precision
         if runtime == "auto":
             if isinstance(unet, (str, os.PathLike)) and opts.providers is None:
                 runtime, precision = choose_runtime(unet, precision=precision)
             else:  # an open session, an encoder-only engine, or providers named: nothing to choose
-                runtime = unet.model.runtime if isinstance(unet, ModelSession) else DEFAULT_RUNTIME
+                runtime = unet.model.runtime.name if isinstance(unet, ModelSession) else DEFAULT_RUNTIME
         self.options = opts.replace(runtime=runtime, precision=precision)
         self._rt = get_runtime(runtime)
         self.device_id = opts.device_id
@@ -173,12 +175,19 @@ class Engine:
     @property
     def device(self) -> str:
         """Where the U-Net's buffers live (``"cpu"``, ``"cuda"``)."""
-        return (self.sessions or [self.encoder])[0].device
+        return self._first_session.device
 
     @property
     def accelerator(self) -> bool:
         """The U-Net runs on a device other than the host CPU."""
-        return (self.sessions or [self.encoder])[0].accelerator
+        return self._first_session.accelerator
+
+    @property
+    def _first_session(self) -> ModelSession:
+        """The first U-Net session, or the encoder of an encoder-only engine."""
+        first = self.sessions[0] if self.sessions else self.encoder
+        assert first is not None, "an engine has a U-Net or an encoder"
+        return first
 
     @property
     def precision(self) -> str:
@@ -274,8 +283,7 @@ class Engine:
         for sess in sessions:
             with self._locks[id(sess)]:
                 for n in sizes:
-                    sess.run(image=np.zeros((n, *IMAGE_SHAPE), np.float32),
-                             audio=np.zeros((n, *AUDIO_SHAPES[sess.mode]), np.float32))
+                    sess.run(**unet_feeds(sess.item_shapes, n))
         return sizes
 
     # -- the U-Net step -----------------------------------------------------------

@@ -190,8 +190,8 @@ class Scheduler:
                 batch = prepare_batch([(items[j].template, items[j].index) for j in run], windows, out=images)
                 with self._locks[id(sess)]:
                     batch.pred = sess.run(image=batch.images[: len(batch)], audio=batch.audio)
-                for j, frame in zip(run, paste_batch(batch, feather=[items[j].feather for j in run])):
-                    results[j] = frame
+                for j, pasted in zip(run, paste_batch(batch, feather=[items[j].feather for j in run])):
+                    results[j] = pasted
         except BaseException as exc:  # noqa: BLE001 - handed to every producer of the batch
             error = exc
         for it, frame in zip(items, results):

@@ -120,7 +120,7 @@ def choose_runtime(unet: str | os.PathLike, *, precision: str = "fp32") -> tuple
     wanted = {name for name in measured if name.endswith(f":{precision}")}
     if not wanted and precision != "fp32" and problems:
         raise ValueError(problems[-1])
-    best = min(measured, key=measured.get)
+    best = min(measured, key=lambda name: measured[name])
     runtime, chosen = best.split(":")
     log.info("runtime auto: %s (%s)", best, ", ".join(f"{k} {v:.1f} ms/frame" for k, v in measured.items()))
     known[key] = {"runtime": runtime, "precision": chosen,

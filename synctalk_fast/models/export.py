@@ -138,13 +138,15 @@ def export_onnx(
     out = save_model(model, path)
     spec = state_dict_spec(kind, mode=mode or "ave")
     params = sum(int(np.prod(s)) for k, s in spec.items() if not k.endswith("num_batches_tracked"))
+    item_shapes: dict[str, tuple[int, ...]]
     if kind == "unet":
-        inputs = {"image": ["N", *IMAGE_SHAPE], "audio": ["N", *AUDIO_SHAPES[mode]]}
-        outputs = {"output": ["N", *PRED_SHAPE]}
+        item_shapes = {"image": IMAGE_SHAPE, "audio": AUDIO_SHAPES[mode or "ave"]}
+        outputs: dict[str, list] = {"output": ["N", *PRED_SHAPE]}
     else:
-        inputs, outputs = {"mel": ["N", *MEL_SHAPE]}, {"embedding": ["N", EMBEDDING]}
+        item_shapes, outputs = {"mel": MEL_SHAPE}, {"embedding": ["N", EMBEDDING]}
+    inputs: dict[str, list] = {name: ["N", *shape] for name, shape in item_shapes.items()}
     rng = np.random.default_rng(0)
-    feed = {name: rng.uniform(0.0, 1.0, (2, *shape[1:])).astype(np.float32) for name, shape in inputs.items()}
+    feed = {name: rng.uniform(0.0, 1.0, (2, *shape)).astype(np.float32) for name, shape in item_shapes.items()}
     sess = cpu_session(str(out))
     t0 = time.perf_counter()
     result = sess.run(feed)[0]

@@ -125,11 +125,13 @@ class _Walker:
         stats = self.batchnorm(bn, cout) if bn is not None else None
         if not self.emitting:
             return x
+        assert w is not None, "weights exist while emitting"
         w = w.astype(np.float64)
         b = np.zeros(cout) if b is None else b.astype(np.float64)
         strides = list(stride) if isinstance(stride, tuple) else [stride, stride]
         conv_attrs = dict(kernel_shape=[kernel, kernel], strides=strides, pads=[pad] * 4, group=groups)
         if stats is not None and self.batch_stats:
+            assert bn is not None
             y = self.node("Conv", [x, self._const(f"{conv}.w", w.astype(np.float32)),
                                    self._const(f"{conv}.b", b.astype(np.float32))], **conv_attrs)
             return self._batch_norm(y, bn, stats[0], stats[1])

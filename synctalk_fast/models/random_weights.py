@@ -41,7 +41,7 @@ def _init(spec: dict[str, tuple[int, ...]], residual: list[str], rng: np.random.
     for prefix in residual:
         for bn in (f"{prefix}.conv.7.weight", f"{prefix}.1.weight"):  # U-Net blocks, encoder blocks
             if bn in state:
-                state[bn] *= np.float32(0.1)
+                state[bn] = (state[bn] * np.float32(0.1)).astype(state[bn].dtype)
     return state
 
 

@@ -104,13 +104,13 @@ def _find_roles(model, path: str) -> _Roles:
     elif set(found) == {"mel"} and len(inputs) == 1:
         kind, mode = "audio_encoder", None
     else:
-        def dims(shape) -> str:
+        def dims_text(shape: Sequence[int]) -> str:
             return "[N, " + ", ".join(map(str, shape)) + "]"
 
-        audio = " / ".join(dims(s) for s in AUDIO_SHAPES.values())
+        audio = " / ".join(dims_text(s) for s in AUDIO_SHAPES.values())
         raise ModelError(
             f"{path}: not a SyncTalk_2D model: inputs {', '.join(described) or 'none'}; expected a U-Net "
-            f"(image {dims(IMAGE_SHAPE)} + audio {audio}) or an audio encoder (mel {dims(MEL_SHAPE)})"
+            f"(image {dims_text(IMAGE_SHAPE)} + audio {audio}) or an audio encoder (mel {dims_text(MEL_SHAPE)})"
         )
     if len(model.graph.output) != 1:
         raise ModelError(f"{path}: expected one output, found {len(model.graph.output)}")
@@ -357,7 +357,7 @@ class ModelSession:
                 raise ValueError("inputs have different batch sizes")
             n = a.shape[0]
             feed[self.inputs[role]] = a
-        if not self.dynamic_batch and n != 1:
+        if not self.dynamic_batch and n is not None and n != 1:
             return np.concatenate([self._rt_session.run({k: v[i : i + 1] for k, v in feed.items()}, [self.output])[0]
                                    for i in range(n)])
         return self._rt_session.run(feed, [self.output])[0]

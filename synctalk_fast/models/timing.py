@@ -57,7 +57,9 @@ def seconds_per_frame(runs: Mapping[str, Callable[[], int]], *, rounds: int = 3,
             t0 = time.perf_counter()
             frames = run()
             times[name].append((time.perf_counter() - t0) / max(1, frames))
-    pick = {"median": statistics.median, "min": min, "mean": statistics.fmean}[reduce]
+    reducers: dict[str, Callable[[list[float]], float]] = {"median": statistics.median, "min": min,
+                                                           "mean": statistics.fmean}
+    pick = reducers[reduce]
     return {name: float(pick(t)) for name, t in times.items()}
 
 

@@ -106,7 +106,7 @@ def default_providers(*, runtime: str | Runtime = DEFAULT_RUNTIME) -> list[str]:
 def _row(providers: Sequence[str], runtime: str | Runtime) -> Provider:
     rt = get_runtime(runtime)
     first = next(iter(providers), None)
-    if first in rt.providers:
+    if first is not None and first in rt.providers:
         return rt.providers[first]
     cpu = min((p for p in rt.providers.values() if not p.accelerator), key=lambda p: p.rank)
     return cpu if first is None else Provider(first, first, 99, True, "cpu", cpu.batch, False)

@@ -162,9 +162,9 @@ class OpenVinoRuntime:
     """The OpenVINO runtime: :data:`DEVICES`, fp32, bf16 and fp16 (where native)."""
 
     name = "openvino"
-    precisions = ("fp32", "bf16", "fp16")
+    precisions: tuple[str, ...] = ("fp32", "bf16", "fp16")
     rewrites: tuple[str, ...] = ()  # every precision runs on the file as it is
-    providers = DEVICES
+    providers: Mapping[str, Provider] = DEVICES
 
     def __init__(self):
         try:

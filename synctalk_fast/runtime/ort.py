@@ -282,9 +282,9 @@ class OnnxRuntime:
     """The ONNX Runtime runtime: :data:`PROVIDERS`, fp32 and fp16."""
 
     name = "onnxruntime"
-    precisions = ("fp32", "fp16")
-    rewrites = ("fp16",)
-    providers = PROVIDERS
+    precisions: tuple[str, ...] = ("fp32", "fp16")
+    rewrites: tuple[str, ...] = ("fp16",)
+    providers: Mapping[str, Provider] = PROVIDERS
 
     def installed(self) -> list[str]:
         import onnxruntime as ort

@@ -11,14 +11,14 @@ import pytest
 
 pytest.importorskip("openvino")
 
+from helpers import DATA, TEMPLATE, needs_data  # noqa: E402
+
 import synctalk_fast as stf  # noqa: E402
 from synctalk_fast import cli, models  # noqa: E402
-from synctalk_fast.demo import synthetic_speech, synthetic_template  # noqa: E402
+from synctalk_fast.demo import synthetic_speech  # noqa: E402
 from synctalk_fast.models import choice  # noqa: E402
 from synctalk_fast.quantization import fidelity  # noqa: E402
 from synctalk_fast.runtime import openvino as ov_runtime  # noqa: E402
-
-from helpers import DATA, TEMPLATE, needs_data  # noqa: E402
 
 HAS_BF16 = ov_runtime.precision_problem("bf16") is None
 needs_bf16 = pytest.mark.skipif(not HAS_BF16, reason="this CPU has no avx512_bf16 / AMX")
@@ -33,8 +33,8 @@ def inputs():
 
 
 @pytest.fixture(scope="module")
-def tpl(tmp_path_factory):
-    return stf.Template(synthetic_template(tmp_path_factory.mktemp("tpl") / "p", frames=8, width=320, height=240))
+def tpl(make_template):
+    return stf.Template(make_template(frames=8))
 
 
 @pytest.fixture
@@ -168,12 +168,12 @@ def test_auto_really_measures(model_dir, cache):
     assert all(v > 0 for v in entry["ms_per_frame"].values())
 
 
-def test_cli_runs_openvino_and_refuses_bf16_on_onnx_runtime(model_dir, tmp_path, capsys):
+def test_cli_runs_openvino_and_refuses_bf16_on_onnx_runtime(model_dir, tmp_path, capsys, make_template):
     import soundfile as sf
 
     speech = tmp_path / "s.wav"
     sf.write(speech, synthetic_speech(0.6), 16000, subtype="PCM_16")
-    template = synthetic_template(tmp_path / "tpl", frames=4, width=320, height=240)
+    template = make_template(frames=4)
     base = ["generate", "--model", str(model_dir / "unet_328.onnx"), "--audio-encoder",
             str(model_dir / "audio_encoder.onnx"), "--audio", str(speech), "--template", str(template), "-q"]
     precision = "bf16" if HAS_BF16 else "fp32"

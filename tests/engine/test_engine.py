@@ -10,21 +10,19 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import soundfile as sf
+from helpers import ROOT
 
 import synctalk_fast as stf
 from synctalk_fast import models
 from synctalk_fast._util.stages import lower_priority, run_stages
-from synctalk_fast.demo import synthetic_speech, synthetic_template
+from synctalk_fast.demo import synthetic_speech
 from synctalk_fast.errors import TemplateError
 from synctalk_fast.template import FrameCache, Template
-
-from helpers import ROOT
 
 
 def _stage_threads(prefix: str) -> list[threading.Thread]:
@@ -141,8 +139,8 @@ def test_background_threads_run_at_idle_priority():
 
 
 @pytest.fixture(scope="module")
-def template_dir(tmp_path_factory):
-    return synthetic_template(tmp_path_factory.mktemp("tpl") / "p", frames=9, width=320, height=240)
+def template_dir(make_template):
+    return make_template(frames=9)
 
 
 @pytest.fixture(scope="module")
@@ -303,8 +301,8 @@ def test_fp16_precision(model_dir, template_dir, feats):
 
 
 @pytest.mark.slow
-def test_bench_writes_a_consistent_record(tmp_path):
-    folder = synthetic_template(tmp_path / "tpl", frames=6, width=320, height=240)
+def test_bench_writes_a_consistent_record(tmp_path, make_template):
+    folder = make_template(frames=6)
     sf.write(tmp_path / "s.wav", synthetic_speech(1.0), 16000, subtype="PCM_16")
     res = subprocess.run([sys.executable, "-m", "synctalk_fast", "bench", "--frames", "8", "--naive-frames", "3",
                           "--torch-frames", "2", "--batch-sizes", "1,2", "--template", str(folder), "--audio",

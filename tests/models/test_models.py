@@ -14,10 +14,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from helpers import MANIFEST, needs_manifest  # noqa: E402
+
 from synctalk_fast import models  # noqa: E402
 from synctalk_fast.models import networks  # noqa: E402
-
-from helpers import MANIFEST, needs_manifest  # noqa: E402
 from synctalk_fast.reference import torch_nets as tr  # noqa: E402
 
 MODES = ["ave", "hubert", "wenet"]
@@ -68,7 +68,7 @@ def _torch32(net, *arrays):
         return net(*(torch.from_numpy(a) for a in arrays)).numpy()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _unet_reference(mode: str):
     """Inputs (3 frames) and the float64 torch output for the seed-0 weights,
     computed once per mode: float64 convolutions are slow on a CPU."""

@@ -12,7 +12,7 @@ import soundfile as sf
 
 import synctalk_fast as stf
 from synctalk_fast import runtime
-from synctalk_fast.demo import synthetic_speech, synthetic_template
+from synctalk_fast.demo import synthetic_speech
 from synctalk_fast.engine import Engine, Producer, StepItem
 from synctalk_fast.errors import ModelError, OutputError
 from synctalk_fast.features import feature_windows
@@ -23,8 +23,8 @@ from synctalk_fast.template import Template
 
 
 @pytest.fixture(scope="module")
-def tpl(tmp_path_factory):
-    return Template(synthetic_template(tmp_path_factory.mktemp("tpl") / "p", frames=7, width=320, height=240))
+def tpl(make_template):
+    return Template(make_template(frames=7))
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +155,7 @@ def test_producers_share_the_engine_fairly(model_dir, tpl, feats):
 def test_a_failing_batch_reaches_each_of_its_producers(engine, tpl, feats):
     with engine.producer() as prod:
         bad = prod.submit(tpl, 0, np.zeros((3, 3), np.float32))  # not an audio window
-        with pytest.raises(Exception):
+        with pytest.raises(Exception):  # noqa: B017 - whatever the runtime raises for a bad shape
             bad.result(timeout=60)
         good = prod.submit(tpl, 1, _windows(feats, 1)[0])  # the engine goes on
         assert good.result(timeout=60).shape == (240, 320, 3)

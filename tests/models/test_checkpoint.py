@@ -52,7 +52,7 @@ def _assert_matches_torch(got: dict[str, np.ndarray], ref: dict[str, Any]) -> No
         assert arr.flags.c_contiguous and arr.flags.writeable and arr.flags.owndata, key
 
 
-def _rich_state_dict() -> "OrderedDict[str, Any]":
+def _rich_state_dict() -> OrderedDict[str, Any]:
     torch = _torch()
     g = torch.Generator().manual_seed(0)
     base = torch.arange(24, dtype=torch.float32).reshape(4, 6)
