@@ -120,42 +120,35 @@ def _read_zip(zf: zipfile.ZipFile, path: str) -> Any:
     )
 
 
-def _read_legacy(f: IO[bytes], path: str) -> Any:
-    def header(failure: str = f"{path}: corrupt legacy checkpoint header") -> Any:
-        return _unpickle(_RestrictedUnpickler(f, None), failure)
+class _LegacyStorages:
+    """The storages of a legacy file: referenced while its object is
+    unpickled, located after it (a key list, then each storage's element
+    count and raw bytes), read on first use."""
 
-    not_checkpoint = (
-        f"{path}: not a PyTorch checkpoint (neither a zip archive nor a legacy torch.save file)"
-    )
-    magic = header(not_checkpoint)
-    if type(magic) is not int or magic != _LEGACY_MAGIC:
-        raise CheckpointError(f"{not_checkpoint}: a pickle without the torch.save magic number")
-    protocol = header()
-    if protocol != _LEGACY_PROTOCOL:
-        raise CheckpointError(f"{path}: unsupported legacy protocol version {protocol!r}")
-    header()  # sys_info; storages are little-endian whatever the writer was
+    def __init__(self, f: IO[bytes], path: str) -> None:
+        self.f, self.path = f, path
+        self.roots: dict[str, _StorageRef] = {}
+        self.offsets: dict[str, int] = {}  # root key -> file offset of its first data byte
+        self.views: dict[str, _StorageRef] = {}
 
-    roots: dict[str, _StorageRef] = {}
-    offsets: dict[str, int] = {}  # root key -> file offset of its first data byte
-    views: dict[str, _StorageRef] = {}
-
-    def read_root(key: str, stype: _StorageType, numel: int) -> np.ndarray:
-        start = offsets.get(key)
+    def read_root(self, key: str, stype: _StorageType, numel: int) -> np.ndarray:
+        start = self.offsets.get(key)
         if start is None:
-            raise CheckpointError(f"{path}: storage {key!r} has no data in the file")
-        f.seek(start)
+            raise CheckpointError(f"{self.path}: storage {key!r} has no data in the file")
+        self.f.seek(start)
         nbytes = numel * stype.itemsize
-        data = f.read(nbytes)
+        data = self.f.read(nbytes)
         if len(data) != nbytes:
-            raise CheckpointError(f"{path}: truncated storage {key!r}")
+            raise CheckpointError(f"{self.path}: truncated storage {key!r}")
         return _decode_storage(data, stype, "little")
 
-    def load_storage(pid: tuple[Any, ...]) -> _StorageRef:
+    def load(self, pid: tuple[Any, ...]) -> _StorageRef:
+        """The unpickler's persistent_load: a root storage or a view of one."""
         stype, key, numel = _check_storage_pid(pid, 6)
-        root = roots.get(key)
+        root = self.roots.get(key)
         if root is None:
-            root = _StorageRef(key, stype, numel, lambda: read_root(key, stype, numel))
-            roots[key] = root
+            root = _StorageRef(key, stype, numel, lambda: self.read_root(key, stype, numel))
+            self.roots[key] = root
         elif root.stype is not stype or root.numel != numel:
             raise CheckpointError(f"storage {key!r} referenced with conflicting types/sizes")
         view_meta = pid[5]
@@ -168,41 +161,55 @@ def _read_legacy(f: IO[bytes], path: str) -> Any:
         length = _as_int(view_meta[2], "storage view size")
         if start < 0 or length < 0 or start + length > numel:
             raise CheckpointError(f"storage view {view_key!r} exceeds storage {key!r}")
-        view = views.get(view_key)
+        view = self.views.get(view_key)
         if view is not None and (view.stype is not stype or view.numel != length):
             raise CheckpointError(f"storage view {view_key!r} referenced with conflicting sizes")
         if view is None:
-            view = _StorageRef(
-                view_key, stype, length, lambda: root.array()[start : start + length]
-            )
-            views[view_key] = view
+            view = _StorageRef(view_key, stype, length, lambda: root.array()[start : start + length])
+            self.views[view_key] = view
         return view
 
-    obj = _unpickle(_RestrictedUnpickler(f, load_storage), f"{path}: corrupt legacy checkpoint")
+    def locate(self, keys: list[Any]) -> None:
+        """Record where each storage's bytes are, checking counts and sizes against the file."""
+        path, f = self.path, self.f
+        end = os.fstat(f.fileno()).st_size
+        pos = f.tell()
+        for raw_key in keys:
+            key = _ascii(raw_key)
+            root = self.roots.get(key)
+            if root is None or key in self.offsets:
+                raise CheckpointError(f"{path}: unexpected storage key {key!r} in legacy file")
+            f.seek(pos)
+            head = f.read(8)
+            if len(head) != 8:
+                raise CheckpointError(f"{path}: truncated legacy checkpoint")
+            (numel,) = struct.unpack("<q", head)
+            if numel != root.numel:
+                raise CheckpointError(f"{path}: storage {key!r} holds {numel} elements, expected {root.numel}")
+            self.offsets[key] = pos + 8
+            pos += 8 + root.nbytes
+            if pos > end:
+                raise CheckpointError(f"{path}: truncated legacy checkpoint")
+
+
+def _read_legacy(f: IO[bytes], path: str) -> Any:
+    def header(failure: str = f"{path}: corrupt legacy checkpoint header") -> Any:
+        return _unpickle(_RestrictedUnpickler(f, None), failure)
+
+    not_checkpoint = f"{path}: not a PyTorch checkpoint (neither a zip archive nor a legacy torch.save file)"
+    magic = header(not_checkpoint)
+    if type(magic) is not int or magic != _LEGACY_MAGIC:
+        raise CheckpointError(f"{not_checkpoint}: a pickle without the torch.save magic number")
+    protocol = header()
+    if protocol != _LEGACY_PROTOCOL:
+        raise CheckpointError(f"{path}: unsupported legacy protocol version {protocol!r}")
+    header()  # sys_info; storages are little-endian whatever the writer was
+    storages = _LegacyStorages(f, path)
+    obj = _unpickle(_RestrictedUnpickler(f, storages.load), f"{path}: corrupt legacy checkpoint")
     keys = header(f"{path}: corrupt legacy storage key list")
     if not isinstance(keys, list):
         raise CheckpointError(f"{path}: malformed legacy storage key list")
-
-    end = os.fstat(f.fileno()).st_size
-    pos = f.tell()
-    for raw_key in keys:
-        key = _ascii(raw_key)
-        root = roots.get(key)
-        if root is None or key in offsets:
-            raise CheckpointError(f"{path}: unexpected storage key {key!r} in legacy file")
-        f.seek(pos)
-        head = f.read(8)
-        if len(head) != 8:
-            raise CheckpointError(f"{path}: truncated legacy checkpoint")
-        (numel,) = struct.unpack("<q", head)
-        if numel != root.numel:
-            raise CheckpointError(
-                f"{path}: storage {key!r} holds {numel} elements, expected {root.numel}"
-            )
-        offsets[key] = pos + 8
-        pos += 8 + root.nbytes
-        if pos > end:
-            raise CheckpointError(f"{path}: truncated legacy checkpoint")
+    storages.locate(keys)
     return obj
 
 
