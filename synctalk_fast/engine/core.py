@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -266,24 +267,38 @@ class Engine:
                 bar.close()
         return pad_embeddings(np.concatenate(chunks))
 
-    def warmup(self, layout: str = "throughput") -> list[int]:
+    def warmup(self, layout: str = "throughput", *, every_size: bool = False) -> list[int]:
         """Run each session of ``layout`` (and the encoder) once, so that the
         first real call does not pay for the runtime's first-run setup.
 
         Where the runtime plans per input shape (cuDNN's algorithm search,
         TensorRT's profiles, OpenVINO's static compiles), every batch size a
         live producer can send (1 .. ``batch_size``) is run once: a size
-        first seen mid-conversation would stall it. Returns the batch sizes
-        run.
+        first seen mid-conversation would stall it. With ``every_size`` (a
+        long-lived server), every size is run twice on every runtime, the
+        sessions side by side: ONNX Runtime's CPU memory pattern for a shape
+        is planned on its first run and allocated on its second, so memory
+        reaches its plateau here instead of in steps mid-conversation.
+        Returns the batch sizes run.
         """
         if self.encoder is not None:
             self.encode(np.zeros((1, *MEL_SHAPE), np.float32))
         sessions = self.layout_sessions(layout)
-        sizes = list(range(1, self._batch + 1)) if any(s.per_shape for s in sessions) else [1]
-        for sess in sessions:
+        per_shape = every_size or any(s.per_shape for s in sessions)
+        sizes = list(range(1, self._batch + 1)) if per_shape else [1]
+
+        def run(sess: ModelSession) -> None:
             with self._locks[id(sess)]:
-                for n in sizes:
+                for n in sizes * (2 if every_size else 1):
                     sess.run(**unet_feeds(sess.item_shapes, n))
+
+        if every_size and len(sessions) > 1:
+            with ThreadPoolExecutor(len(sessions), thread_name_prefix="synctalk-warmup") as pool:
+                for done in [pool.submit(run, sess) for sess in sessions]:
+                    done.result()
+        else:
+            for sess in sessions:
+                run(sess)
         return sizes
 
     # -- the U-Net step -----------------------------------------------------------

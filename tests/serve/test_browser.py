@@ -29,10 +29,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import needs_loopback_namespace
+if __name__ == "__main__":  # run as a script in a network namespace (see the end): tests/ has helpers
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-# The shared server fixtures (imported by name; skips without the server's extras).
-from _server_fixtures import H, RATE, W, Running, fresh_limits, make_server, running, server, tpl_dir  # noqa: F401
+from _server_fixtures import RATE, H, Running, W, make_server  # noqa: E402
+from helpers import needs_loopback_namespace  # noqa: E402
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the browser is Debian's chromium)")
 
@@ -292,7 +293,7 @@ def _webrtc_check(work: Path, model_dir: Path, tpl: Path, mic: Path) -> dict:
     except ImportError:
         return {"skip": "the server's WebRTC part (aiortc) is not installed"}
     aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"] if use_ipv4 else []
-    server = make_server(model_dir, tpl, max_sessions=1, token="s3cret")
+    server = make_server(model_dir, tpl, max_clients=1, token="s3cret")
     running = Running(server)
     url = f"http://{running.base}/v1/avatars/ann/webrtc?token=s3cret"
     probe = urllib.request.Request(url, data=b"{}", headers={"Content-Type": "application/json"}, method="POST")
@@ -339,7 +340,7 @@ def _webrtc_check(work: Path, model_dir: Path, tpl: Path, mic: Path) -> dict:
                     kinds: v.srcObject ? v.srcObject.getTracks().map((t) => t.kind).sort() : [],
                     canvas_hidden: document.getElementById('canvas').hidden};
         }""")
-        session = next(iter(server._rtc))
+        session = next(iter(server.webrtc_sessions))
         until(lambda: session.lipsync_frames > 0, 30, "lip-synced frames")
         result["lipsync_frames"] = session.lipsync_frames
         pg.screenshot(path=str(work / "webrtc.png"))

@@ -14,16 +14,15 @@ import urllib.request
 import cv2
 import numpy as np
 import pytest
-
-# The shared server fixtures (imported by name; skips without the server's extras).
-from _server_fixtures import RATE, fresh_limits, running, server, tpl_dir  # noqa: F401
+from _server_fixtures import RATE
 
 websockets_sync = pytest.importorskip("websockets.sync.client")
 
 import synctalk_fast as stf  # noqa: E402
 from synctalk_fast import cli  # noqa: E402
 from synctalk_fast.demo import synthetic_speech  # noqa: E402
-from synctalk_fast.server import AvatarSpec, Limits, check_binding, load_config  # noqa: E402
+from synctalk_fast.engine.options import OPTION_NAMES, EngineOptions  # noqa: E402
+from synctalk_fast.serve import AvatarSpec, Limits, check_binding, load_config  # noqa: E402
 
 TIMEOUT = 60.0  # seconds any one exchange may take, at most
 
@@ -346,11 +345,64 @@ def test_config_file_and_avatar_spelling(tmp_path):
     conf.write_text('audio_encoder = "m/enc.onnx"\nport = 9000\n[[avatar]]\nname = "may"\ntemplate = "t/May"\n'
                     'unet = "m/may.onnx"\n')
     data = load_config(conf)
-    assert data["avatars"] == [AvatarSpec("may", tmp_path / "t/May", tmp_path / "m/may.onnx")]
-    assert data["audio_encoder"] == tmp_path / "m/enc.onnx" and data["port"] == 9000
+    assert data.avatars == [AvatarSpec("may", tmp_path / "t/May", tmp_path / "m/may.onnx")]
+    assert data.audio_encoder == tmp_path / "m/enc.onnx" and data.port == 9000
+    assert (data.host, data.max_clients, data.token_file, data.insecure, data.allowed_origins) == (
+        None, None, None, None, [])
+    assert data.options == EngineOptions() and data.engine_keys == frozenset()
+    assert data["avatars"] == data.avatars and data["port"] == 9000  # the old dict form
     conf.write_text('colour = "red"\n')
-    with pytest.raises(ValueError, match="unknown key"):
+    with pytest.raises(ValueError, match="unknown key") as info:
         load_config(conf)
+    assert "\n" not in str(info.value) and "max_clients" in str(info.value) and "cache_mb" in str(info.value)
+
+
+def test_config_file_takes_every_engine_option_and_max_clients(tmp_path):
+    conf = tmp_path / "avatars.toml"
+    conf.write_text('runtime = "onnxruntime"\nproviders = ["cpu"]\ndevice_id = 1\nprecision = "fp16"\n'
+                    'batch_size = 2\nsessions = 3\nthreads = 1\ncache_mb = 64\nmax_clients = 5\n'
+                    'token_file = "tok"\ninsecure = true\nallowed_origins = ["http://a.example"]\nhost = "::1"\n')
+    data = load_config(conf)
+    assert data.engine_keys == set(OPTION_NAMES)  # every EngineOptions field is a key
+    assert data.options == EngineOptions(runtime="onnxruntime", providers=("cpu",), device_id=1, precision="fp16",
+                                         batch_size=2, sessions=3, threads=1, cache_mb=64)
+    assert (data.max_clients, data.token_file, data.insecure, data.host) == (5, tmp_path / "tok", True, "::1")
+    assert data.allowed_origins == ["http://a.example"]
+    conf.write_text('max_sessions = 3\n')
+    with pytest.warns(DeprecationWarning, match="max_clients"):
+        assert load_config(conf).max_clients == 3
+    for bad in ('max_clients = 0', 'max_clients = "lots"', 'port = "80"', 'batch_size = 0', 'precision = "fp8"'):
+        conf.write_text(bad + "\n")
+        with pytest.raises(ValueError) as info:
+            load_config(conf)
+        assert "\n" not in str(info.value) and str(conf) in str(info.value), bad
+
+
+def test_the_old_module_paths_keep_working():
+    from synctalk_fast import server, webrtc
+    from synctalk_fast.serve import AvatarServer, VoiceGate
+
+    assert server.AvatarServer is AvatarServer and webrtc.VoiceGate is VoiceGate
+    assert server.CLOSE_CODES["server_full"] == 1013 and set(server.FORMATS) == {"jpeg", "png", "raw"}
+
+
+def test_refusals_have_one_table_and_one_message():
+    from synctalk_fast.serve.protocol import CLOSE_CODES, REFUSALS, Refusal, error_message
+
+    assert CLOSE_CODES == {"bad_request": 1008, "unauthorized": 1008, "unknown_avatar": 1008,
+                           "forbidden_origin": 1008, "rate_limited": 1008, "idle_timeout": 1008,
+                           "session_too_long": 1008, "server_full": 1013, "internal": 1011, "too_large": 1009,
+                           "unavailable": 1011}
+    assert {c: REFUSALS[c].http for c in ("unauthorized", "forbidden_origin", "unknown_avatar", "server_full")} == {
+        "unauthorized": 401, "forbidden_origin": 403, "unknown_avatar": 404, "server_full": 503}
+    r = Refusal("server_full", "full")
+    assert r.to_message() == error_message("server_full", "full") == {"type": "error", "code": "server_full",
+                                                                       "message": "full"}
+    assert (r.close_code, r.http_status) == (1013, 503)
+    assert Refusal.internal(RuntimeError("a\n  b" + "x" * 400)).message.startswith("a bx")
+    assert len(Refusal.internal(RuntimeError("x" * 400)).message) == 300
+    with pytest.raises(ValueError):
+        Refusal("no_such_code", "?")
 
 
 def test_auto_capacity_is_measured_and_at_least_one(server):
@@ -358,28 +410,117 @@ def test_auto_capacity_is_measured_and_at_least_one(server):
     assert isinstance(capacity, int) and capacity >= 1
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/status") as f:
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+@pytest.fixture
+def server_process(model_dir, tpl_dir):
+    """The server in a process of its own (tests/serve/server_process.py): a ``Running``-like
+    object with ``base``, ``port`` and ``pid``."""
+    import subprocess
+    import sys
+    import types
+    from pathlib import Path
+
+    limits = json.dumps({"max_audio_rate": 8.0, "audio_burst": 30.0})
+    script = Path(__file__).with_name("server_process.py")
+    proc = subprocess.Popen([sys.executable, str(script), str(model_dir), str(tpl_dir), limits],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()  # the server prints its port once it listens (bounded by the kill below)
+        assert line, f"the server process ended: {proc.wait(10)}"
+        info = json.loads(line)
+        yield types.SimpleNamespace(base=f"127.0.0.1:{info['port']}", port=info["port"], pid=info["pid"])
+    finally:
+        proc.stdin.close()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not __import__("os").path.exists("/proc/self/status"), reason="reads /proc")
-def test_a_long_session_keeps_going_in_flat_memory(running, server, speech):
-    """Eight utterances back to back in one session (bounded: about a minute):
-    every utterance completes, and memory after the last few is what it was
-    after the first few."""
-    server.limits = Limits(max_audio_rate=8.0, audio_burst=30.0)
+def test_a_long_session_keeps_going_in_flat_memory(server_process, speech):
+    """Utterances back to back in one session, the server in a process of
+    its own: after a warm-up of two utterances, its memory over ten more
+    grows by less than 2 MB an utterance (least-squares slope); every
+    utterance completes. Bounded: twelve utterances, a minute each at most."""
+    warmup, measured = 2, 10
     sizes, rss = [], []
-    with connect(running) as ws:
+    t0 = time.monotonic()
+    with connect(server_process) as ws:
         ws.send(json.dumps({"type": "start", "format": "jpeg"}))
-        for k in range(8):
+        for k in range(warmup + measured):
             send_speech(ws, speech[1], chunk=1600)
             ws.send(json.dumps({"type": "flush"}))
             msgs = collect(ws, until_close=False, limit_s=TIMEOUT)
             assert msgs and msgs[-1]["type"] == "utterance_end" and msgs[-1]["utterance"] == k
             sizes.append(msgs[-1]["frames"])
-            rss.append(_rss_mb())
+            if k >= warmup:
+                rss.append(_rss_mb(server_process.pid))
+            assert time.monotonic() - t0 < 10 * TIMEOUT
         ws.send(json.dumps({"type": "close"}))
     assert len(set(sizes)) == 1
-    assert rss[-1] - rss[2] < 50, rss
+    slope = np.polyfit(np.arange(len(rss)), rss, 1)[0]
+    assert slope < 2.0, (slope, rss)
+    assert max(rss) - rss[0] < 50, rss
+
+
+def test_every_engine_option_reaches_every_avatar(model_dir, tpl_dir):
+    """The engine options (all EngineOptions fields) reach each avatar's engine and template;
+    max_sessions= is the former name of max_clients= (client connections), sessions= stays U-Net sessions."""
+    from synctalk_fast.serve import AvatarServer
+
+    unet, encoder = model_dir / "unet_328.onnx", model_dir / "audio_encoder.onnx"
+    specs = [AvatarSpec("ann", tpl_dir, unet), AvatarSpec("bob", tpl_dir, unet)]
+    with pytest.warns(DeprecationWarning, match="max_clients"):
+        s = AvatarServer(specs, encoder, options=EngineOptions(batch_size=3, threads=2), max_sessions=3,
+                         runtime="onnxruntime", providers=["cpu"], device_id=1, precision="fp32", batch_size=2,
+                         sessions=1, threads=1, cache_mb=0.5)
+    assert s.capacity == 3 and s.options.batch_size == 2 and s.options.threads == 1
+    for avatar in s.avatars.values():
+        e = avatar.engine
+        assert (e.runtime, e.providers, e.device_id, e.precision) == ("onnxruntime", ["CPUExecutionProvider"], 1,
+                                                                       "fp32")
+        assert (e.batch_size, len(e.sessions), e.sessions[0].threads, e.options.cache_mb) == (2, 1, 1, 0.5)
+        assert avatar.template.cache.capacity == 2  # 0.5 MiB of 320x240 frames
+    with pytest.raises(TypeError, match="both"), pytest.warns(DeprecationWarning):
+        AvatarServer(specs, encoder, max_sessions=2, max_clients=2)
+    with pytest.raises(TypeError, match="colour"):
+        AvatarServer(specs, encoder, max_clients=1, colour="red")
+    with pytest.raises(ValueError, match="max_clients"):
+        AvatarServer(specs, encoder, max_clients=0)
+
+
+def test_webrtc_offers_are_refused_with_the_table_s_status_and_release_their_seat(running, server):
+    """The WebRTC endpoint refuses with the one error message and the code's HTTP status (no
+    connection is made: every offer here is refused before ICE)."""
+    pytest.importorskip("aiortc")
+
+    def post(body: bytes, query: str = "", name: str = "ann") -> tuple[int, dict]:
+        req = urllib.request.Request(f"http://{running.base}/v1/avatars/{name}/webrtc{query}", data=body,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    no_audio = json.dumps({"type": "offer", "sdp": "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n"}).encode()
+    server.limits = Limits(max_message_bytes=4096)
+    cases = [(b"not json", "", "ann", 400, "bad_request"), (b"x" * 5000, "", "ann", 413, "too_large"),
+             (no_audio, "", "bob", 404, "unknown_avatar"), (no_audio, "", "ann", 400, "bad_request")]
+    for body, query, name, status, code in cases:
+        got, msg = post(body, query, name)
+        assert (got, msg["type"], msg["code"], msg["error"]) == (status, "error", code, code), msg
+        assert msg["message"]
+    server.token = "s3cret-token"
+    got, msg = post(no_audio, "?token=wrong")
+    assert (got, msg["code"]) == (401, "unauthorized")
+    assert server.active_sessions == 0 and not server.webrtc_sessions
+    metrics = server.metrics.render().decode()
+    assert 'synctalk_sessions_total{avatar="ann",outcome="too_large"} 1.0' in metrics
