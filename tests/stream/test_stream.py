@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import subprocess
 import sys
@@ -14,27 +15,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 import soxr
+from helpers import SPEECH, TEMPLATE, needs_data
 
 import synctalk_fast as stf
 from synctalk_fast import feature_windows, paste_back, prepare_input
-from synctalk_fast.demo import synthetic_speech, synthetic_template
+from synctalk_fast.demo import synthetic_speech
 from synctalk_fast.template import ping_pong
 
-from helpers import SPEECH, TEMPLATE, needs_data
-
 RATE_IN = 44100
-
-
-@pytest.fixture(scope="module")
-def pipe(model_dir):
-    # two sessions even on a one-core runner, so both stream layouts exist
-    return stf.Pipeline(model_dir / "unet_328.onnx", audio_encoder=model_dir / "audio_encoder.onnx", sessions=2,
-                        threads=1)
-
-
-@pytest.fixture(scope="module")
-def tpl(tmp_path_factory):
-    return stf.Template(synthetic_template(tmp_path_factory.mktemp("tpl") / "person", frames=12, width=320, height=240))
 
 
 @pytest.fixture(scope="module")
@@ -281,6 +269,21 @@ def test_thread_safe_push_and_asyncio(pipe, tpl, offline):
         return [f async for f in stream]
 
     assert_same(asyncio.run(consume()), want)
+
+
+def test_frames_timeout_and_idle_pacing_in_a_thread(pipe, tpl):
+    """``frames(timeout=)`` ends when no frame came in time; with ``idle`` the waits are the frame period."""
+    with stf.Stream(pipe, template=tpl, warmup=False) as stream:
+        t0 = time.perf_counter()
+        assert list(stream.frames(follow=True, timeout=0.2)) == []
+        assert 0.2 <= time.perf_counter() - t0 < 5
+    with stf.Stream(pipe, template=tpl, idle=True, warmup=False) as stream:
+        got = list(itertools.islice(stream.frames(follow=True, timeout=5), 6))  # idle frames keep coming
+        stream.close()
+        got += list(stream.frames(follow=True))  # closed: ends at once
+    assert len(got) == 6 and all(f.idle for f in got)
+    assert [f.index for f in got] == list(range(6))
+    assert np.diff([f.emitted for f in got]).min() >= 0.9 / 25
 
 
 def test_slow_consumer_keeps_the_backlog_bounded(pipe, tpl, offline):
