@@ -35,7 +35,7 @@ import synctalk_fast as stf  # noqa: E402
 from synctalk_fast import models  # noqa: E402
 from synctalk_fast._util.system import cpu_cores, cpu_flags, cpu_name  # noqa: E402
 from synctalk_fast.demo import synthetic_template  # noqa: E402
-from synctalk_fast.quantization import fidelity  # noqa: E402
+from synctalk_fast.quantize import fidelity  # noqa: E402
 from synctalk_fast.runtime import get_runtime  # noqa: E402
 from synctalk_fast.runtime.openvino import PRECISION_HINTS, precision_problem  # noqa: E402
 

@@ -1,22 +1,12 @@
 """synctalk_fast: fast, exact SyncTalk_2D lip-sync inference.
 
-Data flows one way (each module imports only those before it):
-
-- :mod:`~synctalk_fast.shapes`: shapes, modes, frame rates, crop geometry;
-- :mod:`~synctalk_fast.audio` (sound -> mel) -> :mod:`~synctalk_fast.features`
-  (per-frame audio input) -> :mod:`~synctalk_fast.live_features` (the same,
-  incrementally, for speech that arrives in chunks);
-- :mod:`~synctalk_fast.frames` / :mod:`~synctalk_fast.template` (template
-  frames in and out of the network);
-- :mod:`~synctalk_fast.runtime` (inference runtimes and their provider
-  tables) -> :mod:`~synctalk_fast.models` (checkpoints, ONNX graphs, model
-  sessions) -> :mod:`~synctalk_fast.engine` (one person's networks and the
-  U-Net step, shared by every producer);
-- :mod:`~synctalk_fast.video` -> :mod:`~synctalk_fast.sinks` (where frames go);
-- :mod:`~synctalk_fast.stream` (live), :mod:`~synctalk_fast.pipeline`
-  (whole utterances), :mod:`~synctalk_fast.quantization` (int8),
-  :mod:`~synctalk_fast.replay` -> :mod:`~synctalk_fast.benchmark` ->
-  :mod:`~synctalk_fast.cli`.
+The signal and image core is flat (``audio``, ``features``,
+``live_features``, ``frames``, ``template``, ``shapes``); each application
+is a folder: ``runtime/``, ``models/``, ``engine/`` (with
+:class:`EngineOptions`, every engine option once), ``sinks/``, ``stream/``,
+``pipeline``, ``quantize/``, ``batch/``, ``serve/``, ``benchmark/``,
+``cli/``. Data flows one way through them; which module may import which is
+stated once, by ``tests/test_imports.py``.
 """
 
 from . import _backend
@@ -29,7 +19,7 @@ from .errors import AudioError, BoxError, Error, FeatureError, ModelError, Outpu
 from .features import feature_windows, load_features, pad_embeddings, save_features
 from .frames import clip_box, crop_box, load_landmarks, paste_back, prepare_input
 from .pipeline import GenerateResult, Pipeline, audio_features, generate
-from .quantization import QuantizeReport, quantize
+from .quantize import QuantizeReport, quantize  # binds the name to the function, over the subpackage
 from .sinks import CallbackSink, FrameFolderSink, MemorySink, Mp4Sink, Sink, open_sink
 from .stream import Stream, StreamFrame
 from .template import Template

@@ -61,11 +61,10 @@ def test_memory_limit(tmp_path, files, left):
         assert free == _system.available_memory(cgroup=tmp_path / "none")
 
 
-def test_the_frame_cache_follows_the_container_limit(tmp_path, monkeypatch):
-    from synctalk_fast.demo import synthetic_template
+def test_the_frame_cache_follows_the_container_limit(tmp_path, monkeypatch, make_template):
     from synctalk_fast.template import Template
 
-    folder = synthetic_template(tmp_path / "tpl", frames=6, width=320, height=240)
+    folder = make_template(frames=6)
     frame = 320 * 240 * 3
     fake = _write(tmp_path / "cg", {"memory.max": str(12 * frame), "memory.current": "0"})
     monkeypatch.setattr(_system, "CGROUP_ROOT", fake)

@@ -55,7 +55,7 @@ __all__ = [
     "state_dict_spec",
 ]
 
-_MOVED = {"quantize": "synctalk_fast.quantization", "QuantizeReport": "synctalk_fast.quantization"}
+_MOVED = {"quantize": "synctalk_fast.quantize", "QuantizeReport": "synctalk_fast.quantize"}
 
 
 def __getattr__(name: str):
