@@ -12,7 +12,7 @@ from .runtime.openvino import precision_problem
 from ._util.system import cpu_flags, cpu_name
 from .runtime.ort import builds_conflict, installed_builds, probe
 from ._version import __version__
-from .video import ENCODERS, encoder_problem
+from .sinks import ENCODERS, encoder_problem
 
 __all__ = ["config", "show_config"]
 

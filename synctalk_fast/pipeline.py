@@ -4,38 +4,52 @@
 utterance; :func:`generate` is the one-call form. Frames are produced and
 written one after another, features are computed in batches: memory does
 not grow with the audio's length.
+
+How the engine runs is one :class:`~synctalk_fast.engine.EngineOptions`
+(``options=``, or its fields as keywords); nothing here restates them.
+Threads: :meth:`Pipeline.frames` and :meth:`Pipeline.generate` run their
+stages in worker threads of their own (see :mod:`synctalk_fast._util.stages`)
+and join them before returning; a Pipeline serves one call at a time.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
+import os
 import queue
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, TypeAlias, cast
 
 import numpy as np
 
 from ._filters import SAMPLE_RATE
 from ._util.progress import StageTimer, progress_bar
 from ._util.stages import run_stages
-from .audio import load_audio
-from .engine import Engine, StepBatch
+from .audio import AudioSource, load_audio
+from .engine import Engine, EngineOptions, StepBatch
+from .engine.options import OPTION_NAMES
 from .errors import FeatureError, ModelError
 from .features import feature_windows, load_features
 from .models.session import ModelSession
-from .runtime import DEFAULT_RUNTIME
 from .shapes import FPS, IMAGE_SHAPE, MODES
-from .sinks import VIDEO_SUFFIXES, Sink, open_sink
+from .sinks import DEFAULT_ENCODER, DEFAULT_PRESET, VIDEO_SUFFIXES, OutputLike, Sink, open_sink
 from .stream import Stream
+from .stream.core import TemplateLike
 from .template import Template
-from .video import DEFAULT_ENCODER, DEFAULT_PRESET
 
 __all__ = ["Pipeline", "GenerateResult", "generate", "audio_features", "VIDEO_SUFFIXES"]
 
 log = logging.getLogger(__name__)
+
+#: A network: an ONNX file, or an open session.
+ModelLike: TypeAlias = str | os.PathLike[str] | ModelSession
+#: Precomputed features: an array, or a file / folder :func:`~synctalk_fast.load_features` reads.
+FeaturesLike: TypeAlias = np.ndarray | str | os.PathLike[str]
 
 
 @dataclass
@@ -47,7 +61,7 @@ class GenerateResult:
     fps: float  # video frame rate
     seconds: float  # wall time of the whole call
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
-    engine: dict = field(default_factory=dict)  # what ran: runtime, provider, device, precision, batch, sessions
+    engine: dict[str, Any] = field(default_factory=dict)  # what ran: runtime, provider, device, precision, batch, sessions
 
     @property
     def frames_per_second(self) -> float:
@@ -78,69 +92,58 @@ class Pipeline:
     ----------
     unet : str, os.PathLike, ModelSession or Engine
         U-Net ONNX file (any exporter; see :func:`synctalk_fast.models.load_session`),
-        or an :class:`~synctalk_fast.engine.Engine` to share (then the other
-        network and engine arguments must be left out).
-    audio_encoder : str, os.PathLike or ModelSession, optional, keyword-only
+        an open session (one U-Net session unless ``sessions`` says more), or
+        an :class:`~synctalk_fast.engine.Engine` to share (then it runs with
+        its own options: giving an audio encoder, ``options`` or engine
+        options too is a ``ValueError``).
+    audio_encoder : str, os.PathLike or ModelSession, optional
         AVE audio encoder, needed to compute features from audio; hubert and
         wenet models take precomputed features instead.
     mode : {"ave", "hubert", "wenet"}, optional, keyword-only
         Checked against the U-Net's audio input (default: taken from it).
-    runtime : str, keyword-only
-        Inference runtime (``"onnxruntime"``).
-    providers : sequence of str, optional, keyword-only
-        Providers, full names or aliases (default: the best available,
-        TensorRT > CUDA > ROCm > CoreML > DirectML > CPU).
-    batch_size : int, optional, keyword-only
-        Frames per U-Net call (default by provider: 16 on CUDA / TensorRT,
-        4 on CPU; see :func:`synctalk_fast.models.default_batch_size`).
-    threads : int, optional, keyword-only
-        Host threads per U-Net session (default: the cores shared out among
-        the sessions).
-    sessions : int, optional, keyword-only
-        U-Net sessions run in parallel, batches going to them in turn
-        (default: one per core up to 4 on CPU, one on GPU; see
-        :func:`synctalk_fast.models.session_plan`).
-    precision : {"fp32", "fp16"}, keyword-only
-        fp16 runs the U-Net in half precision (for GPUs).
     overlap : bool, keyword-only
         Run the stages concurrently in threads (default). False runs them
         one after another in the caller's thread.
-    cache_mb : float, optional, keyword-only
-        Decoded template frame cache (see :class:`Template`).
-    device_id : int, keyword-only
-        Which GPU (CUDA, TensorRT, ROCm, DirectML).
+    options : EngineOptions, optional, keyword-only
+        How the engine runs: runtime, providers, device, precision, batch
+        size, sessions, threads, and ``cache_mb`` (the decoded template frame
+        cache, see :class:`~synctalk_fast.Template`); each field's values
+        and default are documented on
+        :class:`~synctalk_fast.engine.EngineOptions`.
+    **engine_options
+        Any field of :class:`~synctalk_fast.engine.EngineOptions` by name
+        (``runtime=``, ``providers=``, ``precision=``, ``batch_size=``, ...),
+        over ``options``. An unknown name is a ``TypeError``.
 
     Attributes
     ----------
     engine : Engine
         The networks and the U-Net step (shareable with streams and jobs).
+    options : EngineOptions
+        What the engine runs with (``engine.options``).
     """
 
     def __init__(
         self,
-        unet,
-        audio_encoder=None,
+        unet: ModelLike | Engine,
+        audio_encoder: ModelLike | None = None,
         *,
         mode: str | None = None,
-        runtime: str = DEFAULT_RUNTIME,
-        providers: Sequence[str] | None = None,
-        batch_size: int | None = None,
-        threads: int | None = None,
-        sessions: int | None = None,
-        precision: str = "fp32",
         overlap: bool = True,
-        cache_mb: float | None = None,
-        device_id: int = 0,
+        options: EngineOptions | None = None,
+        **engine_options: Any,
     ):
+        opts = EngineOptions.merge(options, engine_options, where="Pipeline")  # checks the names
         if isinstance(unet, Engine):
             if audio_encoder is not None:
                 raise ValueError("give the audio encoder to the Engine, not to a Pipeline on it")
+            given = sorted(k for k, v in engine_options.items() if v is not None)
+            if options is not None or given:
+                raise ValueError(f"a Pipeline on an Engine runs with the engine's options; give "
+                                 f"{', '.join(given) or 'options'} to the Engine instead")
             self.engine = unet
         else:
-            if isinstance(unet, ModelSession) and sessions is None:
-                sessions = 1
-            self.engine = Engine(unet, audio_encoder, runtime=runtime, providers=providers, precision=precision,
-                                 batch_size=batch_size, sessions=sessions, threads=threads, device_id=device_id)
+            self.engine = Engine(unet, audio_encoder, options=opts)
         if not self.engine.sessions:
             raise ModelError("a Pipeline needs a U-Net")
         if mode is not None and mode not in MODES:
@@ -149,8 +152,17 @@ class Pipeline:
             raise ModelError(f"{self.engine.unet.path}: takes {self.engine.mode} audio features, not {mode}")
         self.mode: str = self.engine.mode  # type: ignore[assignment]
         self.overlap = bool(overlap)
-        self.cache_mb = cache_mb
         self._template: Template | None = None  # the last one used, with its decoded frames
+
+    @property
+    def options(self) -> EngineOptions:
+        """What the engine runs with (:attr:`Engine.options`)."""
+        return self.engine.options
+
+    @property
+    def cache_mb(self) -> float | None:
+        """Decoded template frame cache in MiB (``options.cache_mb``; None: the default)."""
+        return self.engine.options.cache_mb
 
     # The engine's sessions, read-only (kept for code written against them).
     @property
@@ -174,7 +186,7 @@ class Pipeline:
         return (f"Pipeline(unet={str(self.unet.path)!r}{enc}, mode={self.mode!r}, batch_size={self.batch_size}, "
                 f"runtime={self.engine.runtime!r}, providers={self.engine.providers})")
 
-    def template(self, template) -> Template:
+    def template(self, template: TemplateLike) -> Template:
         """``template`` as a :class:`Template`; a folder used in the previous
         call is not loaded again, so its decoded frames are reused."""
         if isinstance(template, Template):
@@ -186,18 +198,18 @@ class Pipeline:
         return self._template
 
     # -- audio -> features ------------------------------------------------
-    def audio_features(self, audio, *, progress: bool = False) -> np.ndarray:
+    def audio_features(self, audio: AudioSource, *, progress: bool = False) -> np.ndarray:
         """Per-frame audio features of speech (numerics §1): float32 ``[n + 2, 512]``.
 
         See :meth:`Engine.audio_features`; needs an ave U-Net and the audio encoder.
         """
         return self.engine.audio_features(audio, progress=progress)
 
-    def _unet_audio(self, features) -> tuple[np.ndarray, bool]:
+    def _unet_audio(self, features: FeaturesLike) -> tuple[np.ndarray, bool]:
         return load_features(features, mode=self.mode)
 
     # -- features -> frames -----------------------------------------------
-    def frames(self, features, template, *, start: int = 0, feather: int = 0,
+    def frames(self, features: FeaturesLike, template: TemplateLike, *, start: int = 0, feather: int = 0,
                _timer: StageTimer | None = None) -> Iterator[np.ndarray]:
         """Lip-synced frames, in order: BGR uint8 ``[H, W, 3]``, one per feature row.
 
@@ -222,7 +234,8 @@ class Pipeline:
         for batch in self._batches(features, template, start=start, timer=timer):
             yield from self.engine.paste(batch, feather=feather, timer=timer)
 
-    def _batches(self, features, template, *, start: int, timer: StageTimer, then: Sequence = ()) -> Iterator:
+    def _batches(self, features: FeaturesLike, template: TemplateLike, *, start: int, timer: StageTimer,
+                 then: Sequence[Callable[[Any], Any]] = ()) -> Iterator[Any]:
         """Run batches (:class:`~synctalk_fast.engine.StepBatch`) in order;
         each function of ``then`` is applied to them in a further stage. The
         prepare stage and ``then`` run at background priority on CPU (see
@@ -234,7 +247,7 @@ class Pipeline:
         order = tpl.order(n, start=start)
         shape = MODES[self.mode]
         size = engine.batch_size
-        spare: queue.SimpleQueue = queue.SimpleQueue()  # input buffers the U-Net is done with
+        spare: queue.SimpleQueue[np.ndarray] = queue.SimpleQueue()  # input buffers the U-Net is done with
 
         def prepare(b0: int) -> StepBatch:
             b1 = min(n, b0 + size)
@@ -253,36 +266,36 @@ class Pipeline:
             return batch
 
         starts = range(0, n, size)
-        # one infer function per session: run_stages gives batch i to session i % len
-        infers = [functools.partial(infer, session=k) for k in range(len(engine.sessions))]
         if not self.overlap:
             for b0 in starts:
-                batch = infer(prepare(b0))
+                batch: Any = infer(prepare(b0))
                 for fn in then:
                     batch = fn(batch)
                 yield batch
             return
+        # one infer function per session: run_stages gives batch i to session i % len
+        infers = [functools.partial(infer, session=k) for k in range(len(engine.sessions))]
         # On CPU the U-Net owns the cores, so the other stages only take what it
         # leaves (SCHED_IDLE); on an accelerator they are what limits the
         # pace, and at idle priority anything else on the host would starve them.
         background = [] if engine.accelerator else [0] + [2 + i for i in range(len(then))]
         yield from run_stages(map(prepare, starts), [infers, *then], depth=2, name="synctalk", background=background)
 
-    def stream(self, template, *, start: int = 0, **options) -> Stream:
+    def stream(self, template: TemplateLike, *, start: int = 0, **stream_options: Any) -> Stream:
         """A :class:`~synctalk_fast.Stream` on this pipeline's engine: speech
         pushed in chunks, frames out as soon as they are computable.
-        ``options`` go to :class:`~synctalk_fast.Stream` (``idle``,
+        ``stream_options`` go to :class:`~synctalk_fast.Stream` (``idle``,
         ``max_ready``, ``feather``, ``max_lag``, ``layout``)."""
-        return Stream(self.engine, template=self.template(template), start=start, **options)
+        return Stream(self.engine, template=self.template(template), start=start, **stream_options)
 
     # -- frames -> video --------------------------------------------------
     def generate(
         self,
-        audio=None,
+        audio: AudioSource | None = None,
         *,
-        template,
-        output,
-        features=None,
+        template: TemplateLike,
+        output: OutputLike | Sequence[OutputLike],
+        features: FeaturesLike | None = None,
         start: int = 0,
         fps: float | None = None,
         crf: int = 20,
@@ -319,14 +332,11 @@ class Pipeline:
             Template frame offset.
         fps : float, optional, keyword-only
             Video frame rate (default: 25, or 20 for wenet).
-        crf, preset : keyword-only
-            libx264 quality (CRF 20, as the reference) and speed preset
-            (default superfast, chosen by measurement: see the README).
-        encoder : {"libx264", "h264_nvenc", "auto"}, keyword-only
-            H.264 encoder of a video output: libx264 (frame threads over
-            the cores this process may use), NVIDIA's hardware encoder, or
-            the hardware one when it opens here. An encoder that cannot run
-            here is an :class:`OutputError` before any work.
+        crf, preset, encoder : keyword-only
+            H.264 encoding of a video output (see :class:`~synctalk_fast.sinks.Mp4Sink`):
+            CRF 20 as the reference, preset superfast (chosen by measurement:
+            see the README), libx264; an encoder that cannot run here is an
+            :class:`OutputError` before any work.
         feather : int, keyword-only
             Soft paste band in pixels (0: hard paste, as the reference).
         image_format : {"png", "jpg"}, keyword-only
@@ -343,48 +353,14 @@ class Pipeline:
         if audio is None and features is None:
             raise FeatureError("generate needs audio, features, or both")
         tpl = self.template(template)
-        samples = None
-        if audio is not None:
-            with timer("audio"):
-                samples = load_audio(audio)
-        if features is None:
-            with timer("features"):
-                features = self.audio_features(samples, progress=progress)
-        rows, _ = self._unet_audio(features)
+        samples, features = self._speech(audio, features, timer=timer, progress=progress)
+        n = self._unet_audio(features)[0].shape[0]
         fps = float(fps or FPS[self.mode])
-        n = rows.shape[0]
-        targets = list(output) if isinstance(output, (list, tuple)) else [output]
-        sinks: list[Sink] = []
+        targets: list[OutputLike] = list(output) if isinstance(output, (list, tuple)) else [cast(OutputLike, output)]
+        encoding = {"fps": fps, "crf": crf, "preset": preset, "encoder": encoder, "image_format": image_format}
         bar = progress_bar(n, "frames", progress)
         try:
-            for target in targets:
-                sinks.append(open_sink(target, fps=fps, crf=crf, preset=preset, encoder=encoder, audio=samples,
-                                       image_format=image_format))
-            scratch = np.empty((tpl.size[1], tpl.size[0], 3), np.uint8)  # sinks copy what they keep
-            per_frame = int(round(SAMPLE_RATE / fps))
-            written = [0]
-
-            def paste_and_write(batch: StepBatch) -> int:  # a stage of its own: libx264 starts its threads from it
-                count = 0
-                for frame in self.engine.paste(batch, feather=feather, out=scratch, timer=timer):
-                    i = written[0]
-                    sound = None if samples is None else samples[i * per_frame : (i + 1) * per_frame]
-                    with timer("encode"):
-                        for sink in sinks:
-                            sink.write(frame, sound)
-                    written[0] += 1
-                    count += 1
-                return count
-
-            for count in self._batches(features, tpl, start=start, timer=timer, then=[paste_and_write]):
-                if bar is not None:
-                    bar.update(count)
-            for sink in sinks:
-                sink.close()
-        except BaseException:
-            for sink in sinks:
-                sink.abort()
-            raise
+            self._write(targets, encoding, features, tpl, samples, start=start, feather=feather, timer=timer, bar=bar)
         finally:
             if bar is not None:
                 bar.close()
@@ -394,8 +370,65 @@ class Pipeline:
         log.info("%s", result)
         return result
 
+    def _speech(self, audio: AudioSource | None, features: FeaturesLike | None, *, timer: StageTimer,
+                progress: bool) -> tuple[np.ndarray | None, FeaturesLike]:
+        """The samples of ``audio`` (None without audio) and the features (computed from them if not given)."""
+        samples = None
+        if audio is not None:
+            with timer("audio"):
+                samples = load_audio(audio)
+        if features is None:
+            assert samples is not None
+            with timer("features"):
+                features = self.audio_features(samples, progress=progress)
+        return samples, features
 
-def audio_features(audio, *, audio_encoder, progress: bool = False) -> np.ndarray:
+    def _write(self, targets: Sequence[OutputLike], encoding: dict[str, Any], features: FeaturesLike, tpl: Template,
+               samples: np.ndarray | None, *, start: int, feather: int, timer: StageTimer, bar: Any) -> None:
+        """Open a sink per target, render into all of them in one pass and close them; abort them all on any error.
+
+        Each frame goes to every sink with its samples (``samples``' share of
+        the frame, or None without audio); ``encoding`` holds the
+        :func:`~synctalk_fast.sinks.open_sink` arguments.
+        """
+        sinks: list[Sink] = []
+        scratch = np.empty((tpl.size[1], tpl.size[0], 3), np.uint8)  # sinks copy what they keep
+        per_frame = int(round(SAMPLE_RATE / encoding["fps"]))
+        written = 0
+
+        def paste_and_write(batch: StepBatch) -> int:  # a stage of its own: libx264 starts its threads from it
+            nonlocal written
+            count = 0
+            for frame in self.engine.paste(batch, feather=feather, out=scratch, timer=timer):
+                sound = None if samples is None else samples[written * per_frame : (written + 1) * per_frame]
+                with timer("encode"):
+                    for sink in sinks:
+                        sink.write(frame, sound)
+                written += 1
+                count += 1
+            return count
+
+        try:
+            for target in targets:
+                sinks.append(open_sink(target, audio=samples, **encoding))
+            for count in self._batches(features, tpl, start=start, timer=timer, then=[paste_and_write]):
+                if bar is not None:
+                    bar.update(count)
+            for sink in sinks:
+                sink.close()
+        except BaseException:
+            for sink in sinks:
+                sink.abort()
+            raise
+
+
+# Keywords of Pipeline.generate that generate() passes on (the others it names itself).
+_GENERATE_KEYWORDS = frozenset(
+    p.name for p in inspect.signature(Pipeline.generate).parameters.values() if p.kind is p.KEYWORD_ONLY
+) - {"template", "output", "features"}
+
+
+def audio_features(audio: AudioSource, *, audio_encoder: ModelLike | Engine, progress: bool = False) -> np.ndarray:
     """Per-frame AVE audio features of speech (numerics §1.1-1.8).
 
     Parameters
@@ -416,28 +449,37 @@ def audio_features(audio, *, audio_encoder, progress: bool = False) -> np.ndarra
 
 
 def generate(
-    audio=None,
+    audio: AudioSource | None = None,
     *,
-    template,
-    output,
-    unet,
-    audio_encoder=None,
-    features=None,
+    template: TemplateLike,
+    output: OutputLike | Sequence[OutputLike],
+    unet: ModelLike | Engine,
+    audio_encoder: ModelLike | None = None,
+    features: FeaturesLike | None = None,
     mode: str | None = None,
-    runtime: str = DEFAULT_RUNTIME,
-    providers: Sequence[str] | None = None,
-    batch_size: int | None = None,
-    threads: int | None = None,
-    sessions: int | None = None,
-    precision: str = "fp32",
     overlap: bool = True,
-    cache_mb: float | None = None,
-    device_id: int = 0,
-    **options,
+    options: EngineOptions | None = None,
+    **kwargs: Any,
 ) -> GenerateResult:
-    """One call: load the models, render, write. See :class:`Pipeline` and
-    :meth:`Pipeline.generate` for the parameters."""
-    pipe = Pipeline(unet, audio_encoder, mode=mode, runtime=runtime, providers=providers, batch_size=batch_size,
-                    threads=threads, sessions=sessions, precision=precision, overlap=overlap, cache_mb=cache_mb,
-                    device_id=device_id)
-    return pipe.generate(audio, template=template, output=output, features=features, **options)
+    """One call: load the models, render, write.
+
+    ``unet``, ``audio_encoder``, ``mode``, ``overlap`` and ``options`` make
+    the :class:`Pipeline`; of ``kwargs``, the fields of
+    :class:`~synctalk_fast.engine.EngineOptions` (``batch_size=``,
+    ``precision=``, ...) go to its engine, over ``options``, and the others
+    (``start``, ``fps``, ``crf``, ``preset``, ``encoder``, ``feather``,
+    ``image_format``, ``progress``) to :meth:`Pipeline.generate`, which
+    documents them with ``audio``, ``template``, ``output`` and ``features``.
+
+    Raises
+    ------
+    TypeError
+        A keyword that is neither (before any model is loaded).
+    """
+    engine_options = {k: kwargs.pop(k) for k in list(kwargs) if k in OPTION_NAMES}
+    unknown = sorted(set(kwargs) - _GENERATE_KEYWORDS)
+    if unknown:
+        raise TypeError(f"generate() got unexpected keyword argument(s) {', '.join(unknown)}; expected engine "
+                        f"options ({', '.join(OPTION_NAMES)}) or {', '.join(sorted(_GENERATE_KEYWORDS))}")
+    pipe = Pipeline(unet, audio_encoder, mode=mode, overlap=overlap, options=options, **engine_options)
+    return pipe.generate(audio, template=template, output=output, features=features, **kwargs)

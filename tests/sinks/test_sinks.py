@@ -17,13 +17,12 @@ import numpy as np
 import pytest
 import soxr
 
-from synctalk_fast import video
 from synctalk_fast._util import atomic as _atomic
 from synctalk_fast._util.atomic import PartFile, atomic_path, write_atomic
 from synctalk_fast.audio import StreamResampler
 from synctalk_fast.errors import OutputError
 from synctalk_fast.sinks import (
-    TRACK_RATE,
+    TRACK_SAMPLE_RATE,
     VIDEO_SUFFIXES,
     CallbackSink,
     FrameFolderSink,
@@ -32,7 +31,8 @@ from synctalk_fast.sinks import (
     Sink,
     open_sink,
 )
-from synctalk_fast.video import FrameFolderWriter, VideoWriter
+from synctalk_fast.sinks import folder as _folder_module
+from synctalk_fast.sinks import mp4 as _mp4_module
 
 SR = 16000
 FPS = 25
@@ -166,14 +166,14 @@ def test_duck_typed_sink_is_returned_unchanged():
 
 def test_writers_are_sinks(tmp_path):
     frames = [_frame(i) for i in range(3)]
-    with VideoWriter(tmp_path / "v.mp4", preset="ultrafast") as w:
+    with Mp4Sink(tmp_path / "v.mp4", preset="ultrafast") as w:
         assert isinstance(w, Sink)
         for f in frames:
             w.write(f, None)
-    with VideoWriter(tmp_path / "live.mp4", frame_audio=True, preset="ultrafast") as w:
-        for i, f in enumerate(frames):
+    with Mp4Sink(tmp_path / "live.mp4", frame_audio=True, preset="ultrafast") as w:
+        for f in frames:
             w.write(f, _tone(HOP))  # positional audio
-    with FrameFolderWriter(tmp_path / "f") as w:
+    with FrameFolderSink(tmp_path / "f") as w:
         assert isinstance(w, Sink)
         for f in frames:
             w.write(f, _tone(HOP))  # ignored
@@ -207,7 +207,10 @@ def test_open_sink_bad_arguments(tmp_path, kw, name):
 
 def test_video_suffixes():
     assert VIDEO_SUFFIXES == (".mp4", ".mov", ".m4v", ".mkv")
-    assert TRACK_RATE == 48000
+    assert TRACK_SAMPLE_RATE == 48000
+    with pytest.warns(DeprecationWarning, match="TRACK_RATE is deprecated; use TRACK_SAMPLE_RATE"):
+        from synctalk_fast.sinks import TRACK_RATE
+    assert TRACK_RATE == TRACK_SAMPLE_RATE
 
 
 # ---------------------------------------------------------------- abort
@@ -265,9 +268,9 @@ def test_sink_with_block_aborts_on_exception(tmp_path):
 
 def _check_tone(decoded: np.ndarray, seconds: float) -> None:
     """Decoded 48 kHz sound is the 440 Hz tone (the edit list removes the encoder delay)."""
-    n = int(seconds * TRACK_RATE)
+    n = int(seconds * TRACK_SAMPLE_RATE)
     assert n - 1024 <= len(decoded) <= n + 2048
-    want = _tone(n, TRACK_RATE)
+    want = _tone(n, TRACK_SAMPLE_RATE)
     err = decoded[:n] - want[: len(decoded)]
     assert np.sqrt(np.mean(err[4800:-4800] ** 2)) < 0.05
 
@@ -280,7 +283,7 @@ def test_mp4_with_per_frame_audio(tmp_path):
     info = _decode(path)
     assert len(info["frames"]) == 30 and info["duration"] == Fraction(6, 5)
     [(rate, duration)] = info["audio"]
-    assert rate == TRACK_RATE and duration == Fraction(6, 5)
+    assert rate == TRACK_SAMPLE_RATE and duration == Fraction(6, 5)
     _check_tone(info["samples"], 1.2)
 
     with Mp4Sink(tmp_path / "y.mp4", frame_audio=True, preset="ultrafast") as sink:
@@ -298,7 +301,7 @@ def test_mp4_with_whole_track_ignores_frame_audio(tmp_path):
     info = _decode(tmp_path / "a.mp4")
     assert len(info["frames"]) == 30
     [(rate, duration)] = info["audio"]
-    assert rate == TRACK_RATE and duration == Fraction(6, 5)
+    assert rate == TRACK_SAMPLE_RATE and duration == Fraction(6, 5)
     _check_tone(info["samples"], 1.2)
 
 
@@ -431,8 +434,9 @@ def test_write_atomic_failure_removes_created_parents(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []
 
 
-def test_video_part_file_is_the_atomic_one():
-    assert video._PartFile is PartFile
+def test_file_sinks_write_through_the_atomic_part_file():
+    # patching PartFile.write reaches every byte every file sink writes
+    assert _mp4_module.PartFile is PartFile and _folder_module.PartFile is PartFile
 
 
 def test_atomic_path_success_and_replace(tmp_path):

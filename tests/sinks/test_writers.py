@@ -1,4 +1,4 @@
-"""Output stage: MP4 (H.264 + AAC) and image folders, never partial; decoded back with PyAV."""
+"""The file sinks: MP4 (H.264 + AAC) and image folders, never partial; decoded back with PyAV."""
 
 from __future__ import annotations
 
@@ -13,8 +13,21 @@ import numpy as np
 import pytest
 
 from synctalk_fast import video
+from synctalk_fast._util.atomic import PartFile
 from synctalk_fast.errors import OutputError
-from synctalk_fast.video import FrameFolderWriter, VideoWriter
+from synctalk_fast.sinks import (
+    DEFAULT_ENCODER,
+    DEFAULT_PRESET,
+    ENCODERS,
+    X264_PRESETS,
+    FrameFolderSink,
+    Mp4Sink,
+    encoder_problem,
+    resolve_encoder,
+)
+from synctalk_fast.sinks import encoders as _encoders
+from synctalk_fast.sinks import mp4 as _mp4_module
+from synctalk_fast.sinks.legacy import FrameFolderWriter, VideoWriter
 
 SR = 16000
 
@@ -31,6 +44,12 @@ def _frame(i: int, h: int = 240, w: int = 320) -> np.ndarray:
 def _tone(seconds: float, hz: float = 440.0) -> np.ndarray:
     t = np.arange(round(seconds * SR)) / SR
     return (0.5 * np.sin(2 * np.pi * hz * t)).astype(np.float32)
+
+
+def _mp4(path, **kw) -> Mp4Sink:
+    """An :class:`Mp4Sink` storing its track at 16 kHz, the rate of the sound given (these tests measure it there)."""
+    kw.setdefault("track_sample_rate", SR)
+    return Mp4Sink(path, **kw)
 
 
 def _leftovers(folder) -> list[str]:
@@ -61,7 +80,7 @@ def _probe(path) -> dict:
 def _write(path, n: int, **kw) -> list[np.ndarray]:
     hw = kw.pop("hw", (240, 320))
     frames = [_frame(i, *hw) for i in range(n)]
-    with VideoWriter(path, **kw) as w:
+    with _mp4(path, **kw) as w:
         for f in frames:
             w.write(f)
         assert w.frames_written == n
@@ -160,7 +179,7 @@ def test_audio_is_encoded_as_frames_arrive(tmp_path, monkeypatch):
     real = av.AudioFrame.from_ndarray
     monkeypatch.setattr(av.AudioFrame, "from_ndarray", lambda *a, **k: pts.append(len(pts)) or real(*a, **k))
     tone = _tone(1.2)
-    with VideoWriter(tmp_path / "x.mp4", audio=tone, preset="ultrafast") as w:
+    with _mp4(tmp_path / "x.mp4", audio=tone, preset="ultrafast") as w:
         for i in range(10):
             w.write(_frame(i))
         # 10 frames = 0.4 s = 6400 samples -> 7 AAC frames of 1024, not all 19.
@@ -173,14 +192,14 @@ def test_no_partial_output(tmp_path, how):
     path = tmp_path / "out.mp4"
     path.write_bytes(b"previous")
     if how == "gc":
-        w = VideoWriter(path, audio=_tone(1.0), preset="ultrafast")
+        w = _mp4(path, audio=_tone(1.0), preset="ultrafast")
         for i in range(5):
             w.write(_frame(i))
         assert len(_leftovers(tmp_path)) == 1
         del w
         gc.collect()
     elif how == "abort":
-        w = VideoWriter(path, audio=_tone(1.0), preset="ultrafast")
+        w = _mp4(path, audio=_tone(1.0), preset="ultrafast")
         for i in range(5):
             w.write(_frame(i))
         w.abort()
@@ -192,7 +211,7 @@ def test_no_partial_output(tmp_path, how):
     else:
         exc = RuntimeError if how == "exception" else KeyboardInterrupt
         with pytest.raises(exc):
-            with VideoWriter(path, audio=_tone(1.0), preset="ultrafast") as w:
+            with _mp4(path, audio=_tone(1.0), preset="ultrafast") as w:
                 for i in range(5):
                     w.write(_frame(i))
                 raise exc()
@@ -204,7 +223,7 @@ def test_no_partial_output(tmp_path, how):
 def test_no_output_when_new(tmp_path):
     path = tmp_path / "sub" / "dir" / "out.mp4"
     with pytest.raises(RuntimeError):
-        with VideoWriter(path) as w:
+        with _mp4(path) as w:
             w.write(_frame(0))
             raise RuntimeError
     assert os.listdir(tmp_path) == []  # the parents it created are gone too
@@ -213,7 +232,7 @@ def test_no_output_when_new(tmp_path):
 def test_close_replaces_existing_file_and_is_idempotent(tmp_path):
     path = tmp_path / "out.mp4"
     path.write_bytes(b"previous")
-    w = VideoWriter(str(path), preset="ultrafast")
+    w = _mp4(str(path), preset="ultrafast")
     w.write(_frame(0))
     assert w.close() == path
     assert w.close() == path
@@ -231,7 +250,7 @@ def test_creates_missing_parents(tmp_path):
 
 def test_no_frames(tmp_path):
     path = tmp_path / "empty.mp4"
-    w = VideoWriter(path)
+    w = _mp4(path)
     with pytest.raises(ValueError, match="no frames"):
         w.close()
     assert os.listdir(tmp_path) == []
@@ -242,16 +261,16 @@ def test_unwritable_locations(tmp_path):
     blocker.write_text("x")
     for path in (blocker / "out.mp4", blocker / "deeper" / "out.mp4"):
         with pytest.raises(OutputError, match="Not a directory") as info:
-            VideoWriter(path)
+            _mp4(path)
         assert str(path) in str(info.value) and "\n" not in str(info.value)
         assert isinstance(info.value, OSError)
     with pytest.raises(OutputError, match="Is a directory") as info:
-        VideoWriter(tmp_path)
+        _mp4(tmp_path)
     assert str(tmp_path) in str(info.value)
     with pytest.raises(OutputError, match="Not a directory"):
-        FrameFolderWriter(blocker)
+        FrameFolderSink(blocker)
     with pytest.raises(OutputError, match="Not a directory"):
-        FrameFolderWriter(blocker / "frames")
+        FrameFolderSink(blocker / "frames")
     assert sorted(os.listdir(tmp_path)) == ["file.txt"]
 
 
@@ -259,7 +278,7 @@ def test_encoder_failure(tmp_path):
     path = tmp_path / "out.mp4"
     path.write_bytes(b"previous")
     with pytest.raises(OutputError, match="encoding failed") as info:
-        with VideoWriter(path, preset="ultrafast") as w:
+        with _mp4(path, preset="ultrafast") as w:
             w.write(np.zeros((2, 17000, 3), np.uint8))  # wider than libx264 accepts
     assert str(path) in str(info.value)
     assert path.read_bytes() == b"previous"
@@ -269,14 +288,14 @@ def test_encoder_failure(tmp_path):
 def _disk_full(monkeypatch, *, now: bool) -> dict:
     """Make every output write fail with ENOSPC once ``state['full']`` is true."""
     state = {"full": now}
-    real = video._PartFile.write
+    real = PartFile.write
 
     def write(self, data):
         if state["full"]:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real(self, data)
 
-    monkeypatch.setattr(video._PartFile, "write", write)
+    monkeypatch.setattr(PartFile, "write", write)
     return state
 
 
@@ -284,7 +303,7 @@ def test_disk_full_at_close(tmp_path, monkeypatch):
     state = _disk_full(monkeypatch, now=False)
     path = tmp_path / "out.mp4"
     path.write_bytes(b"previous")
-    w = VideoWriter(path, audio=_tone(0.4))
+    w = _mp4(path, audio=_tone(0.4))
     for i in range(5):
         w.write(_frame(i))
     state["full"] = True
@@ -301,7 +320,7 @@ def test_disk_full_while_writing(tmp_path, monkeypatch):
     path = tmp_path / "out.mp4"
     rng = np.random.default_rng(0)
     with pytest.raises(OutputError, match="No space left"):
-        with VideoWriter(path, preset="ultrafast", threads=1) as w:
+        with _mp4(path, preset="ultrafast", threads=1) as w:
             for _ in range(100):  # noise: big packets reach the file within a few frames
                 w.write(rng.integers(0, 256, (240, 320, 3), dtype=np.uint8))
     assert 0 < w.frames_written < 100
@@ -311,7 +330,7 @@ def test_disk_full_while_writing(tmp_path, monkeypatch):
 def test_disk_full_frame_folder(tmp_path, monkeypatch):
     state = _disk_full(monkeypatch, now=False)
     folder = tmp_path / "frames"
-    w = FrameFolderWriter(folder)
+    w = FrameFolderSink(folder)
     w.write(_frame(0))
     state["full"] = True
     with pytest.raises(OutputError, match="No space left") as info:
@@ -321,7 +340,7 @@ def test_disk_full_frame_folder(tmp_path, monkeypatch):
 
 
 def test_bad_frames(tmp_path):
-    for writer in (VideoWriter(tmp_path / "v.mp4", preset="ultrafast"), FrameFolderWriter(tmp_path / "f")):
+    for writer in (_mp4(tmp_path / "v.mp4", preset="ultrafast"), FrameFolderSink(tmp_path / "f")):
         with writer as w:
             with pytest.raises(ValueError, match="uint8"):
                 w.write(_frame(0).astype(np.float32))
@@ -341,11 +360,12 @@ def test_bad_frames(tmp_path):
 def test_bad_arguments(tmp_path):
     for kw in ({"fps": 0}, {"fps": float("nan")}, {"crf": 52}, {"preset": "quick"}, {"threads": -1},
                {"audio": np.zeros((10, 2), np.float32)}, {"audio": np.zeros(0, np.float32)},
-               {"audio": np.full(10, np.nan, np.float32)}, {"audio": _tone(0.1), "sample_rate": 12345}):
+               {"audio": np.full(10, np.nan, np.float32)}, {"audio": _tone(0.1), "track_sample_rate": 12345},
+               {"audio": _tone(0.1), "sample_rate": 0}, {"frame_audio": True, "track_sample_rate": 12345}):
         with pytest.raises(ValueError):
-            VideoWriter(tmp_path / "x.mp4", **kw)
+            _mp4(tmp_path / "x.mp4", **kw)
     with pytest.raises(ValueError):
-        FrameFolderWriter(tmp_path / "f", ext="bmp")
+        FrameFolderSink(tmp_path / "f", ext="bmp")
     assert os.listdir(tmp_path) == []
 
 
@@ -358,7 +378,7 @@ def test_frame_folder(tmp_path, ext):
     (folder / "frame_00009.png").write_bytes(b"old")
     (folder / "notes.txt").write_text("keep")
     frames = [_frame(i, 48, 64) for i in range(3)]
-    with FrameFolderWriter(folder, ext=ext) as w:
+    with FrameFolderSink(folder, ext=ext) as w:
         for f in frames:
             w.write(f)
         assert [n for n in os.listdir(folder) if n.startswith("frame_")] != []  # old ones until close
@@ -377,16 +397,16 @@ def test_frame_folder(tmp_path, ext):
 
 def test_frame_folder_new_and_aborted(tmp_path):
     folder = tmp_path / "a" / "frames"
-    with FrameFolderWriter(folder, ext=".JPEG", jpeg_quality=80) as w:
+    with FrameFolderSink(folder, ext=".JPEG", jpeg_quality=80) as w:
         w.write(_frame(0, 16, 16))
     assert os.listdir(folder) == ["frame_00000.jpg"]
     with pytest.raises(RuntimeError):
-        with FrameFolderWriter(folder) as w:
+        with FrameFolderSink(folder) as w:
             w.write(_frame(0, 16, 16))
             raise RuntimeError
     assert os.listdir(folder) == ["frame_00000.jpg"]  # untouched
     assert os.listdir(tmp_path / "a") == ["frames"]  # no temp folder
-    w = FrameFolderWriter(tmp_path / "b" / "frames")
+    w = FrameFolderSink(tmp_path / "b" / "frames")
     w.write(_frame(0, 16, 16))
     del w
     gc.collect()
@@ -400,7 +420,7 @@ def test_colour_is_bt601_limited_range_and_tagged(tmp_path):
     frame = np.zeros((64, 64, 3), np.uint8)
     frame[:, :32] = (30, 120, 200)
     frame[:, 32:] = (200, 60, 20)
-    with VideoWriter(path, crf=0, preset="ultrafast") as w:
+    with _mp4(path, crf=0, preset="ultrafast") as w:
         w.write(frame)
     with av.open(str(path)) as c:
         cc = c.streams.video[0].codec_context
@@ -411,12 +431,12 @@ def test_colour_is_bt601_limited_range_and_tagged(tmp_path):
 
 
 def test_libx264_uses_frame_threads_over_the_cores_this_process_may_use(tmp_path, monkeypatch):
-    monkeypatch.setattr(video, "cpu_cores", lambda: 3)  # e.g. a container with --cpus 3 on a large host
-    with VideoWriter(tmp_path / "a.mp4") as w:
+    monkeypatch.setattr(_mp4_module, "cpu_cores", lambda: 3)  # e.g. a container with --cpus 3 on a large host
+    with _mp4(tmp_path / "a.mp4") as w:
         cc = w._vstream.codec_context
         assert (cc.thread_count, str(cc.thread_type).split(".")[-1]) == (3, "FRAME")
         w.write(_frame(0))
-    with VideoWriter(tmp_path / "b.mp4", threads=1) as w:
+    with _mp4(tmp_path / "b.mp4", threads=1) as w:
         assert w._vstream.codec_context.thread_count == 1
         w.write(_frame(0))
     assert len(_probe(tmp_path / "a.mp4")["frames"]) == 1
@@ -424,36 +444,92 @@ def test_libx264_uses_frame_threads_over_the_cores_this_process_may_use(tmp_path
 
 def test_encoder_choice(tmp_path):
     with pytest.raises(ValueError, match="encoder must be 'auto' or one of h264_nvenc, libx264"):
-        VideoWriter(tmp_path / "x.mp4", encoder="x265")
-    auto = video.resolve_encoder("auto")
-    assert auto == ("h264_nvenc" if video.encoder_problem("h264_nvenc") is None else "libx264")
+        _mp4(tmp_path / "x.mp4", encoder="x265")
+    auto = resolve_encoder("auto")
+    assert auto == ("h264_nvenc" if encoder_problem("h264_nvenc") is None else "libx264")
     _write(tmp_path / "auto.mp4", 5, encoder="auto")
     assert len(_probe(tmp_path / "auto.mp4")["frames"]) == 5
-    assert video.encoder_problem("libx264") is None
-    assert video.encoder_problem("not_a_codec") == "not in this PyAV build"
+    assert encoder_problem("libx264") is None
+    assert encoder_problem("not_a_codec") == "not in this PyAV build"
 
 
 def test_nvenc_options_follow_crf_and_preset():
-    assert video._encoder_options("h264_nvenc", 23, "veryfast") == {
+    assert _encoders._encoder_options("h264_nvenc", 23, "veryfast") == {
         "preset": "p3", "tune": "hq", "rc": "vbr", "cq": "23", "b": "0"}
-    assert video._encoder_options("h264_nvenc", 0, "medium") == {"preset": "p5", "tune": "lossless"}
-    assert set(video._NVENC_PRESETS) == set(video.X264_PRESETS)
-    assert video._encoder_options("libx264", 20, "superfast") == {"crf": "20", "preset": "superfast"}
+    assert _encoders._encoder_options("h264_nvenc", 0, "medium") == {"preset": "p5", "tune": "lossless"}
+    assert set(_encoders._NVENC_PRESETS) == set(X264_PRESETS)
+    assert _encoders._encoder_options("libx264", 20, "superfast") == {"crf": "20", "preset": "superfast"}
 
 
-@pytest.mark.skipif(video.encoder_problem("h264_nvenc") is None, reason="this machine has a working NVENC")
+@pytest.mark.skipif(encoder_problem("h264_nvenc") is None, reason="this machine has a working NVENC")
 def test_an_encoder_that_cannot_run_here_is_one_line_and_creates_nothing(tmp_path):
     with pytest.raises(OutputError) as info:
-        VideoWriter(tmp_path / "sub" / "x.mp4", encoder="h264_nvenc")
+        _mp4(tmp_path / "sub" / "x.mp4", encoder="h264_nvenc")
     message = str(info.value)
     assert message.startswith("encoder h264_nvenc cannot run here: ") and "\n" not in message
     assert "--encoder libx264" in message
     assert os.listdir(tmp_path) == []
 
 
-@pytest.mark.skipif(video.encoder_problem("h264_nvenc") is not None, reason="no working NVENC here")
+@pytest.mark.skipif(encoder_problem("h264_nvenc") is not None, reason="no working NVENC here")
 def test_nvenc_writes_a_playable_mp4(tmp_path):
     frames = _write(tmp_path / "nv.mp4", 30, encoder="h264_nvenc", audio=_tone(1.2))
     info = _probe(tmp_path / "nv.mp4")
     assert (info["codec"], len(info["frames"])) == ("h264", 30)
     assert np.abs(info["frames"][-1].astype(int) - frames[-1]).mean() < 3
+
+
+# ---------------------------------------------------------------- one writer, old names
+
+
+def _frames_into(sink, n: int = 12, *, per_frame: np.ndarray | None = None):
+    hop = SR // 25
+    with sink as w:
+        for i in range(n):
+            w.write(_frame(i, 48, 64), None if per_frame is None else per_frame[i * hop : (i + 1) * hop])
+    return sink.path
+
+
+def test_mp4sink_is_the_one_writer_and_videowriter_a_deprecated_name_for_it(tmp_path):
+    assert issubclass(VideoWriter, Mp4Sink) and issubclass(FrameFolderWriter, FrameFolderSink)
+    assert video.VideoWriter is VideoWriter and video.FrameFolderWriter is FrameFolderWriter
+    assert VideoWriter.__mro__[1] is Mp4Sink and FrameFolderWriter.__mro__[1] is FrameFolderSink
+    # the old module's other public names are the sinks' own
+    assert (video.ENCODERS, video.DEFAULT_ENCODER, video.X264_PRESETS, video.DEFAULT_PRESET) == (
+        ENCODERS, DEFAULT_ENCODER, X264_PRESETS, DEFAULT_PRESET)
+    assert video.encoder_problem is encoder_problem and video.resolve_encoder is resolve_encoder
+    tone = _tone(0.6)
+    # VideoWriter's sample_rate is the stored track's (default 16000), audio_rate the input's
+    for old, new in [({}, {"track_sample_rate": SR}),
+                     ({"sample_rate": 48000, "audio_rate": SR}, {}),
+                     ({"sample_rate": 44100}, {"sample_rate": 44100, "track_sample_rate": 44100})]:
+        with pytest.warns(DeprecationWarning, match="VideoWriter is deprecated; use synctalk_fast.sinks.Mp4Sink"):
+            w = VideoWriter(tmp_path / "old.mp4", audio=tone, preset="ultrafast", **old)
+        assert isinstance(w, Mp4Sink)
+        a = _frames_into(w).read_bytes()
+        b = _frames_into(Mp4Sink(tmp_path / "new.mp4", audio=tone, preset="ultrafast", **new)).read_bytes()
+        assert a == b, old
+    with pytest.warns(DeprecationWarning):
+        live = VideoWriter(tmp_path / "old.mp4", frame_audio=True, audio_rate=SR, sample_rate=48000, threads=1)
+    a = _frames_into(live, per_frame=tone).read_bytes()
+    b = _frames_into(Mp4Sink(tmp_path / "new.mp4", frame_audio=True, threads=1), per_frame=tone).read_bytes()
+    assert a == b
+    with pytest.warns(DeprecationWarning, match="FrameFolderWriter is deprecated"):
+        folder = FrameFolderWriter(tmp_path / "old", ext="jpg", jpeg_quality=80)
+    _frames_into(folder, 3)
+    _frames_into(FrameFolderSink(tmp_path / "new", ext="jpg", jpeg_quality=80), 3)
+    assert [p.read_bytes() for p in sorted((tmp_path / "old").iterdir())] == [
+        p.read_bytes() for p in sorted((tmp_path / "new").iterdir())]
+
+
+def test_mp4sink_renamed_rate_keywords_still_work(tmp_path):
+    tone = _tone(0.6)
+    with pytest.warns(DeprecationWarning, match=r"Mp4Sink\(audio_rate=...\) is deprecated; use sample_rate="):
+        with pytest.warns(DeprecationWarning, match=r"Mp4Sink\(track_rate=...\) is deprecated; use track_sample_rate="):
+            old = Mp4Sink(tmp_path / "old.mp4", audio=tone, audio_rate=SR, track_rate=44100, preset="ultrafast")
+    new = Mp4Sink(tmp_path / "new.mp4", audio=tone, sample_rate=SR, track_sample_rate=44100, preset="ultrafast")
+    assert _frames_into(old).read_bytes() == _frames_into(new).read_bytes()
+    assert _probe(tmp_path / "new.mp4")["audio"][0][2] == 44100
+    with pytest.raises(TypeError, match="unexpected keyword argument 'rate'"):
+        Mp4Sink(tmp_path / "x.mp4", rate=SR)
+    assert sorted(os.listdir(tmp_path)) == ["new.mp4", "old.mp4"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -13,12 +14,11 @@ import cv2
 import numpy as np
 import pytest
 import soundfile as sf
+from helpers import SPEECH, TEMPLATE, needs_data
 
 import synctalk_fast as stf
 from synctalk_fast import models
-from synctalk_fast.demo import synthetic_speech, synthetic_template
-
-from helpers import SPEECH, TEMPLATE, needs_data
+from synctalk_fast.demo import synthetic_speech
 from synctalk_fast.reference import (
     reference_audio_window,
     reference_box,
@@ -36,8 +36,8 @@ def pipe(model_dir):
 
 
 @pytest.fixture(scope="module")
-def demo_template(tmp_path_factory):
-    return synthetic_template(tmp_path_factory.mktemp("tpl") / "person", frames=12, width=320, height=240)
+def demo_template(template_dir):
+    return template_dir
 
 
 @pytest.fixture(scope="module")
@@ -373,3 +373,60 @@ def test_memory_is_flat_for_ten_minutes_of_audio(model_dir, demo_template, tmp_p
     print(f"\npeak RSS: 1 min of audio {peaks[60]} MB, 10 min {peaks[600]} MB")
     assert peaks[600] < 2048
     assert peaks[600] - peaks[60] < 200  # flat: features are ~30 MB for 10 min; frames are never held
+
+
+# --- engine options: one EngineOptions, the same keywords ----------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_unet(tmp_path_factory):
+    return _tiny_unet(tmp_path_factory.mktemp("tiny") / "tiny.onnx")
+
+
+def _rows(n=7):
+    return np.random.default_rng(1).normal(0, 1, (n, 512)).astype(np.float32)
+
+
+def test_pipeline_takes_engine_options(tiny_unet, demo_template):
+    pipe = stf.Pipeline(tiny_unet, options=stf.EngineOptions(batch_size=2, sessions=1, cache_mb=0))
+    assert isinstance(pipe.options, stf.EngineOptions) and pipe.options is pipe.engine.options
+    assert (pipe.options.batch_size, pipe.options.sessions, pipe.batch_size, len(pipe.engine.sessions)) == (2, 1, 2, 1)
+    assert pipe.template(demo_template).cache.capacity == 0  # cache_mb is the template cache's
+    result = pipe.generate(features=_rows(), template=demo_template, output=stf.MemorySink(), progress=False)
+    assert result.frames == 7 and (result.engine["batch_size"], result.engine["sessions"]) == (2, 1)
+    # keywords are the same fields, over options; the frames do not depend on how they are batched
+    pipe3 = stf.Pipeline(tiny_unet, options=pipe.options, batch_size=3, overlap=False)
+    assert (pipe3.batch_size, len(pipe3.engine.sessions), pipe3.options.cache_mb) == (3, 1, 0)
+    a, b = list(pipe.frames(_rows(), demo_template)), list(pipe3.frames(_rows(), demo_template))
+    assert len(a) == 7 and all(np.array_equal(x, y) for x, y in zip(a, b))
+    # the docstring points at EngineOptions instead of a stale copy of its values
+    assert "EngineOptions" in stf.Pipeline.__doc__ and '{"fp32", "fp16"}' not in stf.Pipeline.__doc__
+
+
+def test_pipeline_on_an_engine_takes_no_engine_options(tiny_unet):
+    engine = stf.Engine(tiny_unet, batch_size=2, sessions=1)
+    pipe = stf.Pipeline(engine)
+    assert pipe.engine is engine and pipe.options is engine.options and pipe.batch_size == 2
+    for kwargs in ({"batch_size": 4}, {"options": stf.EngineOptions()}, {"cache_mb": 1.0}):
+        with pytest.raises(ValueError, match="give .* to the Engine"):
+            stf.Pipeline(engine, **kwargs)
+    assert stf.Pipeline(engine, batch_size=None).engine is engine  # None: not given
+    with pytest.raises(TypeError, match="unknown option.*batchsize"):
+        stf.Pipeline(tiny_unet, batchsize=2)
+
+
+def test_generate_routes_engine_options_to_the_engine(tiny_unet, demo_template, tmp_path):
+    result = stf.generate(features=_rows(), template=demo_template, output=tmp_path / "out.mp4", unet=tiny_unet,
+                          batch_size=2, sessions=1, preset="ultrafast", progress=False)
+    assert (result.engine["batch_size"], result.engine["sessions"], result.frames) == (2, 1, 7)
+    result = stf.generate(features=_rows(), template=demo_template, output=stf.MemorySink(), unet=tiny_unet,
+                          options=stf.EngineOptions(batch_size=4, sessions=1), batch_size=3, progress=False)
+    assert (result.engine["batch_size"], result.engine["sessions"]) == (3, 1)
+
+
+def test_generate_unknown_keyword_is_a_type_error_before_any_work(demo_template, tmp_path):
+    with pytest.raises(TypeError, match="unexpected keyword argument.*batchsize, qualty") as info:
+        stf.generate(features=_rows(), template=demo_template, output=tmp_path / "x.mp4",
+                     unet=tmp_path / "no_such.onnx", qualty=3, batchsize=2)
+    assert "batch_size" in str(info.value) and "crf" in str(info.value)  # what it takes
+    assert os.listdir(tmp_path) == []
