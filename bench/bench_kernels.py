@@ -100,9 +100,9 @@ def main(argv=None) -> int:
         print("librosa not installed: no reference row for the mel", file=sys.stderr)
     for name in backends:
         k = _backend.load(name)
-        rows.append(("mel", f"{name} backend", median_time(lambda: k.mel_spectrogram(wav, 0), args.repeat)))
+        rows.append(("mel", f"{name} backend", median_time(lambda k=k: k.mel_spectrogram(wav, 0), args.repeat)))
         if name == "cpp":
-            rows.append(("mel", "cpp backend, 1 thread", median_time(lambda: k.mel_spectrogram(wav, 1), args.repeat)))
+            rows.append(("mel", "cpp backend, 1 thread", median_time(lambda k=k: k.mel_spectrogram(wav, 1), args.repeat)))
 
     frame_repeat = args.repeat * 30
     rows.append(("prepare+paste", "cv2+numpy (numerics §3 as written)", median_time(lambda: cv2_numpy_frame(img, box, pred), frame_repeat)))

@@ -7,11 +7,11 @@ import platform
 import sys
 
 from . import _backend
+from ._util.system import cpu_flags, cpu_name
+from ._version import __version__
 from .runtime import RUNTIMES, default_providers, get_runtime
 from .runtime.openvino import precision_problem
-from ._util.system import cpu_flags, cpu_name
 from .runtime.ort import builds_conflict, installed_builds, probe
-from ._version import __version__
 from .sinks import ENCODERS, encoder_problem
 
 __all__ = ["config", "show_config"]
@@ -42,7 +42,7 @@ def _encoders() -> dict[str, bool | str]:
 def _runtimes() -> dict[str, dict | str]:
     """Each runtime: its version and the precisions it runs natively on this CPU."""
     found: dict[str, dict | str] = {}
-    for name, factory in RUNTIMES.items():
+    for name in RUNTIMES:
         try:
             runtime = get_runtime(name)
         except ValueError as exc:  # not installed: the message says how to install it

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
 from . import _backend
-from ._util.deprecation import renamed
 from ._filters import HOP, N_MELS, SAMPLE_RATE
+from ._util.deprecation import renamed
 from .errors import AudioError
 from .shapes import MEL_WINDOW
 
@@ -23,7 +23,8 @@ __all__ = [
     "MEL_WINDOW",
 ]
 
-AudioSource = Union[str, os.PathLike, np.ndarray]
+#: What the API accepts as speech: a sound file, or samples (see :func:`load_audio`).
+AudioSource = str | os.PathLike[str] | np.ndarray
 
 
 def _to_mono(y: np.ndarray) -> np.ndarray:

@@ -69,7 +69,7 @@ def synthetic_speech(seconds: float = 4.0, *, sample_rate: int = 16000, seed: in
     phase = 2 * np.pi * np.cumsum(f0) / sample_rate
     buzz = sum(np.sin(h * phase) / h for h in range(1, 30))
     out = np.zeros(n)
-    for lo, hi, f_start, f_end in ((300, 900, 500, 800), (900, 2200, 1500, 1100), (2200, 3400, 2600, 2400)):
+    for f_start, f_end in ((500, 800), (1500, 1100), (2600, 2400)):  # three formants moving
         formant = np.linspace(f_start, f_end, n) * (1 + 0.15 * np.sin(2 * np.pi * 3 * t))
         out += np.sin(2 * np.pi * np.cumsum(formant) / sample_rate) * buzz / 3
     envelope = np.zeros(n)

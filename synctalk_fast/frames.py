@@ -7,7 +7,7 @@ them; boxes are ``(x0, y0, x1, y1)``, half-open, in pixels.
 from __future__ import annotations
 
 import os
-from typing import Sequence, Tuple
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -17,7 +17,7 @@ from .shapes import IMAGE_SHAPE
 
 __all__ = ["Box", "BoxError", "load_landmarks", "crop_box", "clip_box", "prepare_input", "paste_back", "INPUT_SHAPE"]
 
-Box = Tuple[int, int, int, int]
+Box = tuple[int, int, int, int]
 INPUT_SHAPE = IMAGE_SHAPE  # the name this module has always used
 # Landmark points of the mouth box (0-based): left x, right x, top y.
 _LEFT, _RIGHT, _TOP = 1, 31, 52

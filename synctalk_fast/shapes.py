@@ -7,8 +7,8 @@ plus its branch in :mod:`synctalk_fast.models.networks`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from ._filters import N_MELS
 

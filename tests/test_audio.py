@@ -5,11 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import soundfile as sf
+from helpers import SPEECH, needs_data
 
 import synctalk_fast as stf
 from synctalk_fast import _backend
-
-from helpers import SPEECH, needs_data
 from synctalk_fast.reference import reference_mel
 
 SR = 16000
@@ -168,7 +167,7 @@ def test_load_audio_arrays():
     stereo = _tone(44100, 2)  # [n, 2]
     mono_ref = librosa.resample(librosa.to_mono(stereo.T), orig_sr=44100, target_sr=16000)
     assert np.array_equal(stf.load_audio(stereo.T, source_sample_rate=44100), mono_ref)
-    assert np.array_equal(stf.load_audio(stereo, orig_sr=44100), mono_ref)  # [n, channels] recognised
+    assert np.array_equal(stf.load_audio(stereo, source_sample_rate=44100), mono_ref)  # [n, channels] recognised
     pcm = (stereo[:, 0] * 32767).astype(np.int16)
     np.testing.assert_array_equal(stf.load_audio(pcm), pcm.astype(np.float32) / 32768)
 

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import AVAILABLE
 
 import synctalk_fast as stf
 from synctalk_fast import _backend
-
-from conftest import AVAILABLE
 
 # Subprocesses start outside the checkout: `python -c` puts the working
 # directory first on sys.path, where the source tree (no _core) would shadow

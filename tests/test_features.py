@@ -6,10 +6,9 @@ import json
 
 import numpy as np
 import pytest
+from helpers import DATA, needs_data
 
 import synctalk_fast as stf
-
-from helpers import DATA, needs_data
 
 SHAPES = {"ave": (32, 16, 16), "hubert": (32, 32, 32), "wenet": (256, 16, 32)}
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+from helpers import needs_data, read_template_frame
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import synctalk_fast as stf
 from synctalk_fast import _backend
-
-from helpers import needs_data, read_template_frame
 from synctalk_fast.reference import reference_paste, reference_prepare
 
 REAL_FRAMES = [0, 137, 261, 522]

@@ -29,7 +29,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
-from typing import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 __all__ = ["run_stages", "lower_priority"]
 

@@ -22,8 +22,9 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -35,7 +36,7 @@ from ..models.choice import choose_runtime
 from ..models.session import ModelSession, ResolvedModel, resolve_model
 from ..models.timing import unet_feeds
 from ..runtime import DEFAULT_RUNTIME, default_batch_size, default_threads, get_runtime, resolve_providers, session_plan
-from ..shapes import AUDIO_SHAPES, ENCODER_BATCH, IMAGE_SHAPE, MEL_SHAPE
+from ..shapes import ENCODER_BATCH, MEL_SHAPE
 from ..template import Template
 from .layout import LAYOUTS, SESSION_LAYOUTS, check_layout, measure_layout
 from .options import EngineOptions

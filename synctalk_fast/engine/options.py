@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from ..runtime import DEFAULT_RUNTIME, PRECISIONS, RUNTIMES
 

@@ -7,8 +7,10 @@ overlapped stages.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, Callable, ContextManager, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -19,7 +21,7 @@ from ..template import Template
 __all__ = ["StepBatch", "Timer", "no_timer", "prepare_batch", "paste_batch"]
 
 #: ``timer(stage)`` -> a context manager that adds the time spent inside to ``stage``.
-Timer = Callable[[str], ContextManager[Any]]
+Timer = Callable[[str], AbstractContextManager[Any]]
 
 
 class _NullSpan:

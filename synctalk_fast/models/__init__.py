@@ -17,10 +17,10 @@ so it lives above this package: :func:`synctalk_fast.quantize`.
 import importlib
 import warnings
 
+from .._util.system import cache_dir
 from ..errors import CheckpointError, ModelError
 from ..runtime import default_batch_size, default_providers, default_threads, session_plan
 from ..shapes import AUDIO_SHAPES
-from .._util.system import cache_dir
 from .checkpoint import load_state_dict
 from .export import ExportSummary, check_state_dict, export_onnx, infer_kind, infer_mode, save_model
 from .networks import OPSET, build, build_audio_encoder, build_unet, state_dict_spec

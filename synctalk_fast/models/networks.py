@@ -14,7 +14,7 @@ Graphs have a dynamic batch dimension and fixed names: the U-Net takes
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 

@@ -9,7 +9,7 @@ table; no other module knows provider names.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from .._util.system import cpu_cores
 from .base import Provider, Runtime, RuntimeSession, SessionRequest

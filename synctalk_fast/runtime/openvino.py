@@ -20,7 +20,7 @@ import io
 import os
 import platform
 import threading
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
