@@ -1,21 +1,16 @@
 """Throughput engine: overlapped stages, template cache, session
-options, batching, and the benchmark's record."""
+options, batching."""
 
 from __future__ import annotations
 
-import json
 import os
 import random
-import subprocess
-import sys
 import threading
 import time
 
 import cv2
 import numpy as np
 import pytest
-import soundfile as sf
-from helpers import ROOT
 
 import synctalk_fast as stf
 from synctalk_fast import models
@@ -295,38 +290,3 @@ def test_fp16_precision(model_dir, template_dir, feats):
     assert 0 < np.abs(a - b).mean() < 1.0  # a fraction of a level on average
     with pytest.raises(ValueError, match="precision"):
         models.load_session(model_dir / "unet_328.onnx", precision="int4")
-
-
-# --- the benchmark -------------------------------------------------------------
-
-
-@pytest.mark.slow
-def test_bench_writes_a_consistent_record(tmp_path, make_template):
-    folder = make_template(frames=6)
-    sf.write(tmp_path / "s.wav", synthetic_speech(1.0), 16000, subtype="PCM_16")
-    res = subprocess.run([sys.executable, "-m", "synctalk_fast", "bench", "--frames", "8", "--naive-frames", "3",
-                          "--torch-frames", "2", "--batch-sizes", "1,2", "--template", str(folder), "--audio",
-                          str(tmp_path / "s.wav"), "-o", str(tmp_path / "out")],
-                         capture_output=True, text=True, timeout=600, cwd=tmp_path)
-    assert res.returncode == 0, res.stderr
-    record = json.loads(next((tmp_path / "out").glob("bench-*.json")).read_text())
-    assert cv2.imread(str(next((tmp_path / "out").glob("bench-*.png")))) is not None
-    rows = {r["name"]: r for r in record["rows"]}
-    assert {"naive", "unet", "frames", "frames:cold", "mp4", "unet:sessions:b1", "unet:single:b2"} <= set(rows)
-    if "torch" in rows:
-        assert rows["torch"]["frames"] == 2
-    for r in rows.values():
-        assert r["fps"] == pytest.approx(r["frames"] / r["seconds"], rel=1e-2)
-    assert rows["unet"]["fps"] == max(r["fps"] for k, r in rows.items() if k.startswith("unet:"))
-    assert record["ratios"]["mp4_vs_unet"] == pytest.approx(rows["mp4"]["fps"] / rows["unet"]["fps"], abs=2e-3)
-    assert set(rows["mp4"]["stages"]) >= {"prepare", "infer", "paste", "encode"}
-    m = record["machine"]
-    assert m["cores"] >= 1 and m["cpu"] and "onnxruntime" in m["versions"]
-    assert record["config"]["provider"] == "CPUExecutionProvider" and record["features_60s_seconds"] > 0
-
-
-def test_python_m_bench_uses_the_installed_package():
-    res = subprocess.run([sys.executable, "-m", "bench", "--help"], capture_output=True, text=True, cwd=ROOT,
-                         timeout=120)
-    assert res.returncode == 0, res.stderr
-    assert "--frames" in res.stdout and "python -m bench" in res.stdout

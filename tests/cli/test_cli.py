@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 
 from synctalk_fast import cli, load_features, models
-from synctalk_fast.demo import synthetic_speech, synthetic_template
+from synctalk_fast.demo import synthetic_speech
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ def test_exit_codes_and_one_line_errors(model_dir, speech, tmp_path, monkeypatch
     def crash(args):
         raise RuntimeError("CUDA failure 2: out of memory\n  at somewhere deep")
 
-    monkeypatch.setattr(cli, "_info", crash)
+    monkeypatch.setattr(cli.info, "run", crash)
     rc = cli.main(["info"])
     err = capsys.readouterr().err
     assert rc == 1 and err.count("\n") == 1 and "internal error: RuntimeError: CUDA failure 2" in err
@@ -76,12 +76,12 @@ def test_exit_codes_and_one_line_errors(model_dir, speech, tmp_path, monkeypatch
     def interrupted(args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "_info", interrupted)
+    monkeypatch.setattr(cli.info, "run", interrupted)
     assert cli.main(["info"]) == 130
 
 
-def test_generate_and_export_write_json_records(model_dir, speech, tmp_path, capsys):
-    tpl = synthetic_template(tmp_path / "tpl", frames=5, width=320, height=240)
+def test_generate_and_export_write_json_records(model_dir, speech, template_dir, tmp_path, capsys):
+    tpl = template_dir
     rc = cli.main(["generate", "--model", str(model_dir / "unet_328.onnx"), "--audio-encoder",
                    str(model_dir / "audio_encoder.onnx"), "--audio", str(speech), "--template", str(tpl),
                    "-o", str(tmp_path / "o.mp4"), "--providers", "cpu", "--json", str(tmp_path / "r.json"), "-q"])
@@ -112,12 +112,12 @@ def test_providers_are_strict_with_short_aliases(model_dir, speech, tmp_path, ca
         assert "'cuda' is not available in this onnxruntime build (installed: " in capsys.readouterr().err
 
 
-def test_encoder_option(model_dir, speech, tmp_path, capsys):
+def test_encoder_option(model_dir, speech, template_dir, tmp_path, capsys):
     from synctalk_fast import video
 
     base = ["generate", "--model", str(model_dir / "unet_328.onnx"), "--audio-encoder",
             str(model_dir / "audio_encoder.onnx"), "--audio", str(speech), "-q",
-            "--template", str(synthetic_template(tmp_path / "tpl", frames=4))]
+            "--template", str(template_dir)]
     if video.encoder_problem("h264_nvenc") is not None:
         assert cli.main(base + ["-o", str(tmp_path / "nv.mp4"), "--encoder", "h264_nvenc"]) == 2
         err = capsys.readouterr().err
