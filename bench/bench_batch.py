@@ -75,27 +75,45 @@ def main() -> int:
         if len(speech) < total * rate:
             sys.exit(f"the speech is {len(speech) / rate:.1f} s, shorter than {total:.0f} s")
         models.export_onnx(models.random_state_dict("audio_encoder", seed=0), work / "enc.onnx", kind="audio_encoder")
-        common = {"template": str(template), "unet": str(work / "unet.onnx"), "audio_encoder": str(work / "enc.onnx"),
-                  "runtime": args.runtime, "precision": args.precision}
+        common = {
+            "template": str(template),
+            "unet": str(work / "unet.onnx"),
+            "audio_encoder": str(work / "enc.onnx"),
+            "runtime": args.runtime,
+            "precision": args.precision,
+        }
         sf.write(work / "long.wav", speech[: int(total * rate)], rate)
         long_job = [{**common, "audio": str(work / "long.wav"), "output": "long.mp4"}]
         short_jobs = []
         n = int(args.clip * rate)
         for k in range(args.clips):
             sf.write(work / f"clip{k}.wav", speech[k * n : (k + 1) * n], rate)
-            short_jobs.append({**common, "audio": str(work / f"clip{k}.wav"), "output": f"clip{k}.mp4",
-                               "start": int(round(k * args.clip * FPS))})
+            short_jobs.append(
+                {
+                    **common,
+                    "audio": str(work / f"clip{k}.wav"),
+                    "output": f"clip{k}.mp4",
+                    "start": int(round(k * args.clip * FPS)),
+                }
+            )
 
         runs: dict[str, list[dict]] = {}
 
         def measure(name: str, jobs: list[dict], **kw) -> None:
             t0 = time.perf_counter()
-            result = render_batch(jobs, output_dir=work / f"{name}_{len(runs.get(name, []))}".replace(" ", "_"),
-                                  progress=False, **kw)
+            result = render_batch(
+                jobs, output_dir=work / f"{name}_{len(runs.get(name, []))}".replace(" ", "_"), progress=False, **kw
+            )
             seconds = time.perf_counter() - t0
             assert result.exit_code == 0, [r.error for r in result.results if r.error]
-            row = {"run": name, "jobs": len(jobs), "workers": result.workers, "frames": result.frames,
-                   "seconds": seconds, "fps": result.frames / seconds}
+            row = {
+                "run": name,
+                "jobs": len(jobs),
+                "workers": result.workers,
+                "frames": result.frames,
+                "seconds": seconds,
+                "fps": result.frames / seconds,
+            }
             runs.setdefault(name, []).append(row)
             print(json.dumps(row, default=lambda v: round(v, 2)), flush=True)
 
@@ -104,8 +122,13 @@ def main() -> int:
 
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
             t0 = time.perf_counter()
-            ray.init(address="local", num_cpus=cpu_cores(), include_dashboard=False, log_to_driver=False,
-                     logging_level="WARNING")
+            ray.init(
+                address="local",
+                num_cpus=cpu_cores(),
+                include_dashboard=False,
+                log_to_driver=False,
+                logging_level="WARNING",
+            )
             print(f"ray start: {time.perf_counter() - t0:.1f} s", flush=True)
         for _ in range(args.rounds):  # interleaved, so a noisy neighbour hits every run alike
             measure("one clip", long_job)
@@ -118,16 +141,22 @@ def main() -> int:
                     measure("ray, 2 actors", short_jobs, ray_address="local", workers=2)
         if args.ray:
             ray.shutdown()
-    rows = [{**r[0], "seconds": float(np.median([x["seconds"] for x in r])),
-             "fps": float(np.median([x["fps"] for x in r]))} for r in runs.values()]
+    rows = [
+        {**r[0], "seconds": float(np.median([x["seconds"] for x in r])), "fps": float(np.median([x["fps"] for x in r]))}
+        for r in runs.values()
+    ]
     base = rows[0]["fps"]
-    print(f"\n{machine}; {what}; {args.runtime} {args.precision}; MP4; {args.clips} x {args.clip:g} s vs one "
-          f"{total:g} s clip; median of {args.rounds} interleaved rounds")
+    print(
+        f"\n{machine}; {what}; {args.runtime} {args.precision}; MP4; {args.clips} x {args.clip:g} s vs one "
+        f"{total:g} s clip; median of {args.rounds} interleaved rounds"
+    )
     print("| run | jobs | workers | frames | seconds | frames/s | vs one clip |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['run']} | {r['jobs']} | {r['workers']} | {r['frames']} | {r['seconds']:.1f} | {r['fps']:.1f} | "
-              f"{r['fps'] / base:.2f}x |")
+        print(
+            f"| {r['run']} | {r['jobs']} | {r['workers']} | {r['frames']} | {r['seconds']:.1f} | {r['fps']:.1f} | "
+            f"{r['fps'] / base:.2f}x |"
+        )
     return 0
 
 

@@ -102,10 +102,18 @@ def main(argv=None) -> int:
         k = _backend.load(name)
         rows.append(("mel", f"{name} backend", median_time(lambda k=k: k.mel_spectrogram(wav, 0), args.repeat)))
         if name == "cpp":
-            rows.append(("mel", "cpp backend, 1 thread", median_time(lambda k=k: k.mel_spectrogram(wav, 1), args.repeat)))
+            rows.append(
+                ("mel", "cpp backend, 1 thread", median_time(lambda k=k: k.mel_spectrogram(wav, 1), args.repeat))
+            )
 
     frame_repeat = args.repeat * 30
-    rows.append(("prepare+paste", "cv2+numpy (numerics §3 as written)", median_time(lambda: cv2_numpy_frame(img, box, pred), frame_repeat)))
+    rows.append(
+        (
+            "prepare+paste",
+            "cv2+numpy (numerics §3 as written)",
+            median_time(lambda: cv2_numpy_frame(img, box, pred), frame_repeat),
+        )
+    )
     for name in backends:
         k = _backend.load(name)
         out = np.empty((6, 320, 320), np.float32)
@@ -121,8 +129,10 @@ def main(argv=None) -> int:
     first = {}  # the first row of each task is its baseline
     for task, _, t in rows:
         first.setdefault(task, t)
-    print(f"synctalk_fast {stf.__version__}; backends {', '.join(backends)}; {os.cpu_count()} CPUs; "
-          f"mel of {args.seconds:g} s audio, frame box {x1 - x0}x{y1 - y0}")
+    print(
+        f"synctalk_fast {stf.__version__}; backends {', '.join(backends)}; {os.cpu_count()} CPUs; "
+        f"mel of {args.seconds:g} s audio, frame box {x1 - x0}x{y1 - y0}"
+    )
     print(f"{'task':<15}{'implementation':<34}{'time':>12}{'speed-up':>10}")
     for task, impl, t in rows:
         unit = f"{t * 1e3:9.2f} ms"

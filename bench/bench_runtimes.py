@@ -75,8 +75,9 @@ def openvino_streams_ms(path: Path, precision: str, image, audio, frames: int) -
     core = ov.Core()
     model = core.read_model(str(path))
     model.reshape({"image": list(image.shape), "audio": list(audio.shape)})
-    compiled = core.compile_model(model, "CPU", {"PERFORMANCE_HINT": "THROUGHPUT",
-                                                 "INFERENCE_PRECISION_HINT": PRECISION_HINTS[precision]})
+    compiled = core.compile_model(
+        model, "CPU", {"PERFORMANCE_HINT": "THROUGHPUT", "INFERENCE_PRECISION_HINT": PRECISION_HINTS[precision]}
+    )
     streams = int(compiled.get_property("NUM_STREAMS"))
     queue = ov.AsyncInferQueue(compiled, max(1, streams))
     feeds = {"image": image, "audio": audio}
@@ -119,7 +120,9 @@ def main() -> int:
         # the U-Net's inputs: real template frames and features (random inputs
         # wander into slow denormal arithmetic on some runtimes)
         first = stf.Engine(unet, sessions=1)
-        prepared = first.prepare([(tpl, start + k) for k in range(4)], stf.feature_windows(feats, start=start, stop=start + 4))
+        prepared = first.prepare(
+            [(tpl, start + k) for k in range(4)], stf.feature_windows(feats, start=start, stop=start + 4)
+        )
         image, audio = prepared.images[:4], prepared.audio
         pipes = {c: stf.Pipeline(unet, runtime=c[0], precision=c[1]) for c in candidates()}
         measured: dict = {c: {} for c in pipes}
@@ -127,43 +130,58 @@ def main() -> int:
         for round_ in range(args.rounds):  # interleaved, so a noisy neighbour hits every candidate alike
             for (runtime, precision), pipe in pipes.items():
                 m = measured[(runtime, precision)]
-                m.setdefault("unet_ms_sessions", []).append(unet_ms(pipe.engine, "throughput", image, audio, args.frames))
+                m.setdefault("unet_ms_sessions", []).append(
+                    unet_ms(pipe.engine, "throughput", image, audio, args.frames)
+                )
                 m.setdefault("unet_ms_single", []).append(unet_ms(pipe.engine, "latency", image, audio, args.frames))
                 if runtime == "openvino":
                     m.setdefault("unet_ms_ov_streams", []).append(
-                        openvino_streams_ms(unet, precision, image, audio, args.frames))
+                        openvino_streams_ms(unet, precision, image, audio, args.frames)
+                    )
                 if round_ == 0:
                     sink = stf.sinks.MemorySink()
-                    pipe.generate(features=feats[start : start + n], template=tpl, output=sink, start=start,
-                                  progress=False)
+                    pipe.generate(
+                        features=feats[start : start + n], template=tpl, output=sink, start=start, progress=False
+                    )
                     frames[(runtime, precision)] = sink.frames
                 t0 = time.perf_counter()
-                pipe.generate(features=feats[start : start + n], template=tpl, output=work / "out.mp4", start=start,
-                              progress=False)
+                pipe.generate(
+                    features=feats[start : start + n],
+                    template=tpl,
+                    output=work / "out.mp4",
+                    start=start,
+                    progress=False,
+                )
                 m.setdefault("mp4_fps", []).append(n / (time.perf_counter() - t0))
         rows = []
         reference = frames[("onnxruntime", "fp32")]
         for (runtime, precision), m in measured.items():
             row = {"runtime": runtime, "precision": precision, **{k: float(np.median(v)) for k, v in m.items()}}
             if have_data and (runtime, precision) != ("onnxruntime", "fp32"):
-                row["mouth"] = fidelity(reference, frames[(runtime, precision)],
-                                        boxes=[tpl.box(start + k) for k in range(n)])
+                row["mouth"] = fidelity(
+                    reference, frames[(runtime, precision)], boxes=[tpl.box(start + k) for k in range(n)]
+                )
             rows.append(row)
             print(json.dumps(row, default=lambda v: round(v, 2)), flush=True)
     base = rows[0]
     print(f"\n{machine}; {'face U-Net, real frames' if have_data else 'random weights'}; {n} frames")
-    print("| runtime | precision | U-Net ms/frame (per-core sessions) | one session | OV streams | MP4 fps | "
-          "vs ORT fp32 | mouth PSNR | max / mean levels |")
+    print(
+        "| runtime | precision | U-Net ms/frame (per-core sessions) | one session | OV streams | MP4 fps | "
+        "vs ORT fp32 | mouth PSNR | max / mean levels |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         m = r.get("mouth")
-        print(f"| {r['runtime']} | {r['precision']} | {r['unet_ms_sessions']:.1f} | {r['unet_ms_single']:.1f} | "
-              f"{r.get('unet_ms_ov_streams', float('nan')):.1f} | {r['mp4_fps']:.1f} | "
-              f"{base['unet_ms_sessions'] / r['unet_ms_sessions']:.2f}x | "
-              f"{m['psnr']:.1f} dB | {m['max']} / {m['mean']:.2f} |" if m else
-              f"| {r['runtime']} | {r['precision']} | {r['unet_ms_sessions']:.1f} | {r['unet_ms_single']:.1f} | "
-              f"{r.get('unet_ms_ov_streams', float('nan')):.1f} | {r['mp4_fps']:.1f} | "
-              f"{base['unet_ms_sessions'] / r['unet_ms_sessions']:.2f}x | - | - |")
+        print(
+            f"| {r['runtime']} | {r['precision']} | {r['unet_ms_sessions']:.1f} | {r['unet_ms_single']:.1f} | "
+            f"{r.get('unet_ms_ov_streams', float('nan')):.1f} | {r['mp4_fps']:.1f} | "
+            f"{base['unet_ms_sessions'] / r['unet_ms_sessions']:.2f}x | "
+            f"{m['psnr']:.1f} dB | {m['max']} / {m['mean']:.2f} |"
+            if m
+            else f"| {r['runtime']} | {r['precision']} | {r['unet_ms_sessions']:.1f} | {r['unet_ms_single']:.1f} | "
+            f"{r.get('unet_ms_ov_streams', float('nan')):.1f} | {r['mp4_fps']:.1f} | "
+            f"{base['unet_ms_sessions'] / r['unet_ms_sessions']:.2f}x | - | - |"
+        )
     return 0
 
 

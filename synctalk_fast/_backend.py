@@ -20,7 +20,11 @@ __all__ = ["BACKENDS", "ENV_VAR", "available", "load", "kernels", "name"]
 
 BACKENDS = ("cpp", "numba", "numpy")
 ENV_VAR = "SYNCTALK_FAST_BACKEND"
-_MODULES = {"cpp": "synctalk_fast._core", "numba": "synctalk_fast._numba_kernels", "numpy": "synctalk_fast._numpy_kernels"}
+_MODULES = {
+    "cpp": "synctalk_fast._core",
+    "numba": "synctalk_fast._numba_kernels",
+    "numpy": "synctalk_fast._numpy_kernels",
+}
 
 
 def load(backend: str) -> ModuleType:

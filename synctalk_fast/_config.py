@@ -85,8 +85,15 @@ def config() -> dict:
         info["accelerators"] = {p: probe(p) or "works" for p in ("CUDAExecutionProvider", "TensorrtExecutionProvider")}
     except ImportError as exc:
         info["onnxruntime"] = f"not importable ({exc})"
-    for name, dist in (("numpy", "numpy"), ("opencv", "opencv-python-headless"), ("av", "av"),
-                       ("onnx", "onnx"), ("numba", "numba"), ("soundfile", "soundfile"), ("soxr", "soxr")):
+    for name, dist in (
+        ("numpy", "numpy"),
+        ("opencv", "opencv-python-headless"),
+        ("av", "av"),
+        ("onnx", "onnx"),
+        ("numba", "numba"),
+        ("soundfile", "soundfile"),
+        ("soxr", "soxr"),
+    ):
         info[name] = _dist_version(dist)
     if info["opencv"] is None:
         info["opencv"] = _dist_version("opencv-python")

@@ -519,9 +519,7 @@ def prepare_input(frame, x0: int, y0: int, x1: int, y1: int, out: np.ndarray) ->
     x0, y0, x1, y1 = check_box("prepare_input", frame.shape, x0, y0, x1, y1)
     check_writable("prepare_input", "out", out, np.float32, (6, _INNER, _INNER))
     H, W = frame.shape[:2]
-    _prepare_kernel(
-        frame.reshape(H, W * 3), x0, y0, *_cubic_taps(x1 - x0, _CROP), *_cubic_taps(y1 - y0, _CROP), out
-    )
+    _prepare_kernel(frame.reshape(H, W * 3), x0, y0, *_cubic_taps(x1 - x0, _CROP), *_cubic_taps(y1 - y0, _CROP), out)
 
 
 def paste_back(frame: np.ndarray, x0: int, y0: int, x1: int, y1: int, pred, feather: int = 0) -> None:
@@ -537,6 +535,15 @@ def paste_back(frame: np.ndarray, x0: int, y0: int, x1: int, y1: int, pred, feat
     H, W = frame.shape[:2]
     w, h = x1 - x0, y1 - y0
     _paste_kernel(
-        frame.reshape(H, W * 3), x0, y0, w, h, pred, feather,
-        *_cubic_taps(w, _CROP), *_cubic_taps(h, _CROP), *_cubic_taps(_CROP, w), *_cubic_taps(_CROP, h),
+        frame.reshape(H, W * 3),
+        x0,
+        y0,
+        w,
+        h,
+        pred,
+        feather,
+        *_cubic_taps(w, _CROP),
+        *_cubic_taps(h, _CROP),
+        *_cubic_taps(_CROP, w),
+        *_cubic_taps(_CROP, h),
     )

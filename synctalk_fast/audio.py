@@ -19,7 +19,13 @@ from .errors import AudioError
 from .shapes import MEL_WINDOW
 
 __all__ = [
-    "load_audio", "mel_spectrogram", "mel_windows", "num_mel_windows", "window_start", "StreamResampler", "AudioError",
+    "load_audio",
+    "mel_spectrogram",
+    "mel_windows",
+    "num_mel_windows",
+    "window_start",
+    "StreamResampler",
+    "AudioError",
     "MEL_WINDOW",
 ]
 
@@ -180,8 +186,9 @@ def _read_av(path: str) -> tuple[np.ndarray, int]:
     return np.concatenate(chunks, axis=1).astype(np.float32, copy=False), sr
 
 
-def load_audio(source: AudioSource, *, sample_rate: int = SAMPLE_RATE, source_sample_rate: float | None = None,
-               **deprecated: Any) -> np.ndarray:
+def load_audio(
+    source: AudioSource, *, sample_rate: int = SAMPLE_RATE, source_sample_rate: float | None = None, **deprecated: Any
+) -> np.ndarray:
     """Load speech as mono float32 samples at ``sample_rate`` Hz (numerics §1.1).
 
     Parameters
@@ -212,8 +219,12 @@ def load_audio(source: AudioSource, *, sample_rate: int = SAMPLE_RATE, source_sa
         Missing or undecodable file, empty or non-finite samples.
     """
     if deprecated:
-        given = renamed(deprecated, {"sample_rate": None, "source_sample_rate": source_sample_rate},
-                        {"sr": "sample_rate", "orig_sr": "source_sample_rate"}, where="load_audio")
+        given = renamed(
+            deprecated,
+            {"sample_rate": None, "source_sample_rate": source_sample_rate},
+            {"sr": "sample_rate", "orig_sr": "source_sample_rate"},
+            where="load_audio",
+        )
         sample_rate = given["sample_rate"] or sample_rate
         source_sample_rate = given["source_sample_rate"]
     if isinstance(source, np.ndarray):
@@ -327,8 +338,7 @@ def mel_windows(mel: np.ndarray, *, start: int = 0, stop: int | None = None) -> 
     if T < MEL_WINDOW:
         seconds = (MEL_WINDOW - 1) * HOP / SAMPLE_RATE
         raise AudioError(
-            f"audio too short: {T} mel frames, the encoder needs at least {MEL_WINDOW} "
-            f"(about {seconds:.2f} s of audio)"
+            f"audio too short: {T} mel frames, the encoder needs at least {MEL_WINDOW} (about {seconds:.2f} s of audio)"
         )
     n = num_mel_windows(T)
     stop = n if stop is None else min(stop, n)

@@ -18,8 +18,9 @@ __all__ = ["synthetic_template", "synthetic_speech"]
 _LMS_POINTS = 110
 
 
-def synthetic_template(folder: str | os.PathLike, *, frames: int = 50, width: int = 640, height: int = 480,
-                       seed: int = 0) -> Path:
+def synthetic_template(
+    folder: str | os.PathLike, *, frames: int = 50, width: int = 640, height: int = 480, seed: int = 0
+) -> Path:
     """Write a template of a drawn face that sways a little.
 
     ``folder/full_body_img/k.jpg`` and ``folder/landmarks/k.lms`` (110 points;
@@ -40,12 +41,32 @@ def synthetic_template(folder: str | os.PathLike, *, frames: int = 50, width: in
         img = background.copy().astype(np.uint8)
         cv2.ellipse(img, (int(cx), int(cy)), (int(face_w), int(face_h)), 0, 0, 360, (120, 160, 215), -1, cv2.LINE_AA)
         for dx in (-0.4, 0.4):  # eyes
-            cv2.ellipse(img, (int(cx + dx * face_w), int(cy - 0.25 * face_h)), (int(0.12 * face_w), int(0.06 * face_h)),
-                        0, 0, 360, (40, 40, 40), -1, cv2.LINE_AA)
-        cv2.line(img, (int(cx), int(cy - 0.1 * face_h)), (int(cx), int(cy + 0.12 * face_h)), (90, 120, 170), 3, cv2.LINE_AA)
+            cv2.ellipse(
+                img,
+                (int(cx + dx * face_w), int(cy - 0.25 * face_h)),
+                (int(0.12 * face_w), int(0.06 * face_h)),
+                0,
+                0,
+                360,
+                (40, 40, 40),
+                -1,
+                cv2.LINE_AA,
+            )
+        cv2.line(
+            img, (int(cx), int(cy - 0.1 * face_h)), (int(cx), int(cy + 0.12 * face_h)), (90, 120, 170), 3, cv2.LINE_AA
+        )
         mouth_open = 0.03 + 0.04 * abs(np.sin(6 * np.pi * t))
-        cv2.ellipse(img, (int(cx), int(cy + 0.45 * face_h)), (int(0.3 * face_w), int(mouth_open * face_h * 2)),
-                    0, 0, 360, (50, 40, 150), -1, cv2.LINE_AA)
+        cv2.ellipse(
+            img,
+            (int(cx), int(cy + 0.45 * face_h)),
+            (int(0.3 * face_w), int(mouth_open * face_h * 2)),
+            0,
+            0,
+            360,
+            (50, 40, 150),
+            -1,
+            cv2.LINE_AA,
+        )
         cv2.imwrite(str(folder / "full_body_img" / f"{k}.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, 92])
         # 110 points on the face outline; 1 and 31 at the cheeks (box left/right),
         # 52 just below the nose (box top): a square over mouth and chin.

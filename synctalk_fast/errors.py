@@ -7,7 +7,16 @@ the file and the problem in one line.
 
 from __future__ import annotations
 
-__all__ = ["Error", "AudioError", "FeatureError", "TemplateError", "BoxError", "ModelError", "CheckpointError", "OutputError"]
+__all__ = [
+    "Error",
+    "AudioError",
+    "FeatureError",
+    "TemplateError",
+    "BoxError",
+    "ModelError",
+    "CheckpointError",
+    "OutputError",
+]
 
 
 class Error(Exception):

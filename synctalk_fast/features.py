@@ -185,7 +185,9 @@ def load_features(source, *, mode: str = "ave") -> tuple[np.ndarray, bool]:
             elif not path.exists():
                 raise FeatureError(f"{path}: features file not found")
             else:
-                raise FeatureError(f"{path}: unknown features format (expected .npy, .bin + .bin.json, or a frames folder)")
+                raise FeatureError(
+                    f"{path}: unknown features format (expected .npy, .bin + .bin.json, or a frames folder)"
+                )
         except FeatureError:
             raise
         except (OSError, ValueError, KeyError) as exc:
@@ -207,8 +209,14 @@ def load_features(source, *, mode: str = "ave") -> tuple[np.ndarray, bool]:
     )
 
 
-def save_features(features: np.ndarray, folder: str | os.PathLike, *, mode: str = "ave", fps: float | None = None,
-                  metadata: dict | None = None) -> Path:
+def save_features(
+    features: np.ndarray,
+    folder: str | os.PathLike,
+    *,
+    mode: str = "ave",
+    fps: float | None = None,
+    metadata: dict | None = None,
+) -> Path:
     """Write features as the Go audio pipeline does.
 
     ``folder/features.bin`` + ``features.bin.json`` (the rows),
@@ -239,7 +247,10 @@ def save_features(features: np.ndarray, folder: str | os.PathLike, *, mode: str 
     frames_dir.mkdir(parents=True, exist_ok=True)
     feats.tofile(folder / "features.bin")
     (folder / "features.bin.json").write_text(
-        json.dumps({"num_frames": int(feats.shape[0]), "feature_size": int(feats.shape[1]), "shape": list(feats.shape)}, indent=2)
+        json.dumps(
+            {"num_frames": int(feats.shape[0]), "feature_size": int(feats.shape[1]), "shape": list(feats.shape)},
+            indent=2,
+        )
     )
     step = 256
     for start in range(0, feats.shape[0], step):

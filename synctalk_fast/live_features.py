@@ -237,8 +237,10 @@ class UtteranceFeatures:
         self._mel_final = False  # the mel is complete (its last plan ran to the end)
 
     def __repr__(self) -> str:
-        return (f"UtteranceFeatures(samples={self.n_samples}, mel_frames={self.t_done}, windows={self.w_done}, "
-                f"frames_known={self.frames_known()}, closed={self.closed})")
+        return (
+            f"UtteranceFeatures(samples={self.n_samples}, mel_frames={self.t_done}, windows={self.w_done}, "
+            f"frames_known={self.frames_known()}, closed={self.closed})"
+        )
 
     # -- samples (under the caller's lock) -------------------------------------
     @property
@@ -279,11 +281,12 @@ class UtteranceFeatures:
             raise ValueError("the utterance has already ended")
         total = self.n_samples if total is None else int(total)
         if total < MIN_SAMPLES:
-            raise AudioError(f"utterance too short: {total / SAMPLE_RATE:.3f} s of audio, one encoder window "
-                             f"needs {MIN_SAMPLES / SAMPLE_RATE:.3f} s")
+            raise AudioError(
+                f"utterance too short: {total / SAMPLE_RATE:.3f} s of audio, one encoder window "
+                f"needs {MIN_SAMPLES / SAMPLE_RATE:.3f} s"
+            )
         if total < self._used:
-            raise ValueError(f"cannot end the utterance at {total} samples: mel frames were computed from "
-                             f"{self._used}")
+            raise ValueError(f"cannot end the utterance at {total} samples: mel frames were computed from {self._used}")
         if self._samples.end > total:
             self._samples.truncate(total)
         elif total > self._samples.end:
@@ -387,8 +390,10 @@ class UtteranceFeatures:
         if batch.size:
             emb = np.asarray(emb, dtype=np.float32)
             if emb.shape != (batch.size, EMBEDDING):
-                raise FeatureError(f"the audio encoder returned shape {emb.shape} for {batch.size} windows, "
-                                   f"expected ({batch.size}, {EMBEDDING})")
+                raise FeatureError(
+                    f"the audio encoder returned shape {emb.shape} for {batch.size} windows, "
+                    f"expected ({batch.size}, {EMBEDDING})"
+                )
             self.emb.append(emb)
             self.w_done = batch.stop
         if batch.n_windows is not None:

@@ -61,7 +61,9 @@ class GenerateResult:
     fps: float  # video frame rate
     seconds: float  # wall time of the whole call
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
-    engine: dict[str, Any] = field(default_factory=dict)  # what ran: runtime, provider, device, precision, batch, sessions
+    engine: dict[str, Any] = field(
+        default_factory=dict
+    )  # what ran: runtime, provider, device, precision, batch, sessions
 
     @property
     def frames_per_second(self) -> float:
@@ -139,8 +141,10 @@ class Pipeline:
                 raise ValueError("give the audio encoder to the Engine, not to a Pipeline on it")
             given = sorted(k for k, v in engine_options.items() if v is not None)
             if options is not None or given:
-                raise ValueError(f"a Pipeline on an Engine runs with the engine's options; give "
-                                 f"{', '.join(given) or 'options'} to the Engine instead")
+                raise ValueError(
+                    f"a Pipeline on an Engine runs with the engine's options; give "
+                    f"{', '.join(given) or 'options'} to the Engine instead"
+                )
             self.engine = unet
         else:
             self.engine = Engine(unet, audio_encoder, options=opts)
@@ -183,8 +187,10 @@ class Pipeline:
 
     def __repr__(self) -> str:
         enc = f", audio_encoder={str(self.encoder.path)!r}" if self.encoder else ""
-        return (f"Pipeline(unet={str(self.unet.path)!r}{enc}, mode={self.mode!r}, batch_size={self.batch_size}, "
-                f"runtime={self.engine.runtime!r}, providers={self.engine.providers})")
+        return (
+            f"Pipeline(unet={str(self.unet.path)!r}{enc}, mode={self.mode!r}, batch_size={self.batch_size}, "
+            f"runtime={self.engine.runtime!r}, providers={self.engine.providers})"
+        )
 
     def template(self, template: TemplateLike) -> Template:
         """``template`` as a :class:`Template`; a folder used in the previous
@@ -209,8 +215,15 @@ class Pipeline:
         return load_features(features, mode=self.mode)
 
     # -- features -> frames -----------------------------------------------
-    def frames(self, features: FeaturesLike, template: TemplateLike, *, start: int = 0, feather: int = 0,
-               _timer: StageTimer | None = None) -> Iterator[np.ndarray]:
+    def frames(
+        self,
+        features: FeaturesLike,
+        template: TemplateLike,
+        *,
+        start: int = 0,
+        feather: int = 0,
+        _timer: StageTimer | None = None,
+    ) -> Iterator[np.ndarray]:
         """Lip-synced frames, in order: BGR uint8 ``[H, W, 3]``, one per feature row.
 
         The stages overlap (see ``overlap``): a worker thread decodes
@@ -234,8 +247,15 @@ class Pipeline:
         for batch in self._batches(features, template, start=start, timer=timer):
             yield from self.engine.paste(batch, feather=feather, timer=timer)
 
-    def _batches(self, features: FeaturesLike, template: TemplateLike, *, start: int, timer: StageTimer,
-                 then: Sequence[Callable[[Any], Any]] = ()) -> Iterator[Any]:
+    def _batches(
+        self,
+        features: FeaturesLike,
+        template: TemplateLike,
+        *,
+        start: int,
+        timer: StageTimer,
+        then: Sequence[Callable[[Any], Any]] = (),
+    ) -> Iterator[Any]:
         """Run batches (:class:`~synctalk_fast.engine.StepBatch`) in order;
         each function of ``then`` is applied to them in a further stage. The
         prepare stage and ``then`` run at background priority on CPU (see
@@ -256,8 +276,11 @@ class Pipeline:
             except queue.Empty:
                 images = np.empty((size, *IMAGE_SHAPE), dtype=np.float32)
             with timer("prepare"):
-                windows = (rows[b0:b1].reshape(b1 - b0, *shape) if windowed
-                           else feature_windows(rows, mode=self.mode, start=b0, stop=b1))
+                windows = (
+                    rows[b0:b1].reshape(b1 - b0, *shape)
+                    if windowed
+                    else feature_windows(rows, mode=self.mode, start=b0, stop=b1)
+                )
             return engine.prepare([(tpl, int(k)) for k in order[b0:b1]], windows, out=images, timer=timer)
 
         def infer(batch: StepBatch, session: int = 0) -> StepBatch:
@@ -365,13 +388,20 @@ class Pipeline:
             if bar is not None:
                 bar.close()
         first = targets[0]
-        result = GenerateResult(Path(first) if isinstance(first, (str, Path)) else first, n, fps,
-                                time.perf_counter() - t0, dict(timer.totals), self.engine.describe())
+        result = GenerateResult(
+            Path(first) if isinstance(first, (str, Path)) else first,
+            n,
+            fps,
+            time.perf_counter() - t0,
+            dict(timer.totals),
+            self.engine.describe(),
+        )
         log.info("%s", result)
         return result
 
-    def _speech(self, audio: AudioSource | None, features: FeaturesLike | None, *, timer: StageTimer,
-                progress: bool) -> tuple[np.ndarray | None, FeaturesLike]:
+    def _speech(
+        self, audio: AudioSource | None, features: FeaturesLike | None, *, timer: StageTimer, progress: bool
+    ) -> tuple[np.ndarray | None, FeaturesLike]:
         """The samples of ``audio`` (None without audio) and the features (computed from them if not given)."""
         samples = None
         if audio is not None:
@@ -383,8 +413,19 @@ class Pipeline:
                 features = self.audio_features(samples, progress=progress)
         return samples, features
 
-    def _write(self, targets: Sequence[OutputLike], encoding: dict[str, Any], features: FeaturesLike, tpl: Template,
-               samples: np.ndarray | None, *, start: int, feather: int, timer: StageTimer, bar: Any) -> None:
+    def _write(
+        self,
+        targets: Sequence[OutputLike],
+        encoding: dict[str, Any],
+        features: FeaturesLike,
+        tpl: Template,
+        samples: np.ndarray | None,
+        *,
+        start: int,
+        feather: int,
+        timer: StageTimer,
+        bar: Any,
+    ) -> None:
         """Open a sink per target, render into all of them in one pass and close them; abort them all on any error.
 
         Each frame goes to every sink with its samples (``samples``' share of
@@ -479,7 +520,9 @@ def generate(
     engine_options = {k: kwargs.pop(k) for k in list(kwargs) if k in OPTION_NAMES}
     unknown = sorted(set(kwargs) - _GENERATE_KEYWORDS)
     if unknown:
-        raise TypeError(f"generate() got unexpected keyword argument(s) {', '.join(unknown)}; expected engine "
-                        f"options ({', '.join(OPTION_NAMES)}) or {', '.join(sorted(_GENERATE_KEYWORDS))}")
+        raise TypeError(
+            f"generate() got unexpected keyword argument(s) {', '.join(unknown)}; expected engine "
+            f"options ({', '.join(OPTION_NAMES)}) or {', '.join(sorted(_GENERATE_KEYWORDS))}"
+        )
     pipe = Pipeline(unet, audio_encoder, mode=mode, overlap=overlap, options=options, **engine_options)
     return pipe.generate(audio, template=template, output=output, features=features, **kwargs)

@@ -14,5 +14,16 @@ from .quantize import (
     search_fp32_blocks,
 )
 
-__all__ = ["quantize", "QuantizeReport", "name_blocks", "fidelity", "choose_candidate", "bf16_advice",
-           "search_fp32_blocks", "METHODS", "TOOLS", "FP32", "BF16"]
+__all__ = [
+    "quantize",
+    "QuantizeReport",
+    "name_blocks",
+    "fidelity",
+    "choose_candidate",
+    "bf16_advice",
+    "search_fp32_blocks",
+    "METHODS",
+    "TOOLS",
+    "FP32",
+    "BF16",
+]

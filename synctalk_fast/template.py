@@ -163,7 +163,9 @@ class Template:
         img_dir, lms_dir = self.folder / "full_body_img", self.folder / "landmarks"
         for d in (img_dir, lms_dir):
             if not d.is_dir():
-                raise TemplateError(f"{d}: template folder missing (expected {self.folder}/full_body_img and /landmarks)")
+                raise TemplateError(
+                    f"{d}: template folder missing (expected {self.folder}/full_body_img and /landmarks)"
+                )
         images, marks = _numbered(img_dir, _IMAGE_EXTS), _numbered(lms_dir, (".lms",))
         if not images:
             raise TemplateError(f"{img_dir}: no frames (expected 0.jpg, 1.jpg, ...)")
@@ -217,8 +219,10 @@ class Template:
         return len(self.frame_paths)
 
     def __repr__(self) -> str:
-        return (f"Template({str(self.folder)!r}, frames={len(self)}, size={self.size[0]}x{self.size[1]}, "
-                f"cached={len(self.cache)}/{self.cache.capacity})")
+        return (
+            f"Template({str(self.folder)!r}, frames={len(self)}, size={self.size[0]}x{self.size[1]}, "
+            f"cached={len(self.cache)}/{self.cache.capacity})"
+        )
 
     def box(self, k: int) -> Box:
         """Crop box of frame ``k`` as ``(x0, y0, x1, y1)`` ints."""
@@ -238,7 +242,9 @@ class Template:
         if img is None:
             raise TemplateError(f"{path}: cannot decode image")
         if (img.shape[1], img.shape[0]) != self.size:
-            raise TemplateError(f"{path}: decoded size {img.shape[1]}x{img.shape[0]} differs from {self.size[0]}x{self.size[1]}")
+            raise TemplateError(
+                f"{path}: decoded size {img.shape[1]}x{img.shape[0]} differs from {self.size[0]}x{self.size[1]}"
+            )
         return img
 
     def order(self, n_frames: int, *, start: int = 0, first: int = 0) -> np.ndarray:

@@ -5,5 +5,14 @@ from .errors import OutputError
 from .sinks.encoders import DEFAULT_ENCODER, DEFAULT_PRESET, ENCODERS, X264_PRESETS, encoder_problem, resolve_encoder
 from .sinks.legacy import FrameFolderWriter, VideoWriter
 
-__all__ = ["VideoWriter", "FrameFolderWriter", "OutputError", "X264_PRESETS", "DEFAULT_PRESET",
-           "ENCODERS", "DEFAULT_ENCODER", "encoder_problem", "resolve_encoder"]
+__all__ = [
+    "VideoWriter",
+    "FrameFolderWriter",
+    "OutputError",
+    "X264_PRESETS",
+    "DEFAULT_PRESET",
+    "ENCODERS",
+    "DEFAULT_ENCODER",
+    "encoder_problem",
+    "resolve_encoder",
+]

@@ -21,14 +21,18 @@ needs_data = pytest.mark.skipif(not (TEMPLATE / "full_body_img" / "0.jpg").is_fi
 
 def _can_unshare() -> bool:
     ip = shutil.which("ip") or "/sbin/ip"
-    return shutil.which("unshare") is not None and os.path.exists(ip) and \
-        subprocess.run(["unshare", "-n", "true"], capture_output=True, timeout=30).returncode == 0
+    return (
+        shutil.which("unshare") is not None
+        and os.path.exists(ip)
+        and subprocess.run(["unshare", "-n", "true"], capture_output=True, timeout=30).returncode == 0
+    )
 
 
 #: Tests that run servers binding every interface (Ray, WebRTC's ICE) in a
 #: network namespace with only loopback (``unshare -n``; ``ip`` brings it up).
-needs_loopback_namespace = pytest.mark.skipif(not _can_unshare(),
-                                              reason="needs unshare -n (a loopback-only network namespace) and ip")
+needs_loopback_namespace = pytest.mark.skipif(
+    not _can_unshare(), reason="needs unshare -n (a loopback-only network namespace) and ip"
+)
 
 
 def read_template_frame(k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -36,6 +40,7 @@ def read_template_frame(k: int) -> tuple[np.ndarray, np.ndarray]:
 
     img = cv2.imread(str(TEMPLATE / "full_body_img" / f"{k}.jpg"))
     return img, load_landmarks(TEMPLATE / "landmarks" / f"{k}.lms")
+
 
 MANIFEST = DATA.parent / "state_dict_manifest.json"
 needs_manifest = pytest.mark.skipif(not MANIFEST.is_file(), reason=f"no manifest at {MANIFEST}")

@@ -65,7 +65,9 @@ def test_mel_filterbank_equals_librosa(backend):
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=0)
 
 
-@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 6, 9, 10, 15, 16, 25, 27, 45, 64, 75, 96, 125, 243, 400, 800, 960, 1000, 1024])
+@pytest.mark.parametrize(
+    "n", [1, 2, 3, 4, 5, 6, 9, 10, 15, 16, 25, 27, 45, 64, 75, 96, 125, 243, 400, 800, 960, 1000, 1024]
+)
 def test_rfft_matches_numpy(backend, n):
     x = np.random.default_rng(n).standard_normal(n)
     got = _backend.kernels.rfft(x)

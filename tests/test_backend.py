@@ -145,7 +145,12 @@ def test_isa_variants_give_identical_results(tmp_path):
         env = dict(os.environ, SYNCTALK_FAST_ISA=isa)
         path = tmp_path / f"{isa}.npz"
         res = subprocess.run(
-            [sys.executable, "-c", code, str(path)], env=env, capture_output=True, text=True, timeout=300, cwd=NEUTRAL_DIR
+            [sys.executable, "-c", code, str(path)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=NEUTRAL_DIR,
         )
         if isa == "avx2" and "no AVX2" in res.stderr:
             pytest.skip("this CPU has no AVX2 + FMA")
@@ -161,6 +166,11 @@ def test_unknown_isa_is_a_clear_import_error():
         pytest.skip("no compiled core")
     env = dict(os.environ, SYNCTALK_FAST_ISA="sse9", SYNCTALK_FAST_BACKEND="cpp")
     res = subprocess.run(
-        [sys.executable, "-c", "import synctalk_fast"], env=env, capture_output=True, text=True, timeout=120, cwd=NEUTRAL_DIR
+        [sys.executable, "-c", "import synctalk_fast"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=NEUTRAL_DIR,
     )
     assert res.returncode != 0 and "SYNCTALK_FAST_ISA='sse9' is not one of generic, avx2" in res.stderr

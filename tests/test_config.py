@@ -35,8 +35,13 @@ def test_show_config_prints_every_key():
 
 def test_cli_info():
     # from outside the checkout, whose synctalk_fast (no compiled core) would shadow the install
-    res = subprocess.run([sys.executable, "-m", "synctalk_fast", "info"], capture_output=True, text=True, timeout=120,
-                         cwd=tempfile.gettempdir())
+    res = subprocess.run(
+        [sys.executable, "-m", "synctalk_fast", "info"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tempfile.gettempdir(),
+    )
     assert res.returncode == 0, res.stderr
     assert f"synctalk_fast: {stf.__version__}" in res.stdout
     assert f"backend: {stf.backend()}" in res.stdout and "providers_available: " in res.stdout

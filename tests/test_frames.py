@@ -177,7 +177,9 @@ def test_feather_blend(backend, scalar_cv2, k):
     soft = stf.paste_back(img, box, pred, feather=k).astype(int)
     x0, y0, x1, y1 = box
     h, w = y1 - y0, x1 - x0
-    d = np.minimum(np.minimum.outer(np.minimum(np.arange(h), np.arange(h)[::-1]), np.minimum(np.arange(w), np.arange(w)[::-1])), k)
+    d = np.minimum(
+        np.minimum.outer(np.minimum(np.arange(h), np.arange(h)[::-1]), np.minimum(np.arange(w), np.arange(w)[::-1])), k
+    )
     a = (d + 1)[:, :, None]
     old = img[y0:y1, x0:x1].astype(int)
     expected = (hard[y0:y1, x0:x1] * a + old * (k + 1 - a) + (k + 1) // 2) // (k + 1)
@@ -207,8 +209,11 @@ def test_bad_pred_and_out_are_value_errors(backend):
     img = _synthetic_frame(64, 64)
     with pytest.raises(ValueError):
         stf.paste_back(img, (0, 0, 32, 32), np.zeros((320, 320, 3), np.float32))
-    for out in [np.zeros((6, 320, 320), np.float64), np.zeros((6, 320, 321), np.float32),
-                np.zeros((6, 320, 640), np.float32)[:, :, ::2]]:
+    for out in [
+        np.zeros((6, 320, 320), np.float64),
+        np.zeros((6, 320, 321), np.float32),
+        np.zeros((6, 320, 640), np.float32)[:, :, ::2],
+    ]:
         with pytest.raises(ValueError):
             stf.prepare_input(img, (0, 0, 32, 32), out=out)
     with pytest.raises(ValueError):
@@ -245,7 +250,7 @@ def _strided_case(draw):
 def test_non_contiguous_frames_read_correctly(backend, case):
     h, w, sy, sx, order, box, seed = case
     big = np.asarray(_synthetic_frame(h * abs(sy), w * abs(sx), seed=seed), order=order)
-    view = big[:: sy, :: sx]
+    view = big[::sy, ::sx]
     dense = np.ascontiguousarray(view)
     assert np.array_equal(stf.prepare_input(view, box), stf.prepare_input(dense, box))
     pred = _pred(seed)

@@ -58,7 +58,8 @@ def source_modules(root: Path) -> dict[str, Path]:
 
 def _is_type_checking(test: ast.expr) -> bool:
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def _imports(node: ast.AST, in_function: bool = False):
@@ -180,8 +181,7 @@ def test_no_package_imports_inside_functions():
 # The layers, bottom first: a module imports only from its own layer or
 # those before it (README "Layout"). Modules of a subpackage take its entry.
 LAYERS: list[set[str]] = [
-    {"_version", "errors", "_filters", "_util", "_validate", "_backend",
-     "_numpy_kernels", "_numba_kernels"},
+    {"_version", "errors", "_filters", "_util", "_validate", "_backend", "_numpy_kernels", "_numba_kernels"},
     {"shapes"},
     {"audio"},
     {"features"},

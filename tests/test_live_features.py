@@ -92,8 +92,8 @@ def test_chunked_equals_offline(wav, encode, chunk):
         assert_frame(utt, want, i)
     np.testing.assert_array_equal(  # the offline call frame by frame, for good measure
         utt.audio_window(len(want) - 1).reshape(1, 32, 16, 16),
-        feature_windows(pad_embeddings(encode(mel_windows(mel_spectrogram(wav)))), start=len(want) - 1,
-                        stop=len(want)))
+        feature_windows(pad_embeddings(encode(mel_windows(mel_spectrogram(wav)))), start=len(want) - 1, stop=len(want)),
+    )
 
 
 @pytest.mark.parametrize("limit", [1, 3, 64])

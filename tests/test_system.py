@@ -25,13 +25,16 @@ def _write(root, files: dict[str, str]):
     return root
 
 
-@pytest.mark.parametrize("files,cpus", [
-    ({"cpu.max": "150000 100000"}, 1.5),  # docker --cpus 1.5 (cgroup v2)
-    ({"cpu.max": "max 100000"}, None),
-    ({"cpu/cpu.cfs_quota_us": "400000", "cpu/cpu.cfs_period_us": "100000"}, 4.0),  # cgroup v1
-    ({"cpu/cpu.cfs_quota_us": "-1", "cpu/cpu.cfs_period_us": "100000"}, None),
-    ({}, None),
-])
+@pytest.mark.parametrize(
+    "files,cpus",
+    [
+        ({"cpu.max": "150000 100000"}, 1.5),  # docker --cpus 1.5 (cgroup v2)
+        ({"cpu.max": "max 100000"}, None),
+        ({"cpu/cpu.cfs_quota_us": "400000", "cpu/cpu.cfs_period_us": "100000"}, 4.0),  # cgroup v1
+        ({"cpu/cpu.cfs_quota_us": "-1", "cpu/cpu.cfs_period_us": "100000"}, None),
+        ({}, None),
+    ],
+)
 def test_cpu_quota(tmp_path, files, cpus):
     root = _write(tmp_path, files)
     assert _system.cgroup_cpu_limit(root) == cpus
@@ -44,13 +47,16 @@ def test_a_quota_below_the_cores_caps_the_threads(tmp_path):
     assert _system.cpu_cores(cgroup=root) == 1
 
 
-@pytest.mark.parametrize("files,left", [
-    ({"memory.max": str(8 << 30), "memory.current": str(3 << 30)}, 5 << 30),  # -m 8g, 3 GiB in use (v2)
-    ({"memory.max": "max", "memory.current": "123"}, None),
-    ({"memory/memory.limit_in_bytes": str(2 << 30), "memory/memory.usage_in_bytes": str(1 << 29)}, 3 << 29),  # v1
-    ({"memory/memory.limit_in_bytes": "9223372036854771712"}, None),  # v1 "no limit"
-    ({}, None),
-])
+@pytest.mark.parametrize(
+    "files,left",
+    [
+        ({"memory.max": str(8 << 30), "memory.current": str(3 << 30)}, 5 << 30),  # -m 8g, 3 GiB in use (v2)
+        ({"memory.max": "max", "memory.current": "123"}, None),
+        ({"memory/memory.limit_in_bytes": str(2 << 30), "memory/memory.usage_in_bytes": str(1 << 29)}, 3 << 29),  # v1
+        ({"memory/memory.limit_in_bytes": "9223372036854771712"}, None),  # v1 "no limit"
+        ({}, None),
+    ],
+)
 def test_memory_limit(tmp_path, files, left):
     root = _write(tmp_path, files)
     assert _system.cgroup_memory_available(root) == left

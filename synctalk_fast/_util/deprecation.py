@@ -9,8 +9,9 @@ from typing import Any
 __all__ = ["renamed"]
 
 
-def renamed(old: Mapping[str, Any], new: dict[str, Any], names: Mapping[str, str], *, where: str,
-            stacklevel: int = 3) -> dict[str, Any]:
+def renamed(
+    old: Mapping[str, Any], new: dict[str, Any], names: Mapping[str, str], *, where: str, stacklevel: int = 3
+) -> dict[str, Any]:
     """Move the deprecated keywords of ``old`` (``names``: old name -> new
     name) into ``new``, warning once per use; a keyword given under both
     names, or an ``old`` keyword that is not deprecated, is a ``TypeError``."""

@@ -35,6 +35,8 @@ __all__ = ["run_stages", "lower_priority"]
 
 _POLL = 0.05  # seconds between checks of the stop flag while blocked
 _END = object()
+
+
 def lower_priority() -> bool:
     """Make the calling thread (and threads it starts later) a background
     thread: Linux SCHED_IDLE, which runs only on cores nothing else wants;
@@ -93,8 +95,9 @@ def _produce(run: _Run, source: Iterable, outs: list[queue.Queue], background: b
         run.fail(exc)
 
 
-def _work(run: _Run, fn: Callable, lane: int, width: int, ins: list[queue.Queue], outs: list[queue.Queue],
-          background: bool) -> None:
+def _work(
+    run: _Run, fn: Callable, lane: int, width: int, ins: list[queue.Queue], outs: list[queue.Queue], background: bool
+) -> None:
     """Worker ``lane`` of a stage ``width`` wide: items lane, lane + width, ...
     Item i comes from the upstream worker i % len(ins) and goes to the
     downstream worker i % len(outs), so order needs no reordering buffer."""
@@ -115,8 +118,14 @@ def _work(run: _Run, fn: Callable, lane: int, width: int, ins: list[queue.Queue]
         run.fail(exc)
 
 
-def run_stages(source: Iterable, stages: Sequence[Callable | Sequence[Callable]], *, depth: int = 2,
-               name: str = "stage", background: Sequence[int] = ()) -> Iterator:
+def run_stages(
+    source: Iterable,
+    stages: Sequence[Callable | Sequence[Callable]],
+    *,
+    depth: int = 2,
+    name: str = "stage",
+    background: Sequence[int] = (),
+) -> Iterator:
     """Iterate ``fn_k(...fn_1(item))`` for each item of ``source``, the
     source and each function in its own thread (see the module docstring).
 
@@ -140,18 +149,28 @@ def run_stages(source: Iterable, stages: Sequence[Callable | Sequence[Callable]]
     run = _Run()
     widths = [1] + [len(st) if isinstance(st, Sequence) else 1 for st in stages] + [1]  # source, stages, caller
     # links[s][a][b]: from worker a of stage s to worker b of stage s + 1
-    links: list[list[list[queue.Queue]]] = [[[queue.Queue(maxsize=depth) for _ in range(widths[s + 1])] for _ in range(widths[s])]
-             for s in range(len(widths) - 1)]
-    threads = [threading.Thread(target=_produce, args=(run, source, links[0][0], 0 in background),
-                                name=f"{name}-source", daemon=True)]
+    links: list[list[list[queue.Queue]]] = [
+        [[queue.Queue(maxsize=depth) for _ in range(widths[s + 1])] for _ in range(widths[s])]
+        for s in range(len(widths) - 1)
+    ]
+    threads = [
+        threading.Thread(
+            target=_produce, args=(run, source, links[0][0], 0 in background), name=f"{name}-source", daemon=True
+        )
+    ]
     for s, st in enumerate(stages, start=1):
         fns = list(st) if isinstance(st, Sequence) else [st]
         for lane, fn in enumerate(fns):
             ins = [links[s - 1][a][lane] for a in range(widths[s - 1])]
             label = getattr(getattr(fn, "func", fn), "__name__", str(s)) + (f"-{lane}" if len(fns) > 1 else "")
-            threads.append(threading.Thread(target=_work, args=(run, fn, lane, len(fns), ins, links[s][lane],
-                                                                s in background),
-                                            name=f"{name}-{label}", daemon=True))
+            threads.append(
+                threading.Thread(
+                    target=_work,
+                    args=(run, fn, lane, len(fns), ins, links[s][lane], s in background),
+                    name=f"{name}-{label}",
+                    daemon=True,
+                )
+            )
     last = [links[-1][a][0] for a in range(widths[-2])]
 
     def results() -> Iterator:

@@ -15,7 +15,16 @@ import platform
 import sys
 from pathlib import Path
 
-__all__ = ["cpu_name", "cpu_flags", "cpu_cores", "available_memory", "cgroup_cpu_limit", "cgroup_memory_available", "cache_dir", "CGROUP_ROOT"]
+__all__ = [
+    "cpu_name",
+    "cpu_flags",
+    "cpu_cores",
+    "available_memory",
+    "cgroup_cpu_limit",
+    "cgroup_memory_available",
+    "cache_dir",
+    "CGROUP_ROOT",
+]
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 _UNLIMITED = 1 << 60  # cgroup v1 writes a number near 2**63 for "no limit"
@@ -47,8 +56,10 @@ def cgroup_cpu_limit(root: Path) -> float | None:
 
 def cgroup_memory_available(root: Path) -> int | None:
     """Bytes the cgroup's memory limit still allows (limit - usage), or None without a limit."""
-    for limit_file, usage_file in (("memory.max", "memory.current"),
-                                   ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")):
+    for limit_file, usage_file in (
+        ("memory.max", "memory.current"),
+        ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes"),
+    ):
         limit = _read(root / limit_file)
         if limit is None:
             continue

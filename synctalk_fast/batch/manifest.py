@@ -26,8 +26,7 @@ from typing import Any
 from ..engine.options import OPTION_NAMES, EngineOptions
 from ..sinks import VIDEO_SUFFIXES
 
-__all__ = ["BatchJob", "read_jobs", "Jobs", "RESULTS_NAME", "PATH_KEYS", "PIPELINE_KEYS", "GENERATE_KEYS",
-           "JOB_KEYS"]
+__all__ = ["BatchJob", "read_jobs", "Jobs", "RESULTS_NAME", "PATH_KEYS", "PIPELINE_KEYS", "GENERATE_KEYS", "JOB_KEYS"]
 
 #: What :func:`read_jobs` and ``render_batch`` take: a manifest's path, or the jobs as dicts.
 Jobs = str | os.PathLike[str] | Sequence[Mapping[str, Any]]
@@ -55,8 +54,13 @@ def _boolean(value: str) -> bool:
 
 #: How a CSV cell (a string) of a key that is not an engine option converts;
 #: keys not listed stay strings. Engine options convert themselves.
-_CELL_TYPES: dict[str, Callable[[str], Any]] = {"start": int, "crf": int, "feather": int, "fps": float,
-                                                 "overlap": _boolean}
+_CELL_TYPES: dict[str, Callable[[str], Any]] = {
+    "start": int,
+    "crf": int,
+    "feather": int,
+    "fps": float,
+    "overlap": _boolean,
+}
 
 
 @dataclass
@@ -133,8 +137,12 @@ def _csv_rows(text: str) -> list[tuple[int, Any]]:
         if None in row:
             rows.append((reader.line_num, "more cells than the header has columns"))
             continue
-        rows.append((reader.line_num, {k.strip(): v.strip() for k, v in row.items()
-                                       if k is not None and v is not None and v.strip() != ""}))
+        rows.append(
+            (
+                reader.line_num,
+                {k.strip(): v.strip() for k, v in row.items() if k is not None and v is not None and v.strip() != ""},
+            )
+        )
     return rows
 
 
@@ -175,8 +183,9 @@ def _output(name: str, out: Path, seen: dict[Path, int], line: int, bad: list[st
     return output
 
 
-def _check_row(row: Mapping[str, Any], line: int, *, out: Path, root: Path,
-               seen: dict[Path, int]) -> BatchJob | list[str]:
+def _check_row(
+    row: Mapping[str, Any], line: int, *, out: Path, root: Path, seen: dict[Path, int]
+) -> BatchJob | list[str]:
     """The job of a manifest row, or its problems."""
     bad: list[str] = []
     unknown = sorted(set(row) - set(JOB_KEYS))
@@ -196,8 +205,9 @@ def _check_row(row: Mapping[str, Any], line: int, *, out: Path, root: Path,
     return BatchJob(line, name, output, inputs, options)
 
 
-def read_jobs(jobs: Jobs, *, output_dir: str | os.PathLike[str],
-              base: str | os.PathLike[str] | None = None) -> list[BatchJob]:
+def read_jobs(
+    jobs: Jobs, *, output_dir: str | os.PathLike[str], base: str | os.PathLike[str] | None = None
+) -> list[BatchJob]:
     """Check a manifest and resolve its jobs.
 
     Parameters

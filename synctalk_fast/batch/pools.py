@@ -81,8 +81,12 @@ class LocalPool:
         if self.conns[wid] is not None:
             self.conns[wid].close()
         mine, theirs = self.ctx.Pipe(duplex=True)
-        p = self.ctx.Process(target=worker_main, args=(wid, theirs, self.cores[wid], self.plan, self.crash),
-                             name=f"synctalk-batch-{wid}", daemon=True)
+        p = self.ctx.Process(
+            target=worker_main,
+            args=(wid, theirs, self.cores[wid], self.plan, self.crash),
+            name=f"synctalk-batch-{wid}",
+            daemon=True,
+        )
         p.start()
         theirs.close()
         self.procs[wid], self.conns[wid] = p, mine
@@ -108,8 +112,9 @@ class LocalPool:
         return got
 
     def dead(self) -> list[tuple[int, str]]:
-        return [(wid, f"exit code {p.exitcode}") for wid, p in enumerate(self.procs)
-                if p is not None and not p.is_alive()]
+        return [
+            (wid, f"exit code {p.exitcode}") for wid, p in enumerate(self.procs) if p is not None and not p.is_alive()
+        ]
 
     def kill(self, wid: int) -> None:
         p = self.procs[wid]

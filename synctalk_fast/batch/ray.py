@@ -158,8 +158,16 @@ class RayPool:
         Whether this run started Ray (then :meth:`close` shuts it down).
     """
 
-    def __init__(self, ray: Any, workers: int, plan: dict[str, Any], actor_options: dict[str, Any],
-                 cores: list[list[int] | None], crash: str = "", started: bool = False):
+    def __init__(
+        self,
+        ray: Any,
+        workers: int,
+        plan: dict[str, Any],
+        actor_options: dict[str, Any],
+        cores: list[list[int] | None],
+        crash: str = "",
+        started: bool = False,
+    ):
         self.ray, self.plan, self.cores, self.crash, self.started = ray, plan, cores, crash, started
         self.queue = ray.util.queue.Queue(actor_options={"num_cpus": 0})
         self.cls = ray.remote(RayWorker).options(max_restarts=0, **actor_options)

@@ -74,18 +74,27 @@ class BatchResult:
 
     def to_dict(self) -> dict[str, Any]:
         """The result as JSON-ready data."""
-        return {"results": [dataclasses.asdict(r) for r in self.results], "counts": dict(self.counts),
-                "manifest": str(self.manifest), "frames": self.frames, "seconds": self.seconds,
-                "workers": self.workers, "exit_code": self.exit_code}
+        return {
+            "results": [dataclasses.asdict(r) for r in self.results],
+            "counts": dict(self.counts),
+            "manifest": str(self.manifest),
+            "frames": self.frames,
+            "seconds": self.seconds,
+            "workers": self.workers,
+            "exit_code": self.exit_code,
+        }
 
     def __str__(self) -> str:
         c = self.counts
-        return (f"{len(self.results)} jobs: {c.get('done', 0)} done, {c.get('skipped', 0)} skipped, "
-                f"{c.get('failed', 0)} failed; {self.frames} frames in {self.seconds:.1f} s on {self.workers} "
-                f"worker(s); {self.manifest}")
+        return (
+            f"{len(self.results)} jobs: {c.get('done', 0)} done, {c.get('skipped', 0)} skipped, "
+            f"{c.get('failed', 0)} failed; {self.frames} frames in {self.seconds:.1f} s on {self.workers} "
+            f"worker(s); {self.manifest}"
+        )
 
 
 # -- planning the cores ------------------------------------------------------------
+
 
 def share_plan(cores: int) -> dict[str, int]:
     """Engine options filling ``cores``: sessions x threads = cores (sessions <= 4)."""
@@ -127,8 +136,9 @@ def plan_workers(n_groups: int, workers: int | None, runtime: str) -> tuple[int,
     return workers, share_plan(share), _pins(workers, share)
 
 
-def ray_plan(ray: Any, n_groups: int, workers: int | None, num_cpus: float | None, num_gpus: float | None,
-             local: bool) -> tuple[int, dict[str, int], dict[str, Any], Pins]:
+def ray_plan(
+    ray: Any, n_groups: int, workers: int | None, num_cpus: float | None, num_gpus: float | None, local: bool
+) -> tuple[int, dict[str, int], dict[str, Any], Pins]:
     """(workers, engine options each, actor options, the cores each is
     pinned to) for the cluster Ray reports. GPU actors when the cluster has
     GPUs (or ``num_gpus`` is given): one per GPU by default, the Engine's
@@ -144,11 +154,14 @@ def ray_plan(ray: Any, n_groups: int, workers: int | None, num_cpus: float | Non
     if num_gpus is None:
         num_gpus = 1.0 if gpus >= 1 else 0.0
     nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
-    if (num_cpus or num_gpus) and not any(n.get("CPU", 0) >= (num_cpus or 0) and n.get("GPU", 0) >= num_gpus
-                                          for n in nodes):  # an actor no node can hold would wait forever
+    if (num_cpus or num_gpus) and not any(
+        n.get("CPU", 0) >= (num_cpus or 0) and n.get("GPU", 0) >= num_gpus for n in nodes
+    ):  # an actor no node can hold would wait forever
         largest: dict[str, Any] = max(nodes, key=lambda n: (n.get("GPU", 0), n.get("CPU", 0)), default={})
-        raise ValueError(f"no node of the Ray cluster has {num_cpus or 0:g} CPUs and {num_gpus:g} GPUs for one "
-                         f"worker (the largest has {largest.get('CPU', 0):g} CPUs and {largest.get('GPU', 0):g} GPUs)")
+        raise ValueError(
+            f"no node of the Ray cluster has {num_cpus or 0:g} CPUs and {num_gpus:g} GPUs for one "
+            f"worker (the largest has {largest.get('CPU', 0):g} CPUs and {largest.get('GPU', 0):g} GPUs)"
+        )
     if num_gpus > 0:
         if workers is None:
             workers = max(1, int(gpus // num_gpus))
@@ -162,8 +175,15 @@ def ray_plan(ray: Any, n_groups: int, workers: int | None, num_cpus: float | Non
 
 # -- render_batch ----------------------------------------------------------------
 
-def _check_arguments(workers: int | None, retries: int, ray_address: str | None, num_cpus: float | None,
-                     num_gpus: float | None, ship_inputs: bool) -> None:
+
+def _check_arguments(
+    workers: int | None,
+    retries: int,
+    ray_address: str | None,
+    num_cpus: float | None,
+    num_gpus: float | None,
+    ship_inputs: bool,
+) -> None:
     if workers is not None and (isinstance(workers, bool) or int(workers) < 1):
         raise ValueError(f"workers must be >= 1, got {workers!r}")
     if isinstance(retries, bool) or int(retries) < 0:
@@ -180,8 +200,9 @@ def _overrides(options: EngineOptions | None, engine_options: dict[str, Any]) ->
     that differ from the defaults, and the keywords that are not None),
     converted and checked, as :meth:`EngineOptions.to_dict` writes them."""
     merged = EngineOptions.merge(options, engine_options, where="render_batch").to_dict()
-    given = set(options.changed() if options is not None else ()) | {k for k, v in engine_options.items()
-                                                                      if v is not None}
+    given = set(options.changed() if options is not None else ()) | {
+        k for k, v in engine_options.items() if v is not None
+    }
     return {k: merged[k] for k in OPTION_NAMES if k in given}
 
 
@@ -210,13 +231,24 @@ def _local_pool(todo: list[Item], n_groups: int, workers: int | None, crash: str
     return LocalPool(n_workers, plan, pins[:n_workers], crash), n_workers
 
 
-def _ray_pool(ray: Any, todo: list[Item], n_groups: int, workers: int | None, crash: str, *, address: str,
-              num_cpus: float | None, num_gpus: float | None, ship_inputs: bool) -> tuple[Pool, int]:
+def _ray_pool(
+    ray: Any,
+    todo: list[Item],
+    n_groups: int,
+    workers: int | None,
+    crash: str,
+    *,
+    address: str,
+    num_cpus: float | None,
+    num_gpus: float | None,
+    ship_inputs: bool,
+) -> tuple[Pool, int]:
     """Ray actors for ``todo`` (connecting to the cluster first), and how many."""
     started = connect_ray(ray, address)
     try:
-        n_workers, plan, actor_options, pins = ray_plan(ray, n_groups, workers, num_cpus, num_gpus,
-                                                        local=started and address == "local")
+        n_workers, plan, actor_options, pins = ray_plan(
+            ray, n_groups, workers, num_cpus, num_gpus, local=started and address == "local"
+        )
         n_workers = min(n_workers, len(todo))
         pool = RayPool(ray, n_workers, plan, actor_options, pins[:n_workers], crash, started)
         if ship_inputs:
@@ -320,8 +352,10 @@ def render_batch(
     t0 = time.perf_counter()
     _check_arguments(workers, retries, ray_address, num_cpus, num_gpus, ship_inputs)
     overrides = _overrides(options, engine_options)
-    checked = [dataclasses.replace(job, options={**job.options, **overrides})
-               for job in read_jobs(jobs, output_dir=output_dir, base=base)]
+    checked = [
+        dataclasses.replace(job, options={**job.options, **overrides})
+        for job in read_jobs(jobs, output_dir=output_dir, base=base)
+    ]
     ray = import_ray() if ray_address is not None else None
     out = Path(output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -339,11 +373,23 @@ def render_batch(
             pool, n_workers = _local_pool(todo, len(groups), workers, crash)
         else:
             assert ray_address is not None
-            pool, n_workers = _ray_pool(ray, todo, len(groups), workers, crash, address=ray_address,
-                                        num_cpus=num_cpus, num_gpus=num_gpus, ship_inputs=ship_inputs)
-        Scheduler(pool, groups, results, manifest, workers=n_workers, retries=retries, progress=progress,
-                  total=len(checked)).run()
-    ordered = [results.get(j.line) or JobResult(j.line, "failed", str(j.output), error="not run: no worker left")
-               for j in checked]
+            pool, n_workers = _ray_pool(
+                ray,
+                todo,
+                len(groups),
+                workers,
+                crash,
+                address=ray_address,
+                num_cpus=num_cpus,
+                num_gpus=num_gpus,
+                ship_inputs=ship_inputs,
+            )
+        Scheduler(
+            pool, groups, results, manifest, workers=n_workers, retries=retries, progress=progress, total=len(checked)
+        ).run()
+    ordered = [
+        results.get(j.line) or JobResult(j.line, "failed", str(j.output), error="not run: no worker left")
+        for j in checked
+    ]
     counts = {s: sum(r.status == s for r in ordered) for s in ("done", "skipped", "failed")}
     return BatchResult(ordered, manifest, time.perf_counter() - t0, n_workers, counts)

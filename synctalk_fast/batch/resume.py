@@ -29,8 +29,16 @@ from .._util.atomic import PART_SUFFIX, write_atomic
 from .._version import __version__
 from .manifest import BatchJob
 
-__all__ = ["JobResult", "file_digest", "job_digest", "output_size", "already_done", "write_sidecar",
-           "write_results", "discard_parts"]
+__all__ = [
+    "JobResult",
+    "file_digest",
+    "job_digest",
+    "output_size",
+    "already_done",
+    "write_sidecar",
+    "write_results",
+    "discard_parts",
+]
 
 
 @dataclass
@@ -101,8 +109,11 @@ def job_digest(job: BatchJob) -> str:
     template by its files' names, sizes and mtimes), its options (those of
     its manifest row and those ``render_batch`` gave every job) and the
     package version."""
-    record = {"version": __version__, "options": job.options,
-              "inputs": {k: file_digest(p) for k, p in sorted(job.inputs.items())}}
+    record = {
+        "version": __version__,
+        "options": job.options,
+        "inputs": {k: file_digest(p) for k, p in sorted(job.inputs.items())},
+    }
     return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()
 
 

@@ -54,8 +54,18 @@ class Scheduler:
         Jobs in the manifest (the bar's length).
     """
 
-    def __init__(self, pool: Pool, groups: dict[Group, list[Item]], results: dict[int, JobResult], manifest: Path,
-                 *, workers: int, retries: int, progress: bool, total: int):
+    def __init__(
+        self,
+        pool: Pool,
+        groups: dict[Group, list[Item]],
+        results: dict[int, JobResult],
+        manifest: Path,
+        *,
+        workers: int,
+        retries: int,
+        progress: bool,
+        total: int,
+    ):
         self.pool, self.results, self.manifest = pool, results, manifest
         self.workers, self.retries = workers, retries
         self.pending: OrderedDict[Group, list[Item]] = OrderedDict((g, list(items)) for g, items in groups.items())
@@ -130,11 +140,23 @@ class Scheduler:
         seconds = round(data["seconds"], 3)
         if kind == "done":
             write_sidecar(job, digest, data["frames"])
-            self._finish(line, JobResult(line, "done", str(job.output), data["frames"], seconds, None,
-                                         self.attempts[line], data.get("engine")))
+            self._finish(
+                line,
+                JobResult(
+                    line,
+                    "done",
+                    str(job.output),
+                    data["frames"],
+                    seconds,
+                    None,
+                    self.attempts[line],
+                    data.get("engine"),
+                ),
+            )
         else:
-            self._finish(line, JobResult(line, "failed", str(job.output), 0, seconds, data["error"],
-                                         self.attempts[line]))
+            self._finish(
+                line, JobResult(line, "failed", str(job.output), 0, seconds, data["error"], self.attempts[line])
+            )
         self._dispatch(wid)
 
     def _on_dead(self, wid: int, why: str) -> None:
@@ -151,8 +173,18 @@ class Scheduler:
             self.pending.setdefault(job.group, []).insert(0, (job, digest))
             self.pending.move_to_end(job.group, last=False)
         else:
-            self._finish(job.line, JobResult(job.line, "failed", str(job.output), 0, 0.0,
-                                             f"worker process died ({why}) on each of {tries} attempts", tries))
+            self._finish(
+                job.line,
+                JobResult(
+                    job.line,
+                    "failed",
+                    str(job.output),
+                    0,
+                    0.0,
+                    f"worker process died ({why}) on each of {tries} attempts",
+                    tries,
+                ),
+            )
         self.pool.start(wid)  # a fresh worker in the slot
         self.last_group.pop(wid, None)
         self._dispatch(wid)

@@ -33,8 +33,7 @@ from ..engine.options import EngineOptions
 from ..pipeline import Pipeline
 from .manifest import GENERATE_KEYS, BatchJob
 
-__all__ = ["JobRunner", "Ticker", "Event", "worker_main", "one_line", "pin", "PIPELINES_PER_WORKER",
-           "TEST_CRASH_ENV"]
+__all__ = ["JobRunner", "Ticker", "Event", "worker_main", "one_line", "pin", "PIPELINES_PER_WORKER", "TEST_CRASH_ENV"]
 
 #: A worker's message: ``(kind, worker slot, manifest line, data)``; kind is
 #: ``"frames"`` (data: frames since the last one), ``"done"`` (data:
@@ -127,8 +126,11 @@ class JobRunner:
         """The loaded pipeline for ``job``'s networks and options (loaded if new)."""
         engine = EngineOptions.from_mapping(job.engine_options, base=self.plan)
         own = {k: job.options[k] for k in _PIPELINE_ONLY if k in job.options}
-        key = (str(job.inputs["unet"]), str(job.inputs.get("audio_encoder")),
-               json.dumps({**engine.to_dict(), **own}, sort_keys=True, default=str))
+        key = (
+            str(job.inputs["unet"]),
+            str(job.inputs.get("audio_encoder")),
+            json.dumps({**engine.to_dict(), **own}, sort_keys=True, default=str),
+        )
         pipe = self.pipelines.pop(key, None)
         if pipe is None:
             while len(self.pipelines) >= PIPELINES_PER_WORKER:
@@ -146,18 +148,32 @@ class JobRunner:
             pipe = self.pipeline(job)
             ticker = Ticker(send, self.wid, job.line, crash_at(job, attempt, self.crash))
             gopts = {k: v for k, v in job.options.items() if k in GENERATE_KEYS}
-            result = pipe.generate(job.inputs.get("audio"), features=job.inputs.get("features"),
-                                   template=job.inputs["template"], output=[job.output, ticker], progress=False,
-                                   **gopts)
-            return ("done", self.wid, job.line, {"frames": result.frames, "seconds": time.perf_counter() - t0,
-                                                 "engine": dict(result.engine)})
+            result = pipe.generate(
+                job.inputs.get("audio"),
+                features=job.inputs.get("features"),
+                template=job.inputs["template"],
+                output=[job.output, ticker],
+                progress=False,
+                **gopts,
+            )
+            return (
+                "done",
+                self.wid,
+                job.line,
+                {"frames": result.frames, "seconds": time.perf_counter() - t0, "engine": dict(result.engine)},
+            )
         except Exception as e:  # the job fails, the worker goes on
-            return ("failed", self.wid, job.line, {"error": one_line(e), "seconds": time.perf_counter() - t0,
-                                                   "trace": traceback.format_exc()})
+            return (
+                "failed",
+                self.wid,
+                job.line,
+                {"error": one_line(e), "seconds": time.perf_counter() - t0, "trace": traceback.format_exc()},
+            )
 
 
-def worker_main(wid: int, conn: mp_connection.Connection, cores: list[int] | None, plan: dict[str, Any],
-                crash: str) -> None:
+def worker_main(
+    wid: int, conn: mp_connection.Connection, cores: list[int] | None, plan: dict[str, Any], crash: str
+) -> None:
     """A local worker process: render the ``(job, attempt)`` pairs ``conn``
     brings, answering on it, until None or the parent is gone."""
     pin(cores)

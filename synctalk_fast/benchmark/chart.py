@@ -14,12 +14,25 @@ from .._util.atomic import write_atomic
 __all__ = ["write_chart"]
 
 # bar colour (BGR) by the first part of a row's name
-_COLORS = {"naive": (90, 90, 200), "torch": (60, 60, 160), "unet": (160, 120, 60), "frames": (80, 170, 80),
-           "mp4": (40, 140, 40), "unet_int8": (200, 150, 70), "mp4_int8": (20, 110, 20)}
+_COLORS = {
+    "naive": (90, 90, 200),
+    "torch": (60, 60, 160),
+    "unet": (160, 120, 60),
+    "frames": (80, 170, 80),
+    "mp4": (40, 140, 40),
+    "unet_int8": (200, 150, 70),
+    "mp4_int8": (20, 110, 20),
+}
 
 
-def _text(img: np.ndarray, text: str, at: tuple[int, int], scale: float, color: tuple[int, int, int] = (0, 0, 0),
-          thickness: int = 1) -> None:
+def _text(
+    img: np.ndarray,
+    text: str,
+    at: tuple[int, int],
+    scale: float,
+    color: tuple[int, int, int] = (0, 0, 0),
+    thickness: int = 1,
+) -> None:
     cv2.putText(img, text, at, cv2.FONT_HERSHEY_SIMPLEX, scale, color, thickness, cv2.LINE_AA)
 
 
@@ -48,8 +61,13 @@ def write_chart(record: Mapping[str, Any], path: Path) -> Path:
     height = top + bar_h * len(rows) + 60
     img = np.full((height, width, 3), 255, np.uint8)
     m = record["machine"]
-    _text(img, f"synctalk_fast {m['versions'].get('synctalk_fast')}: frames/s, {record['config']['provider']}",
-          (16, 30), 0.7, thickness=2)
+    _text(
+        img,
+        f"synctalk_fast {m['versions'].get('synctalk_fast')}: frames/s, {record['config']['provider']}",
+        (16, 30),
+        0.7,
+        thickness=2,
+    )
     sub = f"{m['cpu']}, {m['cores']} cores" + (f", {m['gpus'][0]}" if m["gpus"] else "")
     _text(img, sub[:110], (16, 54), 0.5, (80, 80, 80))
     top_fps = max(r["fps"] for r in rows)

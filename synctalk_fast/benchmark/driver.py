@@ -94,8 +94,9 @@ def _inputs(work: Path, data: Path | None, template: str | None, audio: str | No
 
 
 def _ratios(rows: dict[str, dict[str, Any]]) -> dict[str, float]:
-    return {key: round(rows[a]["fps"] / rows[b]["fps"], 3) for key, (a, b) in _RATIOS.items()
-            if a in rows and b in rows}
+    return {
+        key: round(rows[a]["fps"] / rows[b]["fps"], 3) for key, (a, b) in _RATIOS.items() if a in rows and b in rows
+    }
 
 
 def _ort_providers(engine: Engine) -> list[str]:
@@ -124,9 +125,20 @@ class _Bench:
     pipe8: Pipeline | None = None
 
 
-def _prepare(work: Path, *, frames: int, data: str | os.PathLike[str] | None, template: str | None,
-             audio: str | None, batch_sizes: list[int] | None, torch: bool, naive_frames: int | None,
-             torch_frames: int | None, int8: bool, options: EngineOptions) -> _Bench:
+def _prepare(
+    work: Path,
+    *,
+    frames: int,
+    data: str | os.PathLike[str] | None,
+    template: str | None,
+    audio: str | None,
+    batch_sizes: list[int] | None,
+    torch: bool,
+    naive_frames: int | None,
+    torch_frames: int | None,
+    int8: bool,
+    options: EngineOptions,
+) -> _Bench:
     """Models, inputs and loops, warmed up (everything outside the timings)."""
     tpl_dir, speech, described = _inputs(work, _find_data(data), template, audio)
     state = random_state_dict("unet", mode="ave", seed=0)
@@ -145,23 +157,46 @@ def _prepare(work: Path, *, frames: int, data: str | os.PathLike[str] | None, te
     quant, pipe8 = None, None
     if int8:
         print("quantizing the U-Net to int8 (MinMax, every block) ...", flush=True)
-        quant = quantize(work / "unet.onnx", work / "unet_int8.onnx", template=tpl, features=feats_all,
-                         tool="onnxruntime", methods=("MinMax",), target_psnr=None, calibration=16, validation=1,
-                         heldout=16)
-        pipe8 = Pipeline(work / "unet_int8.onnx", work / "encoder.onnx",
-                         options=EngineOptions(providers=tuple(_ort_providers(engine)), batch_size=options.batch_size))
+        quant = quantize(
+            work / "unet.onnx",
+            work / "unet_int8.onnx",
+            template=tpl,
+            features=feats_all,
+            tool="onnxruntime",
+            methods=("MinMax",),
+            target_psnr=None,
+            calibration=16,
+            validation=1,
+            heldout=16,
+        )
+        pipe8 = Pipeline(
+            work / "unet_int8.onnx",
+            work / "encoder.onnx",
+            options=EngineOptions(providers=tuple(_ort_providers(engine)), batch_size=options.batch_size),
+        )
         warm(pipe8.engine, inputs)
     naive = naive_loop(work / "unet.onnx", tpl_dir, feats, _ort_providers(engine))
     reference = torch_loop(state, tpl_dir, feats) if torch and package_version("torch") is not None else None
     warm(engine, inputs)
     for _ in pipe.frames(feats[:2], tpl):
         pass
-    return _Bench(work=work, described=described, pipe=pipe, tpl=tpl, feats=feats,
-                  clip=np.tile(wav, reps)[: max(1, (frames - 2)) * 640],
-                  sixty=np.tile(wav, -(-60 * SAMPLE_RATE // len(wav)))[: 60 * SAMPLE_RATE], inputs=inputs,
-                  frames=frames, naive_n=naive_frames or (frames if gpu else min(frames, 100)),
-                  torch_n=torch_frames or min(frames, 40), naive=naive, torch_loop=reference, quant=quant,
-                  pipe8=pipe8)
+    return _Bench(
+        work=work,
+        described=described,
+        pipe=pipe,
+        tpl=tpl,
+        feats=feats,
+        clip=np.tile(wav, reps)[: max(1, (frames - 2)) * 640],
+        sixty=np.tile(wav, -(-60 * SAMPLE_RATE // len(wav)))[: 60 * SAMPLE_RATE],
+        inputs=inputs,
+        frames=frames,
+        naive_n=naive_frames or (frames if gpu else min(frames, 100)),
+        torch_n=torch_frames or min(frames, 40),
+        naive=naive,
+        torch_loop=reference,
+        quant=quant,
+        pipe8=pipe8,
+    )
 
 
 def _frames(pipe: Pipeline, feats: np.ndarray, tpl: Template) -> dict[str, float]:
@@ -185,19 +220,32 @@ def _round(b: _Bench, first: bool) -> dict[str, Any]:
         rows["torch"] = timed_row("torch", "PyTorch reference loop", b.torch_n, lambda: loop(b.torch_n))
     if first:
         b.tpl.cache.clear()
-        rows["frames_cold"] = timed_row("frames:cold", "pipeline -> memory, cold cache", b.frames,
-                                        lambda: _frames(b.pipe, b.feats, b.tpl))
+        rows["frames_cold"] = timed_row(
+            "frames:cold", "pipeline -> memory, cold cache", b.frames, lambda: _frames(b.pipe, b.feats, b.tpl)
+        )
     rows["frames"] = timed_row("frames", "pipeline -> memory", b.frames, lambda: _frames(b.pipe, b.feats, b.tpl))
-    rows["mp4"] = timed_row("mp4", "pipeline -> MP4 (default settings)", b.frames,
-                            lambda: b.pipe.generate(b.clip, features=b.feats, template=b.tpl,
-                                                    output=b.work / "out.mp4", progress=False).timings)
+    rows["mp4"] = timed_row(
+        "mp4",
+        "pipeline -> MP4 (default settings)",
+        b.frames,
+        lambda: (
+            b.pipe.generate(b.clip, features=b.feats, template=b.tpl, output=b.work / "out.mp4", progress=False).timings
+        ),
+    )
     if b.pipe8 is not None:
         pipe8 = b.pipe8
         per8 = layout_rows(pipe8.engine, b.inputs, b.frames, key="unet8", label=labels_count("int8 U-Net"))
         rows["unet_int8"] = best(per8, name="unet_int8", label="int8 U-Net alone, best of these")
-        rows["mp4_int8"] = timed_row("mp4_int8", "pipeline -> MP4, int8 U-Net", b.frames,
-                                     lambda: pipe8.generate(b.clip, features=b.feats, template=b.tpl,
-                                                            output=b.work / "out8.mp4", progress=False).timings)
+        rows["mp4_int8"] = timed_row(
+            "mp4_int8",
+            "pipeline -> MP4, int8 U-Net",
+            b.frames,
+            lambda: (
+                pipe8.generate(
+                    b.clip, features=b.feats, template=b.tpl, output=b.work / "out8.mp4", progress=False
+                ).timings
+            ),
+        )
         rows.update(per8)
     rows.update(per_batch)
     result: dict[str, Any] = {"rows": rows, "ratios": _ratios(rows), "features_60s": round(features_60s, 3)}
@@ -208,14 +256,19 @@ def _round(b: _Bench, first: bool) -> dict[str, Any]:
 def _fp16_report(b: _Bench) -> dict[str, Any]:
     """fp16 U-Net on the GPU: speed and the frame difference against fp32."""
     pipe = b.pipe
-    half = Pipeline(b.work / "unet.onnx", options=pipe.engine.options.replace(precision="fp16",
-                                                                              batch_size=pipe.batch_size))
+    half = Pipeline(
+        b.work / "unet.onnx", options=pipe.engine.options.replace(precision="fp16", batch_size=pipe.batch_size)
+    )
     n = min(len(b.feats), 64)
     full_frames = np.stack(list(pipe.frames(b.feats[:n], b.tpl))).astype(np.int16)
     diff = np.abs(full_frames - np.stack(list(half.frames(b.feats[:n], b.tpl))))
     speed = fp16_speed({"fp32": pipe.engine, "fp16": half.engine}, unet_inputs(b.tpl, b.feats, pipe.batch_size))
-    report = {"frames": n, "max_abs_levels": int(diff.max()), "mean_abs_levels": round(float(diff.mean()), 4),
-              "unet_fps": speed}
+    report = {
+        "frames": n,
+        "max_abs_levels": int(diff.max()),
+        "mean_abs_levels": round(float(diff.mean()), 4),
+        "unet_fps": speed,
+    }
     print(f"  fp16 vs fp32: {report}", flush=True)
     return report
 
@@ -230,25 +283,47 @@ def _record(b: _Bench, all_rounds: list[dict[str, Any]], *, rounds: int) -> dict
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": machine_info(),
         "config": {
-            "inputs": b.described, "frames": b.frames, "providers": engine.providers, "provider": engine.providers[0],
-            "runtime": engine.runtime, "precision": engine.options.precision, "batch_size": b.pipe.batch_size,
-            "sessions": len(engine.sessions), "threads_per_session": engine.unet.threads,
-            "rounds": rounds, "weights": "fixed random (seed 0)",
+            "inputs": b.described,
+            "frames": b.frames,
+            "providers": engine.providers,
+            "provider": engine.providers[0],
+            "runtime": engine.runtime,
+            "precision": engine.options.precision,
+            "batch_size": b.pipe.batch_size,
+            "sessions": len(engine.sessions),
+            "threads_per_session": engine.unet.threads,
+            "rounds": rounds,
+            "weights": "fixed random (seed 0)",
         },
         "rows": [rows[k] for k in _ORDER if k in rows] + [rows[k] for k in rows if k.startswith(("unet:", "unet8:"))],
         "ratios": chosen["ratios"],
         "all_rounds_ratios": [x["ratios"] for x in all_rounds],
-        "targets": {k: {"target": t, "value": chosen["ratios"].get(k), "met": chosen["ratios"].get(k, 0) >= t}
-                    for k, t in TARGETS.items() if k in chosen["ratios"]},
+        "targets": {
+            k: {"target": t, "value": chosen["ratios"].get(k), "met": chosen["ratios"].get(k, 0) >= t}
+            for k, t in TARGETS.items()
+            if k in chosen["ratios"]
+        },
         "features_60s_seconds": chosen["features_60s"],
     }
 
 
-def run(*, frames: int = 200, data: str | os.PathLike[str] | None = None, template: str | None = None,
-        audio: str | None = None, batch_sizes: list[int] | None = None, torch: bool = True,
-        naive_frames: int | None = None, torch_frames: int | None = None, rounds: int = 1, presets: bool = False,
-        int8: bool = False, output: str | os.PathLike[str] = "bench/results", options: EngineOptions | None = None,
-        **engine_options: Any) -> dict[str, Any]:
+def run(
+    *,
+    frames: int = 200,
+    data: str | os.PathLike[str] | None = None,
+    template: str | None = None,
+    audio: str | None = None,
+    batch_sizes: list[int] | None = None,
+    torch: bool = True,
+    naive_frames: int | None = None,
+    torch_frames: int | None = None,
+    rounds: int = 1,
+    presets: bool = False,
+    int8: bool = False,
+    output: str | os.PathLike[str] = "bench/results",
+    options: EngineOptions | None = None,
+    **engine_options: Any,
+) -> dict[str, Any]:
     """Run the benchmark and write ``bench-<time>.json`` + ``.png`` into ``output``.
 
     Parameters
@@ -288,8 +363,19 @@ def run(*, frames: int = 200, data: str | os.PathLike[str] | None = None, templa
     """
     opts = EngineOptions.merge(options, engine_options, where="benchmark.run")
     with tempfile.TemporaryDirectory(prefix="synctalk-bench-") as tmp:
-        b = _prepare(Path(tmp), frames=frames, data=data, template=template, audio=audio, batch_sizes=batch_sizes,
-                     torch=torch, naive_frames=naive_frames, torch_frames=torch_frames, int8=int8, options=opts)
+        b = _prepare(
+            Path(tmp),
+            frames=frames,
+            data=data,
+            template=template,
+            audio=audio,
+            batch_sizes=batch_sizes,
+            torch=torch,
+            naive_frames=naive_frames,
+            torch_frames=torch_frames,
+            int8=int8,
+            options=opts,
+        )
         all_rounds = []
         for r in range(rounds):
             print(f"round {r + 1}/{rounds}", flush=True)
@@ -299,9 +385,13 @@ def run(*, frames: int = 200, data: str | os.PathLike[str] | None = None, templa
             record["fp16"] = _fp16_report(b)
         if b.quant is not None:
             mp4 = next(r for r in record["rows"] if r["name"] == "mp4_int8")
-            record["int8"] = {"fidelity_heldout": b.quant.fidelity, "method": b.quant.method,
-                              "unet_speedup_same_run": record["ratios"].get("unet_int8_vs_unet"),
-                              "mp4_fps": mp4["fps"], "real_time": mp4["fps"] >= 25.0}
+            record["int8"] = {
+                "fidelity_heldout": b.quant.fidelity,
+                "method": b.quant.method,
+                "unet_speedup_same_run": record["ratios"].get("unet_int8_vs_unet"),
+                "mp4_fps": mp4["fps"],
+                "real_time": mp4["fps"] >= 25.0,
+            }
         if presets:
             record["x264_presets"] = preset_rows(b.tpl, min(frames, 100))
             record["encoders"] = encoder_rows(b.tpl, min(frames, 100), b.work)
@@ -320,8 +410,11 @@ def _write(record: dict[str, Any], out_dir: Path) -> dict[str, Any]:
 
 def build_parser(prog: str = "synctalk-fast bench") -> argparse.ArgumentParser:
     """The benchmark's command line (engine flags from :func:`~synctalk_fast.engine.options.add_arguments`)."""
-    p = argparse.ArgumentParser(prog=prog, description="Benchmark the pipeline against the U-Net alone, the naive "
-                                "ONNX Runtime loop and the PyTorch reference loop; write a JSON record and a PNG chart.")
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Benchmark the pipeline against the U-Net alone, the naive "
+        "ONNX Runtime loop and the PyTorch reference loop; write a JSON record and a PNG chart.",
+    )
     p.add_argument("--frames", type=int, default=200, help="frames per measurement (default: 200)")
     p.add_argument("--data", help="shared data folder (default: $SYNCTALK_FAST_DATA or ../shared/data)")
     p.add_argument("--template", help="template folder (default: the shared template, else a synthetic one)")
@@ -331,11 +424,13 @@ def build_parser(prog: str = "synctalk-fast bench") -> argparse.ArgumentParser:
     p.add_argument("--naive-frames", type=int, help="frames for the naive loop (default: min(frames, 100) on CPU)")
     p.add_argument("--torch-frames", type=int, help="frames for the PyTorch loop (default: min(frames, 40))")
     p.add_argument("--rounds", type=int, default=1, help="repeat everything; report the median round (default 1)")
-    p.add_argument("--presets", action="store_true",
-                   help="also measure libx264 presets at CRF 20 and the encoders' scaling")
+    p.add_argument(
+        "--presets", action="store_true", help="also measure libx264 presets at CRF 20 and the encoders' scaling"
+    )
     p.add_argument("--int8", action="store_true", help="also quantize the U-Net and measure it (alone and to MP4)")
-    p.add_argument("-o", "--output", default="bench/results",
-                   help="folder for the JSON and PNG (default: bench/results)")
+    p.add_argument(
+        "-o", "--output", default="bench/results", help="folder for the JSON and PNG (default: bench/results)"
+    )
     add_arguments(p.add_argument_group("engine options of the pipeline"))
     return p
 
@@ -343,8 +438,19 @@ def build_parser(prog: str = "synctalk-fast bench") -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, *, prog: str = "synctalk-fast bench") -> int:
     """``synctalk-fast bench`` / ``python -m bench``: parse ``argv`` and :func:`run`; returns 0."""
     args = build_parser(prog).parse_args(argv)
-    run(frames=args.frames, data=args.data, template=args.template, audio=args.audio,
+    run(
+        frames=args.frames,
+        data=args.data,
+        template=args.template,
+        audio=args.audio,
         batch_sizes=[int(b) for b in args.batch_sizes.split(",")] if args.batch_sizes else None,
-        torch=not args.no_torch, naive_frames=args.naive_frames, torch_frames=args.torch_frames, rounds=args.rounds,
-        presets=args.presets, int8=args.int8, output=args.output, options=EngineOptions.from_args(args))
+        torch=not args.no_torch,
+        naive_frames=args.naive_frames,
+        torch_frames=args.torch_frames,
+        rounds=args.rounds,
+        presets=args.presets,
+        int8=args.int8,
+        output=args.output,
+        options=EngineOptions.from_args(args),
+    )
     return 0

@@ -51,11 +51,18 @@ def preset_rows(tpl: Template, n: int) -> list[dict[str, Any]]:
         with av.open(io.BytesIO(data), mode="r") as d:
             decoded = [f.to_ndarray(format="yuv420p") for f in d.decode(video=0)]
         mse = np.mean([np.mean((a.astype(np.float64) - b) ** 2) for a, b in zip(decoded, yuv)])
-        r = {"preset": preset, "cpu_ms_per_frame": round(1000 * cpu / n, 2),
-             "kbit_s": round(len(data) * 8 * 25 / n / 1000, 1), "psnr_db": round(10 * np.log10(255**2 / mse), 2)}
+        r = {
+            "preset": preset,
+            "cpu_ms_per_frame": round(1000 * cpu / n, 2),
+            "kbit_s": round(len(data) * 8 * 25 / n / 1000, 1),
+            "psnr_db": round(10 * np.log10(255**2 / mse), 2),
+        }
         rows.append(r)
-        print(f"  x264 {preset:<10s} {r['cpu_ms_per_frame']:6.1f} ms/frame {r['kbit_s']:7.0f} kbit/s "
-              f"PSNR {r['psnr_db']:.2f} dB", flush=True)
+        print(
+            f"  x264 {preset:<10s} {r['cpu_ms_per_frame']:6.1f} ms/frame {r['kbit_s']:7.0f} kbit/s "
+            f"PSNR {r['psnr_db']:.2f} dB",
+            flush=True,
+        )
     return rows
 
 
@@ -68,6 +75,7 @@ def encoder_rows(tpl: Template, n: int, work: Path) -> list[dict[str, Any]]:
     plans += [(name, 0) for name in ENCODERS if name != "libx264" and encoder_problem(name) is None]
     rows = []
     for name, threads in plans:
+
         def write(name: str = name, threads: int = threads) -> None:
             with Mp4Sink(work / "encoder.mp4", encoder=name, threads=threads) as writer:
                 for frame in frames:

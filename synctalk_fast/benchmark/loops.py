@@ -64,11 +64,13 @@ def reference_loop(template: Path, feats: np.ndarray, unet: UNetCall) -> Loop:
 
 def naive_loop(unet_path: Path, template: Path, feats: np.ndarray, providers: Sequence[str]) -> Loop:
     """The reference loop on ONNX Runtime with its default session options."""
-    sess: Any = get_runtime().open(str(unet_path), providers=list(providers),
-                                   request=SessionRequest(threads=0, plain=True))
+    sess: Any = get_runtime().open(
+        str(unet_path), providers=list(providers), request=SessionRequest(threads=0, plain=True)
+    )
     names = resolve_model(unet_path).roles.inputs  # role -> graph input name
-    return reference_loop(template, feats,
-                          lambda image, audio: sess.run({names["image"]: image, names["audio"]: audio})[0])
+    return reference_loop(
+        template, feats, lambda image, audio: sess.run({names["image"]: image, names["audio"]: audio})[0]
+    )
 
 
 def torch_loop(state: dict[str, np.ndarray], template: Path, feats: np.ndarray) -> Loop:

@@ -16,9 +16,15 @@ from ..runtime import default_providers
 __all__ = ["machine_info", "gpus", "package_version"]
 
 # (record key, distribution name) of the versions a record lists
-_DISTRIBUTIONS = (("synctalk_fast", "synctalk-fast"), ("onnxruntime", "onnxruntime"),
-                  ("onnxruntime-gpu", "onnxruntime-gpu"), ("numpy", "numpy"), ("opencv", "opencv-python-headless"),
-                  ("av", "av"), ("torch", "torch"))
+_DISTRIBUTIONS = (
+    ("synctalk_fast", "synctalk-fast"),
+    ("onnxruntime", "onnxruntime"),
+    ("onnxruntime-gpu", "onnxruntime-gpu"),
+    ("numpy", "numpy"),
+    ("opencv", "opencv-python-headless"),
+    ("av", "av"),
+    ("torch", "torch"),
+)
 
 
 def gpus() -> list[str]:
@@ -27,8 +33,9 @@ def gpus() -> list[str]:
     if not smi:
         return []
     try:
-        out = subprocess.run([smi, "--query-gpu=name,memory.total", "--format=csv,noheader"], capture_output=True,
-                             text=True, timeout=20).stdout
+        out = subprocess.run(
+            [smi, "--query-gpu=name,memory.total", "--format=csv,noheader"], capture_output=True, text=True, timeout=20
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return []
     return [ln.strip() for ln in out.splitlines() if ln.strip()]

@@ -36,8 +36,9 @@ def peak_rss_mb() -> float | None:
         return None
 
 
-def record_row(name: str, label: str, frames: int, seconds: float,
-               stages: Mapping[str, float] | None = None) -> dict[str, Any]:
+def record_row(
+    name: str, label: str, frames: int, seconds: float, stages: Mapping[str, float] | None = None
+) -> dict[str, Any]:
     """A row of the record from a measurement (and its line on standard output).
 
     Parameters
@@ -53,9 +54,16 @@ def record_row(name: str, label: str, frames: int, seconds: float,
     stages : mapping of str to float, optional
         Seconds per pipeline stage.
     """
-    row = {"name": name, "label": label, "frames": frames, "seconds": round(seconds, 4),
-           "fps": round(frames / seconds, 3), "ms_per_frame": round(1000 * seconds / frames, 2),
-           "stages": {k: round(v, 4) for k, v in (stages or {}).items()}, "peak_rss_mb": peak_rss_mb()}
+    row = {
+        "name": name,
+        "label": label,
+        "frames": frames,
+        "seconds": round(seconds, 4),
+        "fps": round(frames / seconds, 3),
+        "ms_per_frame": round(1000 * seconds / frames, 2),
+        "stages": {k: round(v, 4) for k, v in (stages or {}).items()},
+        "peak_rss_mb": peak_rss_mb(),
+    }
     print(f"  {label:<34s} {row['fps']:8.2f} frames/s {row['ms_per_frame']:8.1f} ms/frame", flush=True)
     return row
 

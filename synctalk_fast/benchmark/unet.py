@@ -34,8 +34,7 @@ _MIN_SECONDS = 0.25
 
 def unet_inputs(tpl: Template, feats: np.ndarray, batch: int) -> UNetInputs:
     """Prepared U-Net inputs of the template's first ``batch`` frames (cycled) and features."""
-    images = np.stack([prepare_input(tpl.frame(k % len(tpl), copy=False), tpl.box(k % len(tpl)))
-                       for k in range(batch)])
+    images = np.stack([prepare_input(tpl.frame(k % len(tpl), copy=False), tpl.box(k % len(tpl))) for k in range(batch)])
     return images, feature_windows(feats, mode="ave", start=0, stop=batch)
 
 
@@ -67,8 +66,14 @@ def _measure(engine: Engine, layout: str, feeds: UNetInputs, frames: int) -> tup
     return made, made / fps
 
 
-def layout_rows(engine: Engine, inputs: dict[int, UNetInputs], frames: int, *, key: str = "unet",
-                label: Callable[[str, Engine, str, int], str]) -> dict[str, dict[str, Any]]:
+def layout_rows(
+    engine: Engine,
+    inputs: dict[int, UNetInputs],
+    frames: int,
+    *,
+    key: str = "unet",
+    label: Callable[[str, Engine, str, int], str],
+) -> dict[str, dict[str, Any]]:
     """A row per layout and batch size: ``"{key}:{layout}:b{batch}"``.
 
     Parameters
@@ -102,6 +107,7 @@ def fp16_speed(engines: dict[str, Engine], feeds: UNetInputs, *, rounds: int = 2
         def call() -> int:
             engine.infer(*feeds)
             return batch
+
         return call
 
     per_frame = seconds_per_frame({name: run(e) for name, e in engines.items()}, rounds=rounds, reduce="mean")
@@ -116,16 +122,23 @@ def best(rows: dict[str, dict[str, Any]], *, name: str, label: str) -> dict[str,
 
 def labels_sessions(kind: str) -> Callable[[str, Engine, str, int], str]:
     """Row labels: ``"{kind} alone, 2 sessions x 1 thread(s), batch 4"``."""
+
     def label(name: str, engine: Engine, layout: str, batch: int) -> str:
         sessions: Sequence[Any] = engine.layout_sessions(layout)
-        what = (f"{len(sessions)} sessions x {sessions[0].threads} thread(s)" if len(sessions) > 1
-                else f"1 session x {sessions[0].threads} thread(s)")
+        what = (
+            f"{len(sessions)} sessions x {sessions[0].threads} thread(s)"
+            if len(sessions) > 1
+            else f"1 session x {sessions[0].threads} thread(s)"
+        )
         return f"{kind} alone, {what}, batch {batch}"
+
     return label
 
 
 def labels_count(kind: str) -> Callable[[str, Engine, str, int], str]:
     """Row labels: ``"{kind} alone, 2 session(s), batch 4"``."""
+
     def label(name: str, engine: Engine, layout: str, batch: int) -> str:
         return f"{kind} alone, {len(engine.layout_sessions(layout))} session(s), batch {batch}"
+
     return label

@@ -28,9 +28,19 @@ from . import batch, bench, generate, info, models, quantize, serve, stream
 __all__ = ["main", "build_parser", "go_spellings"]
 
 # Each command's sub-parser, in the order of ``synctalk-fast --help``.
-_COMMANDS = (info.add_parser, models.add_export, models.add_demo_models, generate.add_generate,
-             generate.add_features, stream.add_parser, serve.add_parser, batch.add_parser, quantize.add_parser,
-             generate.add_demo, bench.add_parser)
+_COMMANDS = (
+    info.add_parser,
+    models.add_export,
+    models.add_demo_models,
+    generate.add_generate,
+    generate.add_features,
+    stream.add_parser,
+    serve.add_parser,
+    batch.add_parser,
+    quantize.add_parser,
+    generate.add_demo,
+    bench.add_parser,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,8 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
         add(sub)
     for name, command in sub.choices.items():
         if name != "bench":  # -v after the command too; SUPPRESS keeps a -v given before it
-            command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
-                                 help="log progress details")
+            command.add_argument(
+                "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log progress details"
+            )
     return parser
 
 
@@ -71,6 +82,7 @@ def go_spellings(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
     list of str
         ``argv`` with the single-dash long options respelled.
     """
+
     def long_options(p: argparse.ArgumentParser) -> set[str]:
         return {o for o in p._option_string_actions if o.startswith("--")}
 

@@ -20,9 +20,18 @@ def run(args: argparse.Namespace) -> int:
     """Render the manifest's jobs; exit status 0 all done or skipped, 1 a job failed."""
     from ..batch import render_batch
 
-    result = render_batch(args.jobs, output_dir=args.output_dir, workers=args.workers, retries=args.retries,
-                          progress=not args.quiet, ray_address=args.ray, num_cpus=args.num_cpus,
-                          num_gpus=args.num_gpus, ship_inputs=args.ship_inputs, **given_options(args))
+    result = render_batch(
+        args.jobs,
+        output_dir=args.output_dir,
+        workers=args.workers,
+        retries=args.retries,
+        progress=not args.quiet,
+        ray_address=args.ray,
+        num_cpus=args.num_cpus,
+        num_gpus=args.num_gpus,
+        ship_inputs=args.ship_inputs,
+        **given_options(args),
+    )
     if not args.quiet and args.json != "-":
         for r in result.results:
             if r.status == "failed":
@@ -49,16 +58,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("jobs", metavar="JOBS", help="manifest: .jsonl or .csv")
     p.add_argument("--output-dir", required=True, help="where the outputs and results.jsonl go (created if missing)")
-    p.add_argument("--workers", type=int, help="worker processes (default: one per template and U-Net, at most one "
-                   "per core; one on a GPU)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="worker processes (default: one per template and U-Net, at most one per core; one on a GPU)",
+    )
     p.add_argument("--retries", type=int, default=2, help="reruns of a job whose worker died (default: 2)")
-    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
-                   help="run the workers as Ray actors: on a new local Ray instance, or on the cluster at ADDRESS "
-                   "(auto, host:port or ray://host:port); needs synctalk-fast[ray]")
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="run the workers as Ray actors: on a new local Ray instance, or on the cluster at ADDRESS "
+        "(auto, host:port or ray://host:port); needs synctalk-fast[ray]",
+    )
     p.add_argument("--num-cpus", type=float, help="CPUs of each Ray actor (default: the cluster's, shared out)")
     p.add_argument("--num-gpus", type=float, help="GPUs of each Ray actor (default: 1 when the cluster has GPUs)")
-    p.add_argument("--ship-inputs", action="store_true", help="with --ray: send each template, network and audio "
-                   "file to the cluster once (Ray's object store) instead of reading them from a shared file system")
+    p.add_argument(
+        "--ship-inputs",
+        action="store_true",
+        help="with --ray: send each template, network and audio "
+        "file to the cluster once (Ray's object store) instead of reading them from a shared file system",
+    )
     add_arguments(p.add_argument_group("engine options of every job (beat the manifest's)"))
     add_json(p, "the results")
     add_quiet(p)

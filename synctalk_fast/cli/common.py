@@ -19,8 +19,16 @@ from ..engine.options import OPTION_NAMES
 from ..sinks import DEFAULT_ENCODER as DEFAULT_VIDEO_ENCODER
 from ..sinks import DEFAULT_PRESET, ENCODERS, X264_PRESETS
 
-__all__ = ["DEFAULT_UNET", "DEFAULT_ENCODER", "default_encoder", "given_options", "add_json", "add_quiet",
-           "add_video_options", "write_json"]
+__all__ = [
+    "DEFAULT_UNET",
+    "DEFAULT_ENCODER",
+    "default_encoder",
+    "given_options",
+    "add_json",
+    "add_quiet",
+    "add_video_options",
+    "write_json",
+]
 
 DEFAULT_UNET = "./models/unet_328.onnx"
 DEFAULT_ENCODER = "./models/audio_encoder.onnx"
@@ -65,8 +73,17 @@ def add_quiet(p: argparse.ArgumentParser, help: str = "no progress bar or summar
 def add_video_options(p: argparse.ArgumentParser, of: str = "") -> None:
     """H.264 encoding options of a video output (``of``: which output, in the help)."""
     p.add_argument("--crf", type=int, default=20, help=f"H.264 quality{of}, lower is better (default: 20)")
-    p.add_argument("--preset", choices=X264_PRESETS, default=DEFAULT_PRESET, metavar="PRESET",
-                   help=f"x264 speed preset{of} (default: {DEFAULT_PRESET})")
-    p.add_argument("--encoder", choices=("auto", *ENCODERS), default=DEFAULT_VIDEO_ENCODER,
-                   help=f"H.264 encoder{of}: libx264 (CPU, all cores), h264_nvenc (NVIDIA hardware encoder), "
-                   f"auto (the hardware one where it runs) (default: {DEFAULT_VIDEO_ENCODER})")
+    p.add_argument(
+        "--preset",
+        choices=X264_PRESETS,
+        default=DEFAULT_PRESET,
+        metavar="PRESET",
+        help=f"x264 speed preset{of} (default: {DEFAULT_PRESET})",
+    )
+    p.add_argument(
+        "--encoder",
+        choices=("auto", *ENCODERS),
+        default=DEFAULT_VIDEO_ENCODER,
+        help=f"H.264 encoder{of}: libx264 (CPU, all cores), h264_nvenc (NVIDIA hardware encoder), "
+        f"auto (the hardware one where it runs) (default: {DEFAULT_VIDEO_ENCODER})",
+    )

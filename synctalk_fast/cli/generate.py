@@ -38,16 +38,37 @@ def generate(args: argparse.Namespace) -> int:
     outputs = [args.output]
     if args.video:  # the Go port: frames in --output and a video at --video-path, in one pass
         outputs.append(args.video_path)
-    result = pipeline.generate(audio, output=outputs, features=features, template=args.template, unet=args.model,
-                               audio_encoder=default_encoder(args.audio_encoder, needed=features is None),
-                               mode=args.mode, options=EngineOptions.from_args(args), start=args.start,
-                               fps=args.fps, crf=args.crf, preset=args.preset, encoder=args.encoder,
-                               feather=args.feather, progress=not args.quiet)
+    result = pipeline.generate(
+        audio,
+        output=outputs,
+        features=features,
+        template=args.template,
+        unet=args.model,
+        audio_encoder=default_encoder(args.audio_encoder, needed=features is None),
+        mode=args.mode,
+        options=EngineOptions.from_args(args),
+        start=args.start,
+        fps=args.fps,
+        crf=args.crf,
+        preset=args.preset,
+        encoder=args.encoder,
+        feather=args.feather,
+        progress=not args.quiet,
+    )
     if not args.quiet and args.json != "-":
         print(result)
-    write_json(args.json, {"output": [str(o) for o in outputs], "frames": result.frames, "fps": result.fps,
-                           "seconds": result.seconds, "frames_per_second": result.frames_per_second,
-                           "timings": result.timings, **result.engine})
+    write_json(
+        args.json,
+        {
+            "output": [str(o) for o in outputs],
+            "frames": result.frames,
+            "fps": result.fps,
+            "seconds": result.seconds,
+            "frames_per_second": result.frames_per_second,
+            "timings": result.timings,
+            **result.engine,
+        },
+    )
     return 0
 
 
@@ -57,8 +78,10 @@ def features(args: argparse.Namespace) -> int:
     feats = engine.audio_features(args.audio, progress=not args.quiet)
     out = save_features(feats, args.output, mode="ave", fps=args.fps, metadata={"audio": str(args.audio)})
     if not args.quiet:
-        print(f"{out}/: features.bin [{feats.shape[0]}, {feats.shape[1]}] + .bin.json, "
-              f"frames/frame_00000.bin .. frame_{feats.shape[0] - 1:05d}.bin, metadata.json")
+        print(
+            f"{out}/: features.bin [{feats.shape[0]}, {feats.shape[1]}] + .bin.json, "
+            f"frames/frame_00000.bin .. frame_{feats.shape[0] - 1:05d}.bin, metadata.json"
+        )
     return 0
 
 
@@ -73,11 +96,19 @@ def demo(args: argparse.Namespace) -> int:
     template = synthetic_template(out / "template")
     speech = out / "speech.wav"
     sf.write(speech, synthetic_speech(args.seconds), SAMPLE_RATE, subtype="PCM_16")
-    result = pipeline.generate(speech, template=template, output=out / "demo.mp4", unet=models_dir / "unet_328.onnx",
-                               audio_encoder=models_dir / "audio_encoder.onnx", progress=not args.quiet)
+    result = pipeline.generate(
+        speech,
+        template=template,
+        output=out / "demo.mp4",
+        unet=models_dir / "unet_328.onnx",
+        audio_encoder=models_dir / "audio_encoder.onnx",
+        progress=not args.quiet,
+    )
     print(result)
-    print(f"demo models: {models_dir}/ (fixed random weights: the mouth changes with the audio, "
-          "but it is not a trained face)")
+    print(
+        f"demo models: {models_dir}/ (fixed random weights: the mouth changes with the audio, "
+        "but it is not a trained face)"
+    )
     print(f"template:    {template}/ (a drawn face, 50 frames)")
     print(f"audio:       {speech}")
     print(f"video:       {result.output}")
@@ -96,8 +127,12 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=DEFAULT_UNET, help=f"U-Net ONNX file (default: {DEFAULT_UNET})")
     p.add_argument("--audio", help="speech (WAV, FLAC, MP3, M4A, ...) or a features .bin/.npy")
     p.add_argument("--template", required=True, help="template folder (full_body_img/, landmarks/)")
-    p.add_argument("-o", "--output", default="./output/frames",
-                   help="an .mp4 file, or a folder for frame_00000.png ... (default: ./output/frames)")
+    p.add_argument(
+        "-o",
+        "--output",
+        default="./output/frames",
+        help="an .mp4 file, or a folder for frame_00000.png ... (default: ./output/frames)",
+    )
     p.add_argument("--mode", choices=MODES, help="audio feature mode (default: from the model)")
     p.add_argument("--start", type=int, default=0, help="template frame offset (default: 0)")
     p.add_argument("--video", action="store_true", help="also write a video at --video-path (Go port)")
@@ -123,8 +158,13 @@ def add_features(sub: argparse._SubParsersAction) -> None:
         "(each frame's U-Net audio input) and OUTPUT/metadata.json.",
     )
     p.add_argument("--audio", required=True, help="speech file")
-    p.add_argument("--audio-encoder", "--model", dest="audio_encoder", default=DEFAULT_ENCODER,
-                   help=f"audio encoder ONNX (default: {DEFAULT_ENCODER}; --model is the Go port's spelling)")
+    p.add_argument(
+        "--audio-encoder",
+        "--model",
+        dest="audio_encoder",
+        default=DEFAULT_ENCODER,
+        help=f"audio encoder ONNX (default: {DEFAULT_ENCODER}; --model is the Go port's spelling)",
+    )
     p.add_argument("-o", "--output", default="output", help="output folder (default: output)")
     p.add_argument("--fps", type=float, default=25.0, help="video frame rate, recorded in metadata (default: 25)")
     p.add_argument("--mode", choices=["ave"], default="ave", help="only ave features are computed from audio")

@@ -23,9 +23,18 @@ def export(args: argparse.Namespace) -> int:
     summary = models.export_onnx(state, args.output, kind=KINDS.get(args.kind), mode=args.mode)
     if args.json != "-":
         print(summary)
-    write_json(args.json, {"path": str(summary.path), "kind": summary.kind, "mode": summary.mode,
-                           "mode_guessed": summary.mode_guessed, "parameters": summary.parameters,
-                           "inputs": summary.inputs, "outputs": summary.outputs})
+    write_json(
+        args.json,
+        {
+            "path": str(summary.path),
+            "kind": summary.kind,
+            "mode": summary.mode,
+            "mode_guessed": summary.mode_guessed,
+            "parameters": summary.parameters,
+            "inputs": summary.inputs,
+            "outputs": summary.outputs,
+        },
+    )
     return 0
 
 

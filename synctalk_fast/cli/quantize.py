@@ -25,13 +25,25 @@ def run(args: argparse.Namespace) -> int:
 
     if args.audio is None and args.features is None:
         raise ValueError("give --audio (with --audio-encoder) or --features")
-    report = quantize(args.model, args.output, template=args.template, audio=args.audio,
-                      audio_encoder=default_encoder(args.audio_encoder, needed=args.features is None),
-                      features=args.features, report=args.report, methods=_names(args.methods),
-                      target_psnr=None if args.target_psnr <= 0 else args.target_psnr,
-                      calibration=args.calibration, validation=args.validation, heldout=args.heldout,
-                      keep_fp32=_names(args.keep_fp32), seed=args.seed, tool=args.tool,
-                      progress=None if args.quiet else print, options=EngineOptions.from_args(args))
+    report = quantize(
+        args.model,
+        args.output,
+        template=args.template,
+        audio=args.audio,
+        audio_encoder=default_encoder(args.audio_encoder, needed=args.features is None),
+        features=args.features,
+        report=args.report,
+        methods=_names(args.methods),
+        target_psnr=None if args.target_psnr <= 0 else args.target_psnr,
+        calibration=args.calibration,
+        validation=args.validation,
+        heldout=args.heldout,
+        keep_fp32=_names(args.keep_fp32),
+        seed=args.seed,
+        tool=args.tool,
+        progress=None if args.quiet else print,
+        options=EngineOptions.from_args(args),
+    )
     print(report)
     print(f"report: {args.report or str(args.output) + '.json'}")
     return 0
@@ -56,19 +68,30 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--features", help="precomputed features instead of --audio (.bin + .bin.json, .npy)")
     p.add_argument("-o", "--output", required=True, help="int8 model to write (.onnx)")
     p.add_argument("--report", help="JSON report path (default: OUTPUT.json)")
-    p.add_argument("--methods", default="MinMax,Percentile,Entropy",
-                   help="calibration methods to try, comma-separated (default: all three)")
-    p.add_argument("--target-psnr", type=float, default=40.0,
-                   help="mouth PSNR vs fp32 to reach, in dB; 0 quantizes every block (default: 40)")
+    p.add_argument(
+        "--methods",
+        default="MinMax,Percentile,Entropy",
+        help="calibration methods to try, comma-separated (default: all three)",
+    )
+    p.add_argument(
+        "--target-psnr",
+        type=float,
+        default=40.0,
+        help="mouth PSNR vs fp32 to reach, in dB; 0 quantizes every block (default: 40)",
+    )
     p.add_argument("--keep-fp32", help="blocks to keep in fp32 in any case, comma-separated (names as in the report)")
     p.add_argument("--calibration", type=int, default=32, help="calibration frames (default: 32)")
     p.add_argument("--validation", type=int, default=8, help="validation frames (default: 8)")
     p.add_argument("--heldout", type=int, default=32, help="held-out frames for the report (default: 32)")
     add_arguments(p, only=("threads",))
     p.add_argument("--seed", type=int, default=0, help="frame split seed (default: 0)")
-    p.add_argument("--tool", choices=("auto", "onnxruntime", "nncf"), default="auto",
-                   help="int8 by ONNX Runtime's quantizer, by NNCF (run on OpenVINO, bf16 where the CPU has it), or "
-                   "auto: both where openvino and nncf are installed, the fastest reaching --target-psnr on the "
-                   "held-out frames (default: auto); the report says which runtime and precision to run it with")
+    p.add_argument(
+        "--tool",
+        choices=("auto", "onnxruntime", "nncf"),
+        default="auto",
+        help="int8 by ONNX Runtime's quantizer, by NNCF (run on OpenVINO, bf16 where the CPU has it), or "
+        "auto: both where openvino and nncf are installed, the fastest reaching --target-psnr on the "
+        "held-out frames (default: auto); the report says which runtime and precision to run it with",
+    )
     add_quiet(p, "no progress lines")
     p.set_defaults(func=run)

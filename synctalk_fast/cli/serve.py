@@ -45,12 +45,19 @@ def run(args: argparse.Namespace) -> int:
     check_binding(host, token=token, insecure=args.insecure or bool(conf.insecure))
     given = None if args.max_clients is None else check_max_clients(args.max_clients, where="--max-clients")
     server = AvatarServer(
-        avatars, _pick(args.audio_encoder, conf.audio_encoder, DEFAULT_ENCODER),
-        options=EngineOptions.from_args(args, base=conf.options), max_clients=_pick(given, conf.max_clients, "auto"),
-        token=token, allowed_origins=args.allowed_origin + list(conf.allowed_origins))
+        avatars,
+        _pick(args.audio_encoder, conf.audio_encoder, DEFAULT_ENCODER),
+        options=EngineOptions.from_args(args, base=conf.options),
+        max_clients=_pick(given, conf.max_clients, "auto"),
+        token=token,
+        allowed_origins=args.allowed_origin + list(conf.allowed_origins),
+    )
     engine = next(iter(server.avatars.values())).engine
-    print(f"serving {', '.join(server.avatars)} on http://{host}:{port} ({server.capacity} session(s) at once; "
-          f"{engine.runtime} {engine.providers[0]} {engine.precision})", flush=True)
+    print(
+        f"serving {', '.join(server.avatars)} on http://{host}:{port} ({server.capacity} session(s) at once; "
+        f"{engine.runtime} {engine.providers[0]} {engine.precision})",
+        flush=True,
+    )
     serve(server, host=host, port=port, log_level="info" if args.verbose else "warning")
     return 0
 
@@ -65,18 +72,32 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "Listens on 127.0.0.1 unless told otherwise; another address needs --token-file (or --insecure). "
         "A flag given here beats the same setting in --config.",
     )
-    p.add_argument("--avatar", action="append", default=[], metavar="NAME=TEMPLATE_DIR:UNET.onnx",
-                   help="an avatar (repeat for more)")
+    p.add_argument(
+        "--avatar",
+        action="append",
+        default=[],
+        metavar="NAME=TEMPLATE_DIR:UNET.onnx",
+        help="an avatar (repeat for more)",
+    )
     p.add_argument("--audio-encoder", help=f"audio encoder ONNX file (default: {DEFAULT_ENCODER})")
     p.add_argument("--config", help="avatars and options from a TOML file ([[avatar]] name, template, unet)")
     p.add_argument("--host", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default: 8000)")
     p.add_argument("--token-file", help="file holding the token clients must present")
     p.add_argument("--insecure", action="store_true", help="allow a non-loopback address without a token")
-    p.add_argument("--max-clients", "--max-sessions", dest="max_clients", metavar="N",
-                   help="client connections at once: auto (what the machine sustains at real time) or N "
-                   "(default: auto; --max-sessions is the former name)")
-    p.add_argument("--allowed-origin", action="append", default=[], help="a browser origin allowed besides the "
-                   "server's own (repeat for more)")
+    p.add_argument(
+        "--max-clients",
+        "--max-sessions",
+        dest="max_clients",
+        metavar="N",
+        help="client connections at once: auto (what the machine sustains at real time) or N "
+        "(default: auto; --max-sessions is the former name)",
+    )
+    p.add_argument(
+        "--allowed-origin",
+        action="append",
+        default=[],
+        help="a browser origin allowed besides the server's own (repeat for more)",
+    )
     add_arguments(p)
     p.set_defaults(func=run)

@@ -90,9 +90,14 @@ class Engine:
         Properties of every U-Net session the engine owns.
     """
 
-    def __init__(self, unet: str | os.PathLike[str] | ModelSession | None = None,
-                 audio_encoder: str | os.PathLike[str] | ModelSession | None = None, *,
-                 options: EngineOptions | None = None, **engine_options: Any):
+    def __init__(
+        self,
+        unet: str | os.PathLike[str] | ModelSession | None = None,
+        audio_encoder: str | os.PathLike[str] | ModelSession | None = None,
+        *,
+        options: EngineOptions | None = None,
+        **engine_options: Any,
+    ):
         opts = EngineOptions.merge(options, engine_options, where="Engine")
         if unet is None and audio_encoder is None:
             raise ValueError("an engine needs a U-Net, an audio encoder, or both")
@@ -146,8 +151,9 @@ class Engine:
 
     def _open_unet(self, threads: int) -> ModelSession:
         assert self._model is not None
-        return ModelSession(self._model, self._providers, threads=threads, batch_size=self._batch,
-                            device_id=self.device_id)
+        return ModelSession(
+            self._model, self._providers, threads=threads, batch_size=self._batch, device_id=self.device_id
+        )
 
     # -- what the engine is -------------------------------------------------------
     @property
@@ -202,18 +208,28 @@ class Engine:
     def __repr__(self) -> str:
         unet = f"unet={str(self.sessions[0].path)!r}, " if self.sessions else ""
         enc = f"audio_encoder={str(self.encoder.path)!r}, " if self.encoder else ""
-        return (f"Engine({unet}{enc}runtime={self.runtime!r}, providers={self.providers}, precision={self.precision!r}, "
-                f"batch_size={self.batch_size}, sessions={len(self.sessions)})")
+        return (
+            f"Engine({unet}{enc}runtime={self.runtime!r}, providers={self.providers}, precision={self.precision!r}, "
+            f"batch_size={self.batch_size}, sessions={len(self.sessions)})"
+        )
 
     def describe(self) -> dict:
         """The engine as a dict (what ran, for result lines and JSON)."""
-        return {"runtime": self.runtime, "provider": self._providers[0] if self._providers else None,
-                "device": self.device, "device_id": self.device_id, "precision": self.precision, "batch_size": self.batch_size,
-                "sessions": len(self.sessions), "threads_per_session": self.sessions[0].threads if self.sessions else None}
+        return {
+            "runtime": self.runtime,
+            "provider": self._providers[0] if self._providers else None,
+            "device": self.device,
+            "device_id": self.device_id,
+            "precision": self.precision,
+            "batch_size": self.batch_size,
+            "sessions": len(self.sessions),
+            "threads_per_session": self.sessions[0].threads if self.sessions else None,
+        }
 
     # -- raw networks ---------------------------------------------------------------
-    def infer(self, image: np.ndarray, audio: np.ndarray, *, session: int = 0,
-              layout: str = "throughput") -> np.ndarray:
+    def infer(
+        self, image: np.ndarray, audio: np.ndarray, *, session: int = 0, layout: str = "throughput"
+    ) -> np.ndarray:
         """The U-Net on a batch: float32 ``image [N, 6, 320, 320]`` and ``audio
         [N, C, H, W]`` -> float32 ``[N, 3, 320, 320]`` in 0..1, on session
         number ``session`` of ``layout`` (see :meth:`layout_sessions`)."""
@@ -303,8 +319,14 @@ class Engine:
         return sizes
 
     # -- the U-Net step -----------------------------------------------------------
-    def prepare(self, items: Sequence[tuple[Template, int]], windows: np.ndarray, *, out: np.ndarray | None = None,
-                timer: Timer = no_timer) -> StepBatch:
+    def prepare(
+        self,
+        items: Sequence[tuple[Template, int]],
+        windows: np.ndarray,
+        *,
+        out: np.ndarray | None = None,
+        timer: Timer = no_timer,
+    ) -> StepBatch:
         """Network inputs of a batch (numerics §3.1-3.4); see :func:`.step.prepare_batch`."""
         return prepare_batch(items, windows, out=out, timer=timer)
 
@@ -316,14 +338,16 @@ class Engine:
         return batch
 
     @staticmethod
-    def paste(batch: StepBatch, *, feather: int = 0, out: np.ndarray | None = None,
-              timer: Timer = no_timer) -> Iterator[np.ndarray]:
+    def paste(
+        batch: StepBatch, *, feather: int = 0, out: np.ndarray | None = None, timer: Timer = no_timer
+    ) -> Iterator[np.ndarray]:
         """Each frame of a run batch with its prediction pasted (numerics
         §3.6-3.7); see :func:`.step.paste_batch`."""
         return paste_batch(batch, feather=feather, out=out, timer=timer)
 
-    def step(self, items: Sequence[tuple[Template, int]], windows: np.ndarray, *, feather: int = 0,
-             session: int = 0) -> list[np.ndarray]:
+    def step(
+        self, items: Sequence[tuple[Template, int]], windows: np.ndarray, *, feather: int = 0, session: int = 0
+    ) -> list[np.ndarray]:
         """:meth:`prepare`, :meth:`run` and :meth:`paste` in one call: the
         lip-synced frames of ``items``, new BGR uint8 ``[H, W, 3]`` arrays."""
         return list(self.paste(self.run(self.prepare(items, windows), session=session), feather=feather))
@@ -368,8 +392,9 @@ class Engine:
             return layout
         if fps not in self._layout_choice:
             single = self.layout_sessions("latency")[0]
-            self._layout_choice[fps] = measure_layout(single, self._locks[id(single)], fps=fps,
-                                                      sessions=len(self.sessions))
+            self._layout_choice[fps] = measure_layout(
+                single, self._locks[id(single)], fps=fps, sessions=len(self.sessions)
+            )
         return self._layout_choice[fps]
 
     # -- shared scheduling ----------------------------------------------------------

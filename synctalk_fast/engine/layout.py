@@ -30,7 +30,7 @@ def check_layout(layout: str, *, allowed: tuple[str, ...] = LAYOUTS) -> str:
 
 
 def measure_layout(single: ModelSession, lock: threading.Lock, *, fps: float, sessions: int) -> str:
-    """"latency" if ``single`` (one session on every core) runs a frame in
+    """ "latency" if ``single`` (one session on every core) runs a frame in
     time for ``fps`` with the real-time margin, else "throughput"."""
     feeds = unet_feeds(single.item_shapes, 1)
 

@@ -33,12 +33,28 @@ from ..runtime import DEFAULT_RUNTIME, PRECISIONS, RUNTIMES
 __all__ = ["EngineOptions", "add_arguments", "OPTION_NAMES"]
 
 
-def _option(default: Any, *, help: str, flag: str | None = None, choices: Sequence[str] | None = None,
-            minimum: float | None = None, convert: Callable[[Any], Any] | None = None,
-            metavar: str | None = None) -> Any:
+def _option(
+    default: Any,
+    *,
+    help: str,
+    flag: str | None = None,
+    choices: Sequence[str] | None = None,
+    minimum: float | None = None,
+    convert: Callable[[Any], Any] | None = None,
+    metavar: str | None = None,
+) -> Any:
     """A field of :class:`EngineOptions` with what the front ends need to know of it."""
-    return field(default=default, metadata={"help": help, "flag": flag, "choices": choices, "minimum": minimum,
-                                            "convert": convert, "metavar": metavar})
+    return field(
+        default=default,
+        metadata={
+            "help": help,
+            "flag": flag,
+            "choices": choices,
+            "minimum": minimum,
+            "convert": convert,
+            "metavar": metavar,
+        },
+    )
 
 
 def _providers(value: Any) -> tuple[str, ...] | None:
@@ -106,26 +122,61 @@ class EngineOptions:
     """
 
     runtime: str = _option(
-        DEFAULT_RUNTIME, choices=("auto", *RUNTIMES), convert=_text,
-        help=f"inference runtime; auto: the fastest here for the U-Net, measured once (default: {DEFAULT_RUNTIME})")
+        DEFAULT_RUNTIME,
+        choices=("auto", *RUNTIMES),
+        convert=_text,
+        help=f"inference runtime; auto: the fastest here for the U-Net, measured once (default: {DEFAULT_RUNTIME})",
+    )
     providers: tuple[str, ...] | None = _option(
-        None, convert=_providers, metavar="NAMES",
+        None,
+        convert=_providers,
+        metavar="NAMES",
         help="providers in order of preference, comma-separated: names or aliases cpu, cuda, tensorrt, rocm, "
-        "coreml, directml (default: the best installed; one not installed is an error)")
-    device_id: int = _option(0, flag="--device", minimum=0, convert=_number(int), metavar="N",
-                             help="which GPU, for providers that have several (default: 0)")
+        "coreml, directml (default: the best installed; one not installed is an error)",
+    )
+    device_id: int = _option(
+        0,
+        flag="--device",
+        minimum=0,
+        convert=_number(int),
+        metavar="N",
+        help="which GPU, for providers that have several (default: 0)",
+    )
     precision: str = _option(
-        "fp32", choices=PRECISIONS, convert=_text,
+        "fp32",
+        choices=PRECISIONS,
+        convert=_text,
         help="U-Net precision: fp32 (exact), fp16 (GPUs; OpenVINO on ARM CPUs), bf16 (OpenVINO on CPUs with "
-        "avx512_bf16 or AMX) (default: fp32)")
-    batch_size: int | None = _option(None, minimum=1, convert=_number(int), metavar="N",
-                                     help="frames per U-Net call, at most (default: 4 on CPU, 16 on GPU)")
-    sessions: int | None = _option(None, minimum=1, convert=_number(int), metavar="N",
-                                   help="U-Net sessions side by side (default: one per core up to 4 on CPU, 1 on GPU)")
-    threads: int | None = _option(None, minimum=1, convert=_number(int), metavar="N",
-                                  help="host threads per U-Net session (default: the cores shared out among sessions)")
-    cache_mb: float | None = _option(None, minimum=0, convert=_number(float), metavar="MIB",
-                                     help="decoded template frame cache in MiB (default: 1/4 of free memory)")
+        "avx512_bf16 or AMX) (default: fp32)",
+    )
+    batch_size: int | None = _option(
+        None,
+        minimum=1,
+        convert=_number(int),
+        metavar="N",
+        help="frames per U-Net call, at most (default: 4 on CPU, 16 on GPU)",
+    )
+    sessions: int | None = _option(
+        None,
+        minimum=1,
+        convert=_number(int),
+        metavar="N",
+        help="U-Net sessions side by side (default: one per core up to 4 on CPU, 1 on GPU)",
+    )
+    threads: int | None = _option(
+        None,
+        minimum=1,
+        convert=_number(int),
+        metavar="N",
+        help="host threads per U-Net session (default: the cores shared out among sessions)",
+    )
+    cache_mb: float | None = _option(
+        None,
+        minimum=0,
+        convert=_number(float),
+        metavar="MIB",
+        help="decoded template frame cache in MiB (default: 1/4 of free memory)",
+    )
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -150,8 +201,9 @@ class EngineOptions:
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def merge(cls, options: EngineOptions | None = None, overrides: Mapping[str, Any] | None = None, *,
-              where: str = "") -> EngineOptions:
+    def merge(
+        cls, options: EngineOptions | None = None, overrides: Mapping[str, Any] | None = None, *, where: str = ""
+    ) -> EngineOptions:
         """``options`` (default: the defaults) with the keyword ``overrides`` on top.
 
         The form every API entry point uses: ``f(..., options=None, **engine_options)``.
@@ -166,8 +218,9 @@ class EngineOptions:
         return dataclasses.replace(base, **given) if given else base
 
     @classmethod
-    def from_mapping(cls, mapping: Mapping[str, Any], *, base: EngineOptions | None = None,
-                     source: str = "") -> EngineOptions:
+    def from_mapping(
+        cls, mapping: Mapping[str, Any], *, base: EngineOptions | None = None, source: str = ""
+    ) -> EngineOptions:
         """The options of a config file or manifest row: its keys that are
         option names (others are left to the caller), over ``base``.
         Strings are converted (``"4"`` -> 4, ``"cpu;cuda"`` -> providers)."""
@@ -209,8 +262,9 @@ OPTION_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(EngineO
 def _check_names(given: Mapping[str, Any], *, where: str = "") -> None:
     unknown = sorted(set(given) - set(OPTION_NAMES))
     if unknown:
-        raise TypeError(f"{where or 'engine options'}: unknown option(s) {', '.join(unknown)}; "
-                        f"expected {', '.join(OPTION_NAMES)}")
+        raise TypeError(
+            f"{where or 'engine options'}: unknown option(s) {', '.join(unknown)}; expected {', '.join(OPTION_NAMES)}"
+        )
 
 
 def flag(name: str) -> str:

@@ -82,8 +82,9 @@ class Scheduler:
     ``id(session)`` to the lock that makes each session run one call at a time.
     """
 
-    def __init__(self, batch_size: int, open_pool: Callable[[str], list[ModelSession]],
-                 locks: dict[int, threading.Lock]):
+    def __init__(
+        self, batch_size: int, open_pool: Callable[[str], list[ModelSession]], locks: dict[int, threading.Lock]
+    ):
         self.batch_size = batch_size
         self._open_pool = open_pool
         self._locks = locks
@@ -107,8 +108,9 @@ class Scheduler:
             pool.pending = True
             for k in range(len(pool.sessions)):
                 if k not in pool.workers:
-                    t = threading.Thread(target=self._serve, args=(pool, k), name=f"synctalk-engine-{pool.name}-{k}",
-                                         daemon=True)
+                    t = threading.Thread(
+                        target=self._serve, args=(pool, k), name=f"synctalk-engine-{pool.name}-{k}", daemon=True
+                    )
                     pool.workers[k] = t
                     t.start()
             self.cond.notify_all()
@@ -215,8 +217,9 @@ class Producer:
         self._head = 0
         engine.attach(self, layout=layout)
 
-    def submit(self, template: Template, index: int, window: np.ndarray | None, *, feather: int = 0
-               ) -> Future[np.ndarray]:
+    def submit(
+        self, template: Template, index: int, window: np.ndarray | None, *, feather: int = 0
+    ) -> Future[np.ndarray]:
         """Queue template frame ``index`` with feature window ``window``
         (float32 ``[C, H, W]``; None: the template frame untouched)."""
         fut: Future[np.ndarray] = Future()
@@ -227,8 +230,9 @@ class Producer:
             else:
                 fut.set_result(frame)  # type: ignore[arg-type]
 
-        item = StepItem(template, int(index), None if window is None else np.asarray(window, np.float32), done,
-                        int(feather))
+        item = StepItem(
+            template, int(index), None if window is None else np.asarray(window, np.float32), done, int(feather)
+        )
         with self._lock:
             self._queue.append(item)
         self.engine.wake()

@@ -67,8 +67,13 @@ class StepBatch:
         return len(self.frames)
 
 
-def prepare_batch(items: Sequence[tuple[Template, int]], windows: np.ndarray, *, out: np.ndarray | None = None,
-                  timer: Timer = no_timer) -> StepBatch:
+def prepare_batch(
+    items: Sequence[tuple[Template, int]],
+    windows: np.ndarray,
+    *,
+    out: np.ndarray | None = None,
+    timer: Timer = no_timer,
+) -> StepBatch:
     """Network inputs of a batch (numerics §3.1-3.4).
 
     Parameters
@@ -95,8 +100,9 @@ def prepare_batch(items: Sequence[tuple[Template, int]], windows: np.ndarray, *,
     return StepBatch(frames, images, np.ascontiguousarray(windows, dtype=np.float32))
 
 
-def paste_batch(batch: StepBatch, *, feather: int | Sequence[int] = 0, out: np.ndarray | None = None,
-                timer: Timer = no_timer) -> Iterator[np.ndarray]:
+def paste_batch(
+    batch: StepBatch, *, feather: int | Sequence[int] = 0, out: np.ndarray | None = None, timer: Timer = no_timer
+) -> Iterator[np.ndarray]:
     """Each frame of a run batch with its prediction pasted (numerics
     §3.6-3.7): new BGR uint8 ``[H, W, 3]`` arrays, or ``out`` itself every
     time when given (the consumer must be done with one frame before asking

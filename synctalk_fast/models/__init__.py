@@ -62,7 +62,8 @@ def __getattr__(name: str):
     # Deprecated names that moved above this package; looked up by name at
     # run time only when asked for, so the import graph keeps pointing down.
     if name in _MOVED:
-        warnings.warn(f"synctalk_fast.models.{name} is deprecated; use synctalk_fast.{name}", DeprecationWarning,
-                      stacklevel=2)
+        warnings.warn(
+            f"synctalk_fast.models.{name} is deprecated; use synctalk_fast.{name}", DeprecationWarning, stacklevel=2
+        )
         return getattr(importlib.import_module(_MOVED[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

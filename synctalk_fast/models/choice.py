@@ -123,12 +123,14 @@ def choose_runtime(unet: str | os.PathLike, *, precision: str = "fp32") -> tuple
     best = min(measured, key=lambda name: measured[name])
     runtime, chosen = best.split(":")
     log.info("runtime auto: %s (%s)", best, ", ".join(f"{k} {v:.1f} ms/frame" for k, v in measured.items()))
-    known[key] = {"runtime": runtime, "precision": chosen,
-                  "ms_per_frame": {k: round(v, 2) for k, v in measured.items()},
-                  "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    known[key] = {
+        "runtime": runtime,
+        "precision": chosen,
+        "ms_per_frame": {k: round(v, 2) for k, v in measured.items()},
+        "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
     try:
         write_atomic(store, (json.dumps(known, indent=1) + "\n").encode())
     except OSError as exc:  # a read-only cache costs a measurement per process, nothing else
         log.warning("could not save the runtime choice to %s (%s)", store, exc)
     return runtime, chosen
-

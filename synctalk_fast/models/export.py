@@ -92,7 +92,9 @@ class ExportSummary:
         for name, shape in self.outputs.items():
             lines.append(f"  output {name}: {shape}")
         lo, hi = self.check_range
-        lines.append(f"  self-check: batch of 2 ran in {self.check_seconds * 1e3:.0f} ms on CPU, outputs in [{lo:.3f}, {hi:.3f}]")
+        lines.append(
+            f"  self-check: batch of 2 ran in {self.check_seconds * 1e3:.0f} ms on CPU, outputs in [{lo:.3f}, {hi:.3f}]"
+        )
         return "\n".join(lines)
 
 
@@ -153,4 +155,6 @@ def export_onnx(
     seconds = time.perf_counter() - t0
     if not np.isfinite(result).all():
         raise ModelError(f"{out}: the self-check run produced NaN or infinite outputs; is the checkpoint trained?")
-    return ExportSummary(out, kind, mode, guessed, params, inputs, outputs, seconds, (float(result.min()), float(result.max())))
+    return ExportSummary(
+        out, kind, mode, guessed, params, inputs, outputs, seconds, (float(result.min()), float(result.max()))
+    )

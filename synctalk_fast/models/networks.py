@@ -132,8 +132,11 @@ class _Walker:
         conv_attrs = dict(kernel_shape=[kernel, kernel], strides=strides, pads=[pad] * 4, group=groups)
         if stats is not None and self.batch_stats:
             assert bn is not None
-            y = self.node("Conv", [x, self._const(f"{conv}.w", w.astype(np.float32)),
-                                   self._const(f"{conv}.b", b.astype(np.float32))], **conv_attrs)
+            y = self.node(
+                "Conv",
+                [x, self._const(f"{conv}.w", w.astype(np.float32)), self._const(f"{conv}.b", b.astype(np.float32))],
+                **conv_attrs,
+            )
             return self._batch_norm(y, bn, stats[0], stats[1])
         if stats is not None:
             gamma, beta, mean, var = (s.astype(np.float64) for s in stats)
@@ -172,9 +175,7 @@ class _Walker:
         if not self.emitting:
             return x
         scales = self._const("scales", np.array([1.0, 1.0, 2.0, 2.0], np.float32))
-        return self.node(
-            "Resize", [x, "", scales], mode="linear", coordinate_transformation_mode="align_corners"
-        )
+        return self.node("Resize", [x, "", scales], mode="linear", coordinate_transformation_mode="align_corners")
 
 
 # --- building blocks (names as in the reference modules) -------------------
@@ -318,9 +319,7 @@ def _model(g: _Walker, inputs, output: str, out_shape, name: str):
         outputs,
         g.initializers,
     )
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="synctalk_fast"
-    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="synctalk_fast")
     model.ir_version = min(model.ir_version, 9)  # readable by older ONNX Runtime releases too
     onnx.checker.check_model(model)
     return model
@@ -344,7 +343,9 @@ def build_unet(state: Mapping[str, np.ndarray], *, mode: str = "ave"):
     _check_kind_mode("unet", mode)
     g = _Walker(state)
     _unet(g, "image", "audio", mode)
-    return _model(g, [("image", IMAGE_SHAPE), ("audio", AUDIO_SHAPES[mode])], "output", OUTPUT_SHAPE, f"synctalk_unet_{mode}")
+    return _model(
+        g, [("image", IMAGE_SHAPE), ("audio", AUDIO_SHAPES[mode])], "output", OUTPUT_SHAPE, f"synctalk_unet_{mode}"
+    )
 
 
 def build_audio_encoder(state: Mapping[str, np.ndarray]):
@@ -358,7 +359,9 @@ def build_audio_encoder(state: Mapping[str, np.ndarray]):
     return _model(g, [("mel", MEL_SHAPE)], "embedding", (EMBEDDING,), "synctalk_audio_encoder")
 
 
-def batch_statistics(state: Mapping[str, np.ndarray], inputs: Mapping[str, np.ndarray], *, kind: str, mode: str = "ave"):
+def batch_statistics(
+    state: Mapping[str, np.ndarray], inputs: Mapping[str, np.ndarray], *, kind: str, mode: str = "ave"
+):
     """Per-BatchNorm mean and variance of its input over a batch, every BN
     normalising with the batch's own statistics (training-mode BatchNorm).
 
@@ -376,9 +379,7 @@ def batch_statistics(state: Mapping[str, np.ndarray], inputs: Mapping[str, np.nd
         _audio_encoder(g, "mel")
         model = _model(g, [("mel", MEL_SHAPE)], "embedding", (EMBEDDING,), "stats")
     values = cpu_session(model.SerializeToString()).run(dict(inputs))[1:]
-    return {
-        bn: (values[2 * i].reshape(-1), values[2 * i + 1].reshape(-1)) for i, (bn, *_) in enumerate(g.stat_outputs)
-    }
+    return {bn: (values[2 * i].reshape(-1), values[2 * i + 1].reshape(-1)) for i, (bn, *_) in enumerate(g.stat_outputs)}
 
 
 def build(state: Mapping[str, np.ndarray], *, kind: str, mode: str = "ave"):

@@ -104,6 +104,7 @@ def _find_roles(model, path: str) -> _Roles:
     elif set(found) == {"mel"} and len(inputs) == 1:
         kind, mode = "audio_encoder", None
     else:
+
         def dims_text(shape: Sequence[int]) -> str:
             return "[N, " + ", ".join(map(str, shape)) + "]"
 
@@ -153,9 +154,7 @@ def _make_dynamic(model):
 
 def _probe_inputs(roles: _Roles, n: int, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return {
-        roles.inputs[r]: rng.uniform(0.0, 1.0, (n, *s)).astype(np.float32) for r, s in roles.item_shapes.items()
-    }
+    return {roles.inputs[r]: rng.uniform(0.0, 1.0, (n, *s)).astype(np.float32) for r, s in roles.item_shapes.items()}
 
 
 def _cached(path: Path, tag: str, digest: str, make) -> Path:
@@ -226,8 +225,13 @@ class ResolvedModel:
         return self.roles.mode
 
 
-def resolve_model(path: str | os.PathLike, *, precision: str = "fp32", runtime: str | Runtime = DEFAULT_RUNTIME,
-                  providers: Sequence[str] | None = None) -> ResolvedModel:
+def resolve_model(
+    path: str | os.PathLike,
+    *,
+    precision: str = "fp32",
+    runtime: str | Runtime = DEFAULT_RUNTIME,
+    providers: Sequence[str] | None = None,
+) -> ResolvedModel:
     """Read a U-Net or audio encoder ONNX file, whatever exported it, and make
     it ready for ``runtime`` at ``precision`` (see :func:`load_session`)."""
     import onnx
@@ -249,12 +253,16 @@ def resolve_model(path: str | os.PathLike, *, precision: str = "fp32", runtime: 
     model_path, dynamic = path, True
     if roles.batch_fixed:
         try:
-            model_path = _cached(path, "dynamic", _digest(path),
-                                 lambda: _verified_dynamic(path, model, roles, rt, providers))
+            model_path = _cached(
+                path, "dynamic", _digest(path), lambda: _verified_dynamic(path, model, roles, rt, providers)
+            )
             log.info("%s: fixed batch size of 1 rewritten to dynamic (%s)", path, model_path)
         except Exception as exc:  # any failure: run the original, one item at a time
-            log.warning("%s has a fixed batch size of 1 and could not be made dynamic (%s); running one item at a time",
-                        path, exc)
+            log.warning(
+                "%s has a fixed batch size of 1 and could not be made dynamic (%s); running one item at a time",
+                path,
+                exc,
+            )
             dynamic = False
     if precision in rt.rewrites:
         source = model_path
@@ -299,9 +307,17 @@ class ModelSession:
         The runtime's own session object (``onnxruntime.InferenceSession``).
     """
 
-    def __init__(self, model: ResolvedModel, providers: Sequence[str] | None = None, *, threads: int | None = None,
-                 io_binding: bool | None = None, batch_size: int | None = None, spinning: bool = False,
-                 device_id: int = 0):
+    def __init__(
+        self,
+        model: ResolvedModel,
+        providers: Sequence[str] | None = None,
+        *,
+        threads: int | None = None,
+        io_binding: bool | None = None,
+        batch_size: int | None = None,
+        spinning: bool = False,
+        device_id: int = 0,
+    ):
         rt = model.runtime
         providers = resolve_providers(providers, runtime=rt)
         self.model = model
@@ -352,14 +368,17 @@ class ModelSession:
         for role, arr in arrays.items():
             a = np.ascontiguousarray(arr, dtype=np.float32)
             if a.shape[1:] != self.item_shapes[role]:
-                raise ValueError(f"{role} must be [N, {', '.join(map(str, self.item_shapes[role]))}], got {list(a.shape)}")
+                raise ValueError(
+                    f"{role} must be [N, {', '.join(map(str, self.item_shapes[role]))}], got {list(a.shape)}"
+                )
             if n is not None and a.shape[0] != n:
                 raise ValueError("inputs have different batch sizes")
             n = a.shape[0]
             feed[self.inputs[role]] = a
         if not self.dynamic_batch and n is not None and n != 1:
-            return np.concatenate([self._rt_session.run({k: v[i : i + 1] for k, v in feed.items()}, [self.output])[0]
-                                   for i in range(n)])
+            return np.concatenate(
+                [self._rt_session.run({k: v[i : i + 1] for k, v in feed.items()}, [self.output])[0] for i in range(n)]
+            )
         return self._rt_session.run(feed, [self.output])[0]
 
 
@@ -415,5 +434,12 @@ def load_session(
         message lists its inputs and what was expected).
     """
     model = resolve_model(path, precision=precision, runtime=runtime, providers=providers)
-    return ModelSession(model, providers, threads=threads, io_binding=io_binding, batch_size=batch_size,
-                        spinning=spinning, device_id=device_id)
+    return ModelSession(
+        model,
+        providers,
+        threads=threads,
+        io_binding=io_binding,
+        batch_size=batch_size,
+        spinning=spinning,
+        device_id=device_id,
+    )

@@ -16,15 +16,16 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["REALTIME_MARGIN", "unet_feeds", "seconds_per_frame", "frames_per_second", "keeps_up",
-           "realtime_streams"]
+__all__ = ["REALTIME_MARGIN", "unet_feeds", "seconds_per_frame", "frames_per_second", "keeps_up", "realtime_streams"]
 
 #: A producer counts as real time when it makes frames this many times faster
 #: than the frame rate (the rest is left for features, images and jitter).
 REALTIME_MARGIN = 1.25
 
 
-def unet_feeds(item_shapes: Mapping[str, Sequence[int]], batch: int, *, seed: int | None = None) -> dict[str, np.ndarray]:
+def unet_feeds(
+    item_shapes: Mapping[str, Sequence[int]], batch: int, *, seed: int | None = None
+) -> dict[str, np.ndarray]:
     """Inputs for a timing run: float32 ``[batch, *shape]`` per role, zeros
     (``seed`` None) or uniform in 0..1 (a fixed ``seed``)."""
     if seed is None:
@@ -33,8 +34,9 @@ def unet_feeds(item_shapes: Mapping[str, Sequence[int]], batch: int, *, seed: in
     return {role: rng.uniform(0.0, 1.0, (batch, *shape)).astype(np.float32) for role, shape in item_shapes.items()}
 
 
-def seconds_per_frame(runs: Mapping[str, Callable[[], int]], *, rounds: int = 3, warmup: bool = True,
-                      reduce: str = "median") -> dict[str, float]:
+def seconds_per_frame(
+    runs: Mapping[str, Callable[[], int]], *, rounds: int = 3, warmup: bool = True, reduce: str = "median"
+) -> dict[str, float]:
     """Seconds per frame of each candidate.
 
     Parameters
@@ -57,8 +59,11 @@ def seconds_per_frame(runs: Mapping[str, Callable[[], int]], *, rounds: int = 3,
             t0 = time.perf_counter()
             frames = run()
             times[name].append((time.perf_counter() - t0) / max(1, frames))
-    reducers: dict[str, Callable[[list[float]], float]] = {"median": statistics.median, "min": min,
-                                                           "mean": statistics.fmean}
+    reducers: dict[str, Callable[[list[float]], float]] = {
+        "median": statistics.median,
+        "min": min,
+        "mean": statistics.fmean,
+    }
     pick = reducers[reduce]
     return {name: float(pick(t)) for name, t in times.items()}
 

@@ -35,5 +35,16 @@ from .report import BF16, FP32, QuantizeReport, bf16_advice, choose_candidate
 from .search import search_fp32_blocks
 from .tools import TOOLS
 
-__all__ = ["quantize", "QuantizeReport", "name_blocks", "fidelity", "choose_candidate", "bf16_advice",
-           "search_fp32_blocks", "METHODS", "TOOLS", "FP32", "BF16"]
+__all__ = [
+    "quantize",
+    "QuantizeReport",
+    "name_blocks",
+    "fidelity",
+    "choose_candidate",
+    "bf16_advice",
+    "search_fp32_blocks",
+    "METHODS",
+    "TOOLS",
+    "FP32",
+    "BF16",
+]

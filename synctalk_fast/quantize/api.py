@@ -176,8 +176,9 @@ def quantize(
     """
     t_start = time.perf_counter()
     if "model" in engine_options:
-        unet = renamed({"model": engine_options.pop("model")}, {"unet": unet}, {"model": "unet"},
-                       where="quantize")["unet"]
+        unet = renamed({"model": engine_options.pop("model")}, {"unet": unet}, {"model": "unet"}, where="quantize")[
+            "unet"
+        ]
     if unet is None or output is None:
         raise TypeError(f"quantize() missing required argument {'unet' if unet is None else 'output'!r}")
     name, out = str(unet), Path(output)
@@ -189,26 +190,49 @@ def quantize(
     engine = _fp32_engine(unet, opts)
     tpl = template_of(template, opts.cache_mb)
     rows, windowed = speech_features(features, audio, audio_encoder, str(engine.mode), opts.threads)
-    data = FrameData(engine, tpl, rows, windowed,
-                     {"heldout": heldout, "calibration": calibration, "validation": validation}, seed)
-    say(f"frames: {len(data.sets['calibration'])} calibration, {len(data.sets['validation'])} validation, "
-        f"{len(data.sets['heldout'])} held out (of {len(tpl)})")
+    data = FrameData(
+        engine, tpl, rows, windowed, {"heldout": heldout, "calibration": calibration, "validation": validation}, seed
+    )
+    say(
+        f"frames: {len(data.sets['calibration'])} calibration, {len(data.sets['validation'])} validation, "
+        f"{len(data.sets['heldout'])} held out (of {len(tpl)})"
+    )
     batch = batch_size(opts)
     cal, val = data.feeds("calibration"), data.feeds("validation")
     reference = predict(engine, val, batch)
     with tempfile.TemporaryDirectory(prefix="synctalk-quant-") as tmp:
         work = Path(tmp)
-        prepared = prepare_model(name, engine.unet.model_path, work, check=val.head(1), reference=reference[:1],
-                                 options=opts, notes=notes, say=say)
+        prepared = prepare_model(
+            name,
+            engine.unet.model_path,
+            work,
+            check=val.head(1),
+            reference=reference[:1],
+            options=opts,
+            notes=notes,
+            say=say,
+        )
         _check_blocks(keep_fp32, prepared.blocks)
-        job = tools.Job(model=name, src=prepared.src, blocks=prepared.blocks, node_names=prepared.node_names,
-                        per_channel=prepared.per_channel, calibration=cal, validation=val,
-                        validation_psnr=Validation(data, reference).psnr, methods=methods, keep_fp32=keep_fp32,
-                        options=opts, work=work, say=say)
+        job = tools.Job(
+            model=name,
+            src=prepared.src,
+            blocks=prepared.blocks,
+            node_names=prepared.node_names,
+            per_channel=prepared.per_channel,
+            calibration=cal,
+            validation=val,
+            validation_psnr=Validation(data, reference).psnr,
+            methods=methods,
+            keep_fp32=keep_fp32,
+            options=opts,
+            work=work,
+            say=say,
+        )
         built = {INT8[t.name]: tools.build(t, job, target_psnr) for t in chosen_tools}
         say("measuring held-out fidelity and speed ...")
-        engines, specs = open_engines(name, engine, built, prepared.blocks, options=opts, bf16=openvino_bf16(),
-                                      work=work)
+        engines, specs = open_engines(
+            name, engine, built, prepared.blocks, options=opts, bf16=openvino_bf16(), work=work
+        )
         candidates, timed = measure(name, engines, specs, data, target_psnr=target_psnr, batch=batch, work=work)
         chosen = choose_candidate(candidates, target_psnr)
         if len(built) > 1:
@@ -217,8 +241,17 @@ def quantize(
         if advice:
             notes.append(advice)
         _write_output(name, built[chosen].path, out, val.batch(0), notes, work)
-    result = _report(name, out, built[chosen], candidates, prepared.blocks, data, target_psnr,
-                     {"batch": batch, "threads": opts.threads or default_threads(), "frames": timed}, notes)
+    result = _report(
+        name,
+        out,
+        built[chosen],
+        candidates,
+        prepared.blocks,
+        data,
+        target_psnr,
+        {"batch": batch, "threads": opts.threads or default_threads(), "frames": timed},
+        notes,
+    )
     result.seconds = time.perf_counter() - t_start
     result.save(report if report is not None else out.with_name(out.name + ".json"))
     return result
@@ -229,8 +262,10 @@ def _engine_options(options: EngineOptions | None, overrides: dict[str, Any]) ->
     opts = EngineOptions.merge(options, overrides, where="quantize")
     fixed = [k for k in opts.changed() if k not in _OPTIONS]
     if fixed:
-        raise ValueError(f"quantize runs every model on the host CPU in one session, on its candidate's runtime and "
-                         f"precision: {', '.join(fixed)} cannot be set (it takes {', '.join(_OPTIONS)})")
+        raise ValueError(
+            f"quantize runs every model on the host CPU in one session, on its candidate's runtime and "
+            f"precision: {', '.join(fixed)} cannot be set (it takes {', '.join(_OPTIONS)})"
+        )
     return opts
 
 
@@ -277,16 +312,37 @@ def _write_output(model: str, path: Path, output: Path, feed: dict[str, Any], no
             notes.insert(0, "every block is in floating point: the output is the fp32 model with no int8 left")
 
 
-def _report(model: str, output: Path, c: tools.Candidate, candidates: dict[str, dict], blocks: Sequence[str],
-            data: FrameData, target_psnr: float | None, run: dict[str, int], notes: list[str]) -> QuantizeReport:
+def _report(
+    model: str,
+    output: Path,
+    c: tools.Candidate,
+    candidates: dict[str, dict],
+    blocks: Sequence[str],
+    data: FrameData,
+    target_psnr: float | None,
+    run: dict[str, int],
+    notes: list[str],
+) -> QuantizeReport:
     row, fp32 = candidates[INT8[c.tool]], candidates[FP32]["seconds"]
     frames, feature_rows = data.indices()
     return QuantizeReport(
-        model=model, output=str(output), tool=c.tool, runtime=c.runtime, precision=c.precision, method=c.method,
-        methods=c.methods, target_psnr=target_psnr, met=row["met"],
+        model=model,
+        output=str(output),
+        tool=c.tool,
+        runtime=c.runtime,
+        precision=c.precision,
+        method=c.method,
+        methods=c.methods,
+        target_psnr=target_psnr,
+        met=row["met"],
         fp32_blocks=[b for b in blocks if b in c.float_blocks],
-        int8_blocks=[b for b in blocks if b not in c.float_blocks], sensitivity=c.found.sensitivity,
-        frames=frames, feature_rows=feature_rows, fidelity={k: row[k] for k in ("mouth", "frame", "unet")},
+        int8_blocks=[b for b in blocks if b not in c.float_blocks],
+        sensitivity=c.found.sensitivity,
+        frames=frames,
+        feature_rows=feature_rows,
+        fidelity={k: row[k] for k in ("mouth", "frame", "unet")},
         speed={"fp32": fp32, "int8": row["seconds"], "speedup": fp32 / row["seconds"], **run},
-        candidates=candidates, seconds=0.0, notes=notes,
+        candidates=candidates,
+        seconds=0.0,
+        notes=notes,
     )

@@ -84,8 +84,9 @@ def split(n: int, sizes: Mapping[str, int], rng: np.random.Generator) -> dict[st
     return out
 
 
-def speech_features(features: Any, audio: Any, audio_encoder: Any, mode: str,
-                    threads: int | None) -> tuple[np.ndarray, bool]:
+def speech_features(
+    features: Any, audio: Any, audio_encoder: Any, mode: str, threads: int | None
+) -> tuple[np.ndarray, bool]:
     """The speech's features: ``features`` (file or array, any mode), or
     ``audio`` run through ``audio_encoder`` (ave only).
 
@@ -135,8 +136,9 @@ class FrameData:
         Set name -> template frame indices, and the feature row of each.
     """
 
-    def __init__(self, engine: Engine, template: Template, rows: np.ndarray, windowed: bool,
-                 sizes: Mapping[str, int], seed: int):
+    def __init__(
+        self, engine: Engine, template: Template, rows: np.ndarray, windowed: bool, sizes: Mapping[str, int], seed: int
+    ):
         self.engine, self.template, self._rows, self._windowed = engine, template, rows, windowed
         self._mode = str(engine.mode)
         rng = np.random.default_rng(seed)
@@ -146,9 +148,14 @@ class FrameData:
 
     def _windows(self, name: str) -> np.ndarray:
         rows, mode = self._rows, self._mode
-        return np.concatenate([rows[r : r + 1].reshape(1, *MODES[mode]) if self._windowed else
-                               feature_windows(rows, mode=mode, start=int(r), stop=int(r) + 1)
-                               for r in self.pairing[name]])
+        return np.concatenate(
+            [
+                rows[r : r + 1].reshape(1, *MODES[mode])
+                if self._windowed
+                else feature_windows(rows, mode=mode, start=int(r), stop=int(r) + 1)
+                for r in self.pairing[name]
+            ]
+        )
 
     def feeds(self, name: str) -> Feeds:
         """The U-Net inputs of set ``name`` (prepared on first use)."""
@@ -170,8 +177,10 @@ class FrameData:
 
     def indices(self) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
         """The frames of each set and their feature rows, as lists for the report."""
-        return ({k: [int(i) for i in v] for k, v in self.sets.items()},
-                {k: [int(i) for i in v] for k, v in self.pairing.items()})
+        return (
+            {k: [int(i) for i in v] for k, v in self.sets.items()},
+            {k: [int(i) for i in v] for k, v in self.pairing.items()},
+        )
 
 
 def template_of(template: Template | str | os.PathLike[str], cache_mb: float | None = None) -> Template:

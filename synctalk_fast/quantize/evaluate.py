@@ -33,8 +33,12 @@ def _psnr(mse: float) -> float:
     return math.inf if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
 
 
-def fidelity(reference: Sequence[np.ndarray] | np.ndarray, test: Sequence[np.ndarray] | np.ndarray, *,
-             boxes: Sequence[Box] | None = None) -> dict[str, Any]:
+def fidelity(
+    reference: Sequence[np.ndarray] | np.ndarray,
+    test: Sequence[np.ndarray] | np.ndarray,
+    *,
+    boxes: Sequence[Box] | None = None,
+) -> dict[str, Any]:
     """PSNR (dB) and max / mean absolute difference in levels between uint8 images.
 
     Parameters
@@ -99,8 +103,16 @@ def speeds(engines: Mapping[str, Engine], feeds: Feeds, batch: int, rounds: int 
     return seconds_per_frame({name: run(e) for name, e in engines.items()}, rounds=rounds, reduce="min")
 
 
-def open_engines(model: str, fp32: Engine, built: Mapping[str, Candidate], blocks: Sequence[str], *,
-                 options: EngineOptions, bf16: bool, work: Path) -> tuple[dict[str, Engine], dict[str, dict]]:
+def open_engines(
+    model: str,
+    fp32: Engine,
+    built: Mapping[str, Candidate],
+    blocks: Sequence[str],
+    *,
+    options: EngineOptions,
+    bf16: bool,
+    work: Path,
+) -> tuple[dict[str, Engine], dict[str, dict]]:
     """An engine and a report row's fixed fields for every model measured:
     ONNX Runtime fp32 (``fp32``, the reference), OpenVINO bf16 of the same
     model (when ``bf16``), and each int8 candidate of ``built``."""
@@ -113,14 +125,28 @@ def open_engines(model: str, fp32: Engine, built: Mapping[str, Candidate], block
     for name, c in built.items():
         with failure(model, f"while opening the {name} model", work):
             engines[name] = cpu_engine(c.path, options, c.runtime, c.precision)
-        specs[name] = {"tool": c.tool, "runtime": c.runtime, "precision": c.precision, "int8": True,
-                       "method": c.method, "float_blocks": [b for b in blocks if b in c.float_blocks],
-                       "validation_psnr": c.found.validation_psnr}
+        specs[name] = {
+            "tool": c.tool,
+            "runtime": c.runtime,
+            "precision": c.precision,
+            "int8": True,
+            "method": c.method,
+            "float_blocks": [b for b in blocks if b in c.float_blocks],
+            "validation_psnr": c.found.validation_psnr,
+        }
     return engines, specs
 
 
-def measure(model: str, engines: Mapping[str, Engine], specs: Mapping[str, dict], data: FrameData, *,
-            target_psnr: float | None, batch: int, work: Path) -> tuple[dict[str, dict], int]:
+def measure(
+    model: str,
+    engines: Mapping[str, Engine],
+    specs: Mapping[str, dict],
+    data: FrameData,
+    *,
+    target_psnr: float | None,
+    batch: int,
+    work: Path,
+) -> tuple[dict[str, dict], int]:
     """Every model of ``engines`` on the held-out frames against ``engines[FP32]``.
 
     Returns
@@ -145,8 +171,16 @@ def measure(model: str, engines: Mapping[str, Engine], specs: Mapping[str, dict]
     candidates: dict[str, dict] = {}
     for name, spec in specs.items():
         frames = data.paste("heldout", preds[name])
-        fid = {"mouth": fidelity(f32, frames, boxes=boxes), "frame": fidelity(f32, frames),
-               "unet": fidelity(levels(preds[FP32]), levels(preds[name]))}
-        candidates[name] = {**spec, "seconds": seconds[name], "speedup": seconds[FP32] / seconds[name], **fid,
-                            "met": target_psnr is None or fid["mouth"]["psnr"] >= target_psnr}
+        fid = {
+            "mouth": fidelity(f32, frames, boxes=boxes),
+            "frame": fidelity(f32, frames),
+            "unet": fidelity(levels(preds[FP32]), levels(preds[name])),
+        }
+        candidates[name] = {
+            **spec,
+            "seconds": seconds[name],
+            "speedup": seconds[FP32] / seconds[name],
+            **fid,
+            "met": target_psnr is None or fid["mouth"]["psnr"] >= target_psnr,
+        }
     return candidates, len(timed)

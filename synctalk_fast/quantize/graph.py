@@ -18,8 +18,17 @@ import numpy as np
 if TYPE_CHECKING:
     import onnx
 
-__all__ = ["name_blocks", "block_nodes", "default_opset", "to_opset", "float_blocks", "fold_weight_quantizers",
-           "uncalibrated_tensors", "PER_CHANNEL_OPSET", "QDQ"]
+__all__ = [
+    "name_blocks",
+    "block_nodes",
+    "default_opset",
+    "to_opset",
+    "float_blocks",
+    "fold_weight_quantizers",
+    "uncalibrated_tensors",
+    "PER_CHANNEL_OPSET",
+    "QDQ",
+]
 
 #: DequantizeLinear's ``axis`` attribute (per-channel weights) appears in opset 13.
 PER_CHANNEL_OPSET = 13
@@ -134,8 +143,9 @@ def uncalibrated_tensors(model: onnx.ModelProto) -> set[str]:
             skip.add(info.name)
             continue
         t = info.type.tensor_type
-        if t.elem_type not in _CALIBRATED_TYPES or any(d.HasField("dim_value") and d.dim_value == 0
-                                                       for d in t.shape.dim):
+        if t.elem_type not in _CALIBRATED_TYPES or any(
+            d.HasField("dim_value") and d.dim_value == 0 for d in t.shape.dim
+        ):
             skip.add(info.name)
     for node in model.graph.node:
         if node.op_type == "Constant":
@@ -204,15 +214,19 @@ def fold_weight_quantizers(model: onnx.ModelProto) -> None:
             continue
         x = numpy_helper.to_array(inits[node.input[0]]).astype(np.float32)
         scale = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
-        zero = (numpy_helper.to_array(inits[node.input[2]]) if len(node.input) > 2 and node.input[2]
-                else np.zeros(scale.shape, np.uint8))
+        zero = (
+            numpy_helper.to_array(inits[node.input[2]])
+            if len(node.input) > 2 and node.input[2]
+            else np.zeros(scale.shape, np.uint8)
+        )
         axis = next((a.i for a in node.attribute if a.name == "axis"), 1) % max(x.ndim, 1)
         shape = [1] * x.ndim
         if scale.ndim:
             shape[axis] = -1
         y = np.rint(x / scale.reshape(shape)) + zero.reshape(shape).astype(np.float32)
         info = np.iinfo(zero.dtype)
-        graph.initializer.append(numpy_helper.from_array(np.clip(y, info.min, info.max).astype(zero.dtype),
-                                                         node.output[0]))
+        graph.initializer.append(
+            numpy_helper.from_array(np.clip(y, info.min, info.max).astype(zero.dtype), node.output[0])
+        )
         graph.node.remove(node)
     _prune(graph)

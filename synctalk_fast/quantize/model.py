@@ -56,8 +56,17 @@ class Prepared:
     per_channel: bool
 
 
-def prepare_model(model: str, path: Path, work: Path, *, check: Feeds, reference: np.ndarray,
-                  options: EngineOptions, notes: list[str], say: Callable[[str], None]) -> Prepared:
+def prepare_model(
+    model: str,
+    path: Path,
+    work: Path,
+    *,
+    check: Feeds,
+    reference: np.ndarray,
+    options: EngineOptions,
+    notes: list[str],
+    say: Callable[[str], None],
+) -> Prepared:
     """Read the fp32 U-Net at ``path``, convert it to opset 13 when older, name its blocks, save it in ``work``.
 
     Parameters
@@ -97,8 +106,16 @@ def prepare_model(model: str, path: Path, work: Path, *, check: Feeds, reference
     return Prepared(src, blocks, block_nodes(named, blocks), per_channel)
 
 
-def _converted(model: str, named: onnx.ModelProto, opset: int, src: Path, check: Feeds, reference: np.ndarray,
-               options: EngineOptions, notes: list[str]) -> onnx.ModelProto | None:
+def _converted(
+    model: str,
+    named: onnx.ModelProto,
+    opset: int,
+    src: Path,
+    check: Feeds,
+    reference: np.ndarray,
+    options: EngineOptions,
+    notes: list[str],
+) -> onnx.ModelProto | None:
     """``named`` at opset 13, checked on one frame; None (with a warning and a note) when that fails."""
     import onnx
 
@@ -112,10 +129,17 @@ def _converted(model: str, named: onnx.ModelProto, opset: int, src: Path, check:
         raise
     except Exception as exc:
         why = reason(exc, src.parent)
-        log.warning("%s: opset %d could not be converted to %d (%s); quantizing weights per tensor, "
-                    "which loses fidelity", model, opset, PER_CHANNEL_OPSET, why)
-        notes.append(f"opset {opset} could not be converted to {PER_CHANNEL_OPSET} ({why}): weights "
-                     f"quantized per tensor (export at opset >= {PER_CHANNEL_OPSET} for per-channel weights)")
+        log.warning(
+            "%s: opset %d could not be converted to %d (%s); quantizing weights per tensor, which loses fidelity",
+            model,
+            opset,
+            PER_CHANNEL_OPSET,
+            why,
+        )
+        notes.append(
+            f"opset {opset} could not be converted to {PER_CHANNEL_OPSET} ({why}): weights "
+            f"quantized per tensor (export at opset >= {PER_CHANNEL_OPSET} for per-channel weights)"
+        )
         return None
     notes.append(f"opset {opset} converted to {PER_CHANNEL_OPSET} for per-channel int8 weights")
     return converted

@@ -80,28 +80,35 @@ class QuantizeReport:
         for region in ("mouth", "frame", "unet"):
             r = f[region]
             lines.append(f"  {region:6s} PSNR {r['psnr']:6.2f} dB, max {r['max']:3d} levels, mean {r['mean']:.3f}")
-        lines.append(f"speed: fp32 {1000 * s['fp32']:.1f} ms/frame, int8 {1000 * s['int8']:.1f} ms/frame: "
-                     f"{s['speedup']:.2f} x (batch {int(s['batch'])}, {int(s['threads'])} threads)")
+        lines.append(
+            f"speed: fp32 {1000 * s['fp32']:.1f} ms/frame, int8 {1000 * s['int8']:.1f} ms/frame: "
+            f"{s['speedup']:.2f} x (batch {int(s['batch'])}, {int(s['threads'])} threads)"
+        )
         if self.target_psnr is not None:
             verdict = "met" if self.met else "NOT met"
             lines.append(f"target: mouth PSNR >= {self.target_psnr:g} dB on held-out frames: {verdict}")
         lines += self._table()
-        lines.append(f"run it with: Pipeline(unet={self.output!r}, runtime={self.runtime!r}, "
-                     f"precision={self.precision!r})")
+        lines.append(
+            f"run it with: Pipeline(unet={self.output!r}, runtime={self.runtime!r}, precision={self.precision!r})"
+        )
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
     def _table(self) -> list[str]:
-        lines = ["candidates (held-out frames; speed on each one's runtime, same run):",
-                 f"    {'model':17s} {'runtime':11s} {'precision':9s} {'ms/frame':>8s} {'vs fp32':>7s} "
-                 f"{'mouth PSNR':>10s} {'max':>4s} {'mean':>6s} float blocks"]
+        lines = [
+            "candidates (held-out frames; speed on each one's runtime, same run):",
+            f"    {'model':17s} {'runtime':11s} {'precision':9s} {'ms/frame':>8s} {'vs fp32':>7s} "
+            f"{'mouth PSNR':>10s} {'max':>4s} {'mean':>6s} float blocks",
+        ]
         written = INT8[self.tool]
         for name, c in self.candidates.items():
             m = c["mouth"]
             blocks = str(len(c["float_blocks"])) if c["int8"] else "all"
-            lines.append(f"  {'*' if name == written else ' '} {name:17s} {c['runtime']:11s} {c['precision']:9s} "
-                         f"{1000 * c['seconds']:8.1f} {c['speedup']:6.2f}x {m['psnr']:7.2f} dB {m['max']:4d} "
-                         f"{m['mean']:6.3f} {blocks}")
+            lines.append(
+                f"  {'*' if name == written else ' '} {name:17s} {c['runtime']:11s} {c['precision']:9s} "
+                f"{1000 * c['seconds']:8.1f} {c['speedup']:6.2f}x {m['psnr']:7.2f} dB {m['max']:4d} "
+                f"{m['mean']:6.3f} {blocks}"
+            )
         return lines
 
 
@@ -162,6 +169,8 @@ def bf16_advice(candidates: Mapping[str, Mapping[str, Any]], chosen: str, model:
     bf, c = candidates.get(BF16), candidates[chosen]
     if bf is None or not (bf["seconds"] < c["seconds"] and bf["mouth"]["psnr"] > c["mouth"]["psnr"]):
         return None
-    return (f"OpenVINO bf16 without int8 is both faster ({1000 * bf['seconds']:.1f} vs {1000 * c['seconds']:.1f} "
-            f"ms/frame) and closer to fp32 ({bf['mouth']['psnr']:.1f} vs {c['mouth']['psnr']:.1f} dB mouth PSNR) "
-            f"than the int8 model: run {model} itself with runtime='openvino', precision='bf16' instead")
+    return (
+        f"OpenVINO bf16 without int8 is both faster ({1000 * bf['seconds']:.1f} vs {1000 * c['seconds']:.1f} "
+        f"ms/frame) and closer to fp32 ({bf['mouth']['psnr']:.1f} vs {c['mouth']['psnr']:.1f} dB mouth PSNR) "
+        f"than the int8 model: run {model} itself with runtime='openvino', precision='bf16' instead"
+    )

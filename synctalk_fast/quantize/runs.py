@@ -30,18 +30,28 @@ def batch_size(options: EngineOptions) -> int:
     return int(options.batch_size or BATCH)
 
 
-def cpu_engine(path: str | os.PathLike[str], options: EngineOptions, runtime: str = "onnxruntime",
-               precision: str = "fp32") -> Engine:
+def cpu_engine(
+    path: str | os.PathLike[str], options: EngineOptions, runtime: str = "onnxruntime", precision: str = "fp32"
+) -> Engine:
     """A one-session engine on the host CPU for a candidate model, with
     ``options``' threads (default: all cores) and batch size."""
-    return Engine(path, options=options.replace(runtime=runtime, precision=precision, providers=("cpu",), sessions=1,
-                                                threads=options.threads or default_threads()))
+    return Engine(
+        path,
+        options=options.replace(
+            runtime=runtime,
+            precision=precision,
+            providers=("cpu",),
+            sessions=1,
+            threads=options.threads or default_threads(),
+        ),
+    )
 
 
 def predict(engine: Engine, feeds: Feeds, batch: int = BATCH) -> np.ndarray:
     """U-Net predictions of ``feeds`` in batches of ``batch``: float32 ``[N, 3, 320, 320]``."""
-    return np.concatenate([engine.infer(feeds.images[i : i + batch], feeds.audio[i : i + batch])
-                           for i in range(0, len(feeds), batch)])
+    return np.concatenate(
+        [engine.infer(feeds.images[i : i + batch], feeds.audio[i : i + batch]) for i in range(0, len(feeds), batch)]
+    )
 
 
 def check_runs(path: Path, feed: dict[str, np.ndarray]) -> None:

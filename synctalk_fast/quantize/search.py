@@ -45,8 +45,9 @@ class Found:
     sensitivity: dict[str, float] = field(default_factory=dict)
 
 
-def search_fp32_blocks(ranking: Sequence[str], score: Callable[[list[str]], float],
-                       target: float) -> tuple[list[str], float]:
+def search_fp32_blocks(
+    ranking: Sequence[str], score: Callable[[list[str]], float], target: float
+) -> tuple[list[str], float]:
     """The fewest most-sensitive blocks to keep in fp32 for ``score >= target``.
 
     Binary search on the number kept (fidelity grows with it, up to noise).
@@ -82,8 +83,16 @@ def search_fp32_blocks(ranking: Sequence[str], score: Callable[[list[str]], floa
     return list(ranking[:lo]), scores[lo]
 
 
-def keep_float_blocks(label: str, full: float, score: Score, *, blocks: Sequence[str], keep_fp32: Sequence[str],
-                      target_psnr: float | None, say: Callable[[str], None]) -> Found:
+def keep_float_blocks(
+    label: str,
+    full: float,
+    score: Score,
+    *,
+    blocks: Sequence[str],
+    keep_fp32: Sequence[str],
+    target_psnr: float | None,
+    say: Callable[[str], None],
+) -> Found:
     """Blocks to keep in floating point for ``target_psnr`` (plus
     :data:`HEADROOM`) on the validation frames: ``keep_fp32``, then the most
     sensitive ones.
@@ -109,13 +118,14 @@ def keep_float_blocks(label: str, full: float, score: Score, *, blocks: Sequence
     aim = None if target_psnr is None else target_psnr + HEADROOM
     if aim is None or full >= aim:
         return Found(kept, full)
-    say(f"  {label}: below {aim:g} dB ({target_psnr:g} dB + {HEADROOM:g} dB headroom): measuring each "
-        "block's sensitivity ...")
+    say(
+        f"  {label}: below {aim:g} dB ({target_psnr:g} dB + {HEADROOM:g} dB headroom): measuring each "
+        "block's sensitivity ..."
+    )
     sensitivity = {b: score([], b) for b in blocks if b not in keep_fp32}
     ranking = sorted(sensitivity, key=lambda b: sensitivity[b])
     say(f"  {label}: most sensitive: " + ", ".join(f"{b} {sensitivity[b]:.1f} dB" for b in ranking[:5]))
     extra, best = search_fp32_blocks(ranking, lambda fb: score(kept + fb, None), aim)
     kept += extra
-    say(f"  {label}: {len(kept)} of {len(blocks)} blocks kept in floating point -> validation mouth "
-        f"PSNR {best:.2f} dB")
+    say(f"  {label}: {len(kept)} of {len(blocks)} blocks kept in floating point -> validation mouth PSNR {best:.2f} dB")
     return Found(kept, best, sensitivity)

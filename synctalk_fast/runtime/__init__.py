@@ -92,8 +92,10 @@ def resolve_providers(providers: Sequence[str] | None, *, runtime: str | Runtime
             have = ", ".join(rt.providers[n].alias if n in rt.providers else n for n in installed)
             if known:
                 raise ValueError(f"provider {given!r} is not available in this {rt.name} build (installed: {have})")
-            raise ValueError(f"unknown provider {given!r}; use one of {choices} or a full {rt.name} provider name "
-                             f"(installed: {have})")
+            raise ValueError(
+                f"unknown provider {given!r}; use one of {choices} or a full {rt.name} provider name "
+                f"(installed: {have})"
+            )
     return names
 
 
@@ -129,8 +131,13 @@ def default_threads() -> int:
     return cpu_cores()
 
 
-def session_plan(providers: Sequence[str], *, sessions: int | None = None, threads: int | None = None,
-                 runtime: str | Runtime = DEFAULT_RUNTIME) -> tuple[int, int]:
+def session_plan(
+    providers: Sequence[str],
+    *,
+    sessions: int | None = None,
+    threads: int | None = None,
+    runtime: str | Runtime = DEFAULT_RUNTIME,
+) -> tuple[int, int]:
     """(U-Net sessions, threads each) for ``providers``.
 
     On the host CPU, one session per core up to 4, the cores shared out

@@ -123,8 +123,14 @@ class Runtime(Protocol):
         """Names of every provider the installed build has, in its own order."""
         ...
 
-    def open(self, model: str | os.PathLike | bytes, *, providers: Sequence[str], request: SessionRequest,
-             io_binding: bool | None = None) -> RuntimeSession:
+    def open(
+        self,
+        model: str | os.PathLike | bytes,
+        *,
+        providers: Sequence[str],
+        request: SessionRequest,
+        io_binding: bool | None = None,
+    ) -> RuntimeSession:
         """A session on ``model`` with the first usable of ``providers``
         (``io_binding`` None: the provider's default)."""
         ...

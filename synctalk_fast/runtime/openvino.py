@@ -27,8 +27,15 @@ import numpy as np
 from .._util.system import cache_dir
 from .base import Provider, SessionRequest
 
-__all__ = ["DEVICES", "PRECISION_HINTS", "OpenVinoRuntime", "OvSession", "openvino_cache", "precision_problem",
-           "capabilities"]
+__all__ = [
+    "DEVICES",
+    "PRECISION_HINTS",
+    "OpenVinoRuntime",
+    "OvSession",
+    "openvino_cache",
+    "precision_problem",
+    "capabilities",
+]
 
 # Batch: as ONNX Runtime's CPU provider (throughput is flat in the batch on
 # a CPU); an Intel GPU needs batches to fill it.
@@ -170,7 +177,9 @@ class OpenVinoRuntime:
         try:
             import openvino  # noqa: F401
         except ImportError:
-            raise ValueError("the openvino runtime needs the openvino package: pip install 'synctalk-fast[openvino]'") from None
+            raise ValueError(
+                "the openvino runtime needs the openvino package: pip install 'synctalk-fast[openvino]'"
+            ) from None
 
     def installed(self) -> list[str]:
         return sorted({d.split(".")[0] for d in _core().available_devices})
@@ -180,8 +189,9 @@ class OpenVinoRuntime:
         ranked = sorted((p for p in DEVICES.values() if p.name in installed), key=lambda p: p.rank)
         return [p.name for p in ranked] or ["CPU"]
 
-    def open(self, model, *, providers: Sequence[str], request: SessionRequest,
-             io_binding: bool | None = None) -> OvSession:
+    def open(
+        self, model, *, providers: Sequence[str], request: SessionRequest, io_binding: bool | None = None
+    ) -> OvSession:
         device = next(iter(providers), "CPU")
         problem = precision_problem(request.precision, _device(device, request.device_id))
         if problem:

@@ -22,12 +22,22 @@ import numpy as np
 from .._util.system import cache_dir
 from .base import Provider, SessionRequest
 
-__all__ = ["PROVIDERS", "OnnxRuntime", "OrtSession", "session_options", "tensorrt_cache", "tensorrt_loadable",
-           "installed_builds", "builds_conflict", "probe"]
+__all__ = [
+    "PROVIDERS",
+    "OnnxRuntime",
+    "OrtSession",
+    "session_options",
+    "tensorrt_cache",
+    "tensorrt_loadable",
+    "installed_builds",
+    "builds_conflict",
+    "probe",
+]
 
 log = logging.getLogger(__name__)
 _TENSORRT_LIBRARIES = {"win32": ("nvinfer_10.dll", "nvinfer.dll"), "darwin": ()}.get(
-    sys.platform, ("libnvinfer.so.10", "libnvinfer.so.8", "libnvinfer.so"))
+    sys.platform, ("libnvinfer.so.10", "libnvinfer.so.8", "libnvinfer.so")
+)
 
 
 @functools.lru_cache(maxsize=1)
@@ -65,11 +75,15 @@ def _tensorrt_options(req: SessionRequest) -> dict:
         "trt_fp16_enable": req.precision == "fp16",
     }
     if req.inputs:
+
         def shapes(n: int) -> str:
             return ",".join(f"{name}:{'x'.join(map(str, (n, *item)))}" for name, item in req.inputs.items())
 
-        opts.update(trt_profile_min_shapes=shapes(1), trt_profile_opt_shapes=shapes(req.batch),
-                    trt_profile_max_shapes=shapes(max(req.batch, 64)))
+        opts.update(
+            trt_profile_min_shapes=shapes(1),
+            trt_profile_opt_shapes=shapes(req.batch),
+            trt_profile_max_shapes=shapes(max(req.batch, 64)),
+        )
     return opts
 
 
@@ -131,8 +145,15 @@ def session_options(request: SessionRequest):
 
 
 #: The ONNX Runtime distributions that each install the same ``onnxruntime`` package.
-BUILDS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino", "onnxruntime-qnn",
-          "onnxruntime-rocm", "onnxruntime-training")
+BUILDS = (
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "onnxruntime-directml",
+    "onnxruntime-openvino",
+    "onnxruntime-qnn",
+    "onnxruntime-rocm",
+    "onnxruntime-training",
+)
 
 
 def installed_builds() -> list[str]:
@@ -156,8 +177,10 @@ def builds_conflict() -> str | None:
     if len(builds) < 2:
         return None
     keep = next((b for b in builds if b != "onnxruntime"), builds[-1])
-    return (f"{' and '.join(builds)} are installed side by side and overwrite each other's onnxruntime folder; "
-            f"fix: pip uninstall -y {' '.join(builds)} && pip install {keep}")
+    return (
+        f"{' and '.join(builds)} are installed side by side and overwrite each other's onnxruntime folder; "
+        f"fix: pip uninstall -y {' '.join(builds)} && pip install {keep}"
+    )
 
 
 def probe(name: str) -> str | None:
@@ -170,9 +193,12 @@ def probe(name: str) -> str | None:
         return "not in this onnxruntime build"
     if name == "TensorrtExecutionProvider" and not tensorrt_loadable():
         return "the TensorRT libraries (libnvinfer) do not load"
-    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "probe",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = min(model.ir_version, 9)
     try:
@@ -189,8 +215,11 @@ def probe(name: str) -> str | None:
 
 @functools.lru_cache(maxsize=1)
 def _say_tensorrt_builds_once() -> None:
-    log.warning("TensorRT builds an engine for each model and batch profile on first use: this takes minutes "
-                "once; later runs load it from %s", tensorrt_cache())
+    log.warning(
+        "TensorRT builds an engine for each model and batch profile on first use: this takes minutes "
+        "once; later runs load it from %s",
+        tensorrt_cache(),
+    )
 
 
 @functools.lru_cache(maxsize=1)
@@ -257,8 +286,9 @@ class OrtSession:
                 binding = self.session.io_binding()
                 values = {}
                 for name, a in feeds.items():
-                    values[name] = ort.OrtValue.ortvalue_from_shape_and_type(a.shape, np.float32, memory,
-                                                                             self.device_id)
+                    values[name] = ort.OrtValue.ortvalue_from_shape_and_type(
+                        a.shape, np.float32, memory, self.device_id
+                    )
                     binding.bind_ortvalue_input(name, values[name])
             else:
                 binding, values, out = bound
@@ -299,8 +329,9 @@ class OnnxRuntime:
         ranked = sorted((p for p in PROVIDERS.values() if p.name in installed), key=lambda p: p.rank)
         return [p.name for p in ranked] or ["CPUExecutionProvider"]
 
-    def open(self, model, *, providers: Sequence[str], request: SessionRequest,
-             io_binding: bool | None = None) -> OrtSession:
+    def open(
+        self, model, *, providers: Sequence[str], request: SessionRequest, io_binding: bool | None = None
+    ) -> OrtSession:
         return OrtSession(model, providers, request, io_binding)
 
     def convert(self, model, precision: str) -> bytes | None:

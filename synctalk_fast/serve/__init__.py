@@ -14,6 +14,21 @@ from .config import AvatarSpec, Limits, ServerConfig, check_binding, load_config
 from .protocol import CLOSE_CODES, FORMATS, REFUSALS, Refusal, encode_image, error_message, parse_start
 from .webrtc import VoiceGate, WebRtcSession
 
-__all__ = ["AvatarServer", "serve", "AvatarSpec", "Limits", "ServerConfig", "check_binding", "load_config",
-           "FORMATS", "CLOSE_CODES", "REFUSALS", "Refusal", "error_message", "parse_start", "encode_image",
-           "VoiceGate", "WebRtcSession"]
+__all__ = [
+    "AvatarServer",
+    "serve",
+    "AvatarSpec",
+    "Limits",
+    "ServerConfig",
+    "check_binding",
+    "load_config",
+    "FORMATS",
+    "CLOSE_CODES",
+    "REFUSALS",
+    "Refusal",
+    "error_message",
+    "parse_start",
+    "encode_image",
+    "VoiceGate",
+    "WebRtcSession",
+]

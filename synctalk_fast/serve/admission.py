@@ -46,12 +46,16 @@ class Metrics:
         self.active = Gauge("synctalk_sessions_active", "Sessions now open", ["avatar"], registry=r)
         self.sessions = Counter("synctalk_sessions", "Sessions by outcome", ["avatar", "outcome"], registry=r)
         self.frames = Counter("synctalk_frames_sent", "Frames sent", ["avatar"], registry=r)
-        self.dropped = Counter("synctalk_frames_dropped", "Frames a slow client could not take", ["avatar"],
-                               registry=r)
-        self.skipped = Counter("synctalk_frames_skipped", "Frames sent unsynced to catch up (max_lag)", ["avatar"],
-                               registry=r)
-        self.delay = Histogram("synctalk_frame_delay_seconds", "From a frame's own audio arriving to its sending",
-                               buckets=(0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0), registry=r)
+        self.dropped = Counter("synctalk_frames_dropped", "Frames a slow client could not take", ["avatar"], registry=r)
+        self.skipped = Counter(
+            "synctalk_frames_skipped", "Frames sent unsynced to catch up (max_lag)", ["avatar"], registry=r
+        )
+        self.delay = Histogram(
+            "synctalk_frame_delay_seconds",
+            "From a frame's own audio arriving to its sending",
+            buckets=(0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0),
+            registry=r,
+        )
         self.capacity = Gauge("synctalk_capacity_sessions", "Sessions admitted at most", registry=r)
 
     def render(self) -> bytes:
@@ -143,8 +147,10 @@ class Admission:
 
     # -- sessions ---------------------------------------------------------------
     def full_message(self) -> str:
-        return (f"the server is full: {self._active} of {self.capacity} sessions are open "
-                f"(what this machine sustains at real time); try again later")
+        return (
+            f"the server is full: {self._active} of {self.capacity} sessions are open "
+            f"(what this machine sustains at real time); try again later"
+        )
 
     def is_full(self) -> bool:
         return self._active >= self.capacity

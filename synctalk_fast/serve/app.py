@@ -104,12 +104,25 @@ class AvatarServer:
         A template or model that cannot be used (the message names it).
     """
 
-    def __init__(self, avatars: Sequence[AvatarSpec], audio_encoder: str | os.PathLike[str] | ModelSession, *,
-                 options: EngineOptions | None = None, max_clients: MaxClients = "auto", token: str | None = None,
-                 allowed_origins: Sequence[str] = (), limits: Limits = Limits(), **engine_options: Any):
+    def __init__(
+        self,
+        avatars: Sequence[AvatarSpec],
+        audio_encoder: str | os.PathLike[str] | ModelSession,
+        *,
+        options: EngineOptions | None = None,
+        max_clients: MaxClients = "auto",
+        token: str | None = None,
+        allowed_origins: Sequence[str] = (),
+        limits: Limits = Limits(),
+        **engine_options: Any,
+    ):
         _require_extra()
-        moved = renamed({k: engine_options.pop(k) for k in ("max_sessions",) if k in engine_options}, {},
-                        {"max_sessions": "max_clients"}, where="AvatarServer")
+        moved = renamed(
+            {k: engine_options.pop(k) for k in ("max_sessions",) if k in engine_options},
+            {},
+            {"max_sessions": "max_clients"},
+            where="AvatarServer",
+        )
         if moved and max_clients != "auto":
             raise TypeError("AvatarServer() got both 'max_sessions' and its new name 'max_clients'")
         max_clients = check_max_clients(moved.get("max_clients", max_clients))
@@ -127,8 +140,11 @@ class AvatarServer:
         self.image_pool = ThreadPoolExecutor(max(2, cpu_cores()), thread_name_prefix="synctalk-image")
         self.app = self._build_app()
 
-    def _open_avatars(self, specs: Sequence[AvatarSpec], audio_encoder: str | os.PathLike[str] | ModelSession,
-                      ) -> dict[str, Avatar]:
+    def _open_avatars(
+        self,
+        specs: Sequence[AvatarSpec],
+        audio_encoder: str | os.PathLike[str] | ModelSession,
+    ) -> dict[str, Avatar]:
         """Each avatar's template and engine (the first engine's encoder, runtime and providers shared), warmed up."""
         opts = self.options
         first = Engine(specs[0].unet, audio_encoder, options=opts)
@@ -242,8 +258,18 @@ class AvatarServer:
             self._check_token(request)
         except Refusal as exc:
             return self._refuse(exc)
-        return JSONResponse([{"name": a.spec.name, "width": a.template.size[0], "height": a.template.size[1],
-                              "frames": len(a.template), "fps": FPS["ave"]} for a in self.avatars.values()])
+        return JSONResponse(
+            [
+                {
+                    "name": a.spec.name,
+                    "width": a.template.size[0],
+                    "height": a.template.size[1],
+                    "frames": len(a.template),
+                    "fps": FPS["ave"],
+                }
+                for a in self.avatars.values()
+            ]
+        )
 
     async def _health(self, request: Any) -> Any:
         from starlette.responses import JSONResponse

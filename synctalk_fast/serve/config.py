@@ -115,8 +115,9 @@ def check_binding(host: str, *, token: str | None, insecure: bool = False) -> No
     except ValueError:
         loopback = False
     if not loopback:
-        raise ValueError(f"listening on {host} needs a token (--token-file); to serve without one on purpose, "
-                         f"add --insecure")
+        raise ValueError(
+            f"listening on {host} needs a token (--token-file); to serve without one on purpose, add --insecure"
+        )
 
 
 @dataclass(frozen=True)
@@ -173,8 +174,15 @@ class ServerConfig:
 
 _MISSING = object()
 #: The file's server keys -> their type (paths are resolved against the file's folder).
-_SERVER_KEYS: dict[str, type] = {"audio_encoder": Path, "host": str, "port": int, "max_clients": object,
-                                 "token_file": Path, "insecure": bool, "allowed_origins": list}
+_SERVER_KEYS: dict[str, type] = {
+    "audio_encoder": Path,
+    "host": str,
+    "port": int,
+    "max_clients": object,
+    "token_file": Path,
+    "insecure": bool,
+    "allowed_origins": list,
+}
 _DEPRECATED_KEYS = {"max_sessions": "max_clients"}
 
 
@@ -189,8 +197,9 @@ def _server_value(path: Path, key: str, value: Any) -> Any:
     if key == "allowed_origins":
         ok = ok and all(isinstance(o, str) for o in value)
     if not ok:
-        raise ValueError(f"{path}: {key} must be {'a list of strings' if kind is list else 'a ' + kind.__name__}, "
-                         f"got {value!r}")
+        raise ValueError(
+            f"{path}: {key} must be {'a list of strings' if kind is list else 'a ' + kind.__name__}, got {value!r}"
+        )
     return path.parent / value if _SERVER_KEYS[key] is Path else value
 
 
@@ -239,5 +248,6 @@ def load_config(path: str | os.PathLike[str]) -> ServerConfig:
     server = {key: _server_value(path, key, value) for key, value in data.items() if key in _SERVER_KEYS}
     engine_keys = frozenset(k for k in data if k in OPTION_NAMES)
     options = EngineOptions.from_mapping(data, source=str(path))
-    return ServerConfig(avatars=_avatars(path, data.get("avatar", [])), options=options, engine_keys=engine_keys,
-                        **server)
+    return ServerConfig(
+        avatars=_avatars(path, data.get("avatar", [])), options=options, engine_keys=engine_keys, **server
+    )

@@ -85,8 +85,16 @@ class Conversation:
         interrupt is stale.
     """
 
-    def __init__(self, avatar: Avatar, seat: Seat, limits: Limits, *, start: int = 0, idle: bool = False,
-                 max_lag: float | None = None):
+    def __init__(
+        self,
+        avatar: Avatar,
+        seat: Seat,
+        limits: Limits,
+        *,
+        start: int = 0,
+        idle: bool = False,
+        max_lag: float | None = None,
+    ):
         self.avatar, self.seat, self.limits = avatar, seat, limits
         self.name = avatar.spec.name
         self._stream_args: dict[str, Any] = {"start": start, "idle": idle, "max_lag": max_lag}
@@ -106,8 +114,9 @@ class Conversation:
     async def open(self) -> None:
         """Start the stream (in the default executor: it starts a thread)."""
         avatar, args = self.avatar, self._stream_args
-        self._stream = await asyncio.get_running_loop().run_in_executor(None, lambda: Stream(
-            avatar.engine, template=avatar.template, layout="throughput", warmup=False, **args))
+        self._stream = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: Stream(avatar.engine, template=avatar.template, layout="throughput", warmup=False, **args)
+        )
 
     # -- client -> stream ---------------------------------------------------------
     def heard(self) -> None:

@@ -40,8 +40,19 @@ import numpy as np
 
 from ..stream import StreamFrame
 
-__all__ = ["FORMATS", "REFUSALS", "CLOSE_CODES", "RefusalKind", "Refusal", "Start", "parse_start",
-           "error_message", "frame_header", "utterance_end", "encode_image"]
+__all__ = [
+    "FORMATS",
+    "REFUSALS",
+    "CLOSE_CODES",
+    "RefusalKind",
+    "Refusal",
+    "Start",
+    "parse_start",
+    "error_message",
+    "frame_header",
+    "utterance_end",
+    "encode_image",
+]
 
 #: Image formats a client may ask for -> OpenCV's encoder suffix (None: raw BGR24 bytes).
 FORMATS: dict[str, str | None] = {"jpeg": ".jpg", "png": ".png", "raw": None}
@@ -151,8 +162,10 @@ def _check_start(msg: dict[str, Any]) -> None:
         (_is_int(channels) and channels in (1, 2), f"channels must be 1 or 2, got {channels!r}"),
         (isinstance(fmt, str) and fmt in FORMATS, f"format must be one of {', '.join(FORMATS)}, got {fmt!r}"),
         (isinstance(idle, bool), f"idle must be true or false, got {idle!r}"),
-        (lag is None or (isinstance(lag, (int, float)) and not isinstance(lag, bool) and 0 <= lag <= 60),
-         f"max_lag must be seconds in 0..60, got {lag!r}"),
+        (
+            lag is None or (isinstance(lag, (int, float)) and not isinstance(lag, bool) and 0 <= lag <= 60),
+            f"max_lag must be seconds in 0..60, got {lag!r}",
+        ),
         (_is_int(first) and first >= 0, f"start must be a template frame number >= 0, got {first!r}"),
     ]
     for ok, reason in checks:
@@ -184,8 +197,17 @@ def parse_start(text: str) -> Start:
 def frame_header(f: StreamFrame, fmt: str) -> dict[str, Any]:
     """The text message announcing frame ``f`` (its image follows as one binary message)."""
     h, w = f.image.shape[:2]
-    return {"type": "frame", "index": f.index, "time": round(f.time, 6), "utterance": f.utterance,
-            "idle": f.idle, "skipped": f.skipped, "width": w, "height": h, "format": fmt}
+    return {
+        "type": "frame",
+        "index": f.index,
+        "time": round(f.time, 6),
+        "utterance": f.utterance,
+        "idle": f.idle,
+        "skipped": f.skipped,
+        "width": w,
+        "height": h,
+        "format": fmt,
+    }
 
 
 def utterance_end(f: StreamFrame) -> dict[str, Any]:

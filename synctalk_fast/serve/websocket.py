@@ -41,7 +41,8 @@ def _gone(exc: BaseException) -> bool:
     from starlette.websockets import WebSocketDisconnect
 
     return isinstance(exc, (_Disconnected, WebSocketDisconnect, ConnectionError)) or (
-        isinstance(exc, OSError) and "disconnect" in type(exc).__name__.lower())
+        isinstance(exc, OSError) and "disconnect" in type(exc).__name__.lower()
+    )
 
 
 async def websocket_endpoint(host: Host, ws: Any) -> None:
@@ -148,8 +149,11 @@ class _Session:
         elif kind == "start":
             await self._send_json(Refusal("bad_request", "the session has started").to_message())
         else:
-            await self._send_json(Refusal(
-                "bad_request", f"unknown message {text[:80]!r}; expected flush, interrupt or close").to_message())
+            await self._send_json(
+                Refusal(
+                    "bad_request", f"unknown message {text[:80]!r}; expected flush, interrupt or close"
+                ).to_message()
+            )
 
     def _drop_queued_frames(self) -> None:
         """Frames already made are stale after an interrupt; messages stay."""

@@ -55,7 +55,8 @@ _RENAMED = {"TRACK_RATE": "TRACK_SAMPLE_RATE"}
 
 def __getattr__(name: str) -> Any:
     if name in _RENAMED:
-        warnings.warn(f"synctalk_fast.sinks.{name} is deprecated; use {_RENAMED[name]}", DeprecationWarning,
-                      stacklevel=2)
+        warnings.warn(
+            f"synctalk_fast.sinks.{name} is deprecated; use {_RENAMED[name]}", DeprecationWarning, stacklevel=2
+        )
         return globals()[_RENAMED[name]]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

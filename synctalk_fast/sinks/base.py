@@ -92,7 +92,9 @@ def _check_frame(frame: Any, first_shape: tuple[int, ...] | None) -> np.ndarray:
     if frame.shape[0] == 0 or frame.shape[1] == 0:
         raise ValueError(f"frame is empty: shape {frame.shape}")
     if first_shape is not None and frame.shape != first_shape:
-        raise ValueError(f"frame size {frame.shape[1]}x{frame.shape[0]} differs from the first frame's {first_shape[1]}x{first_shape[0]}")
+        raise ValueError(
+            f"frame size {frame.shape[1]}x{frame.shape[0]} differs from the first frame's {first_shape[1]}x{first_shape[0]}"
+        )
     return np.ascontiguousarray(frame)
 
 
@@ -143,8 +145,9 @@ class _Writer:
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> Literal[False]:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> Literal[False]:
         if exc_type is not None:
             self.abort()
         elif not self._closed and self._discard.alive:

@@ -28,7 +28,18 @@ __all__ = ["X264_PRESETS", "DEFAULT_PRESET", "ENCODERS", "DEFAULT_ENCODER", "enc
 # naive loop that writes no video at all; with medium it runs at ~0.74 x the
 # U-Net's own speed. Smaller files: preset="veryfast" (or "medium").
 DEFAULT_PRESET = "superfast"
-X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo")
+X264_PRESETS = (
+    "ultrafast",
+    "superfast",
+    "veryfast",
+    "faster",
+    "fast",
+    "medium",
+    "slow",
+    "slower",
+    "veryslow",
+    "placebo",
+)
 # The H.264 encoders a writer can use, hardware first: "auto" takes the first
 # that opens here. libx264 is the default everywhere (the same bits on every
 # machine); NVENC exists only on NVIDIA GPUs that have the encoder block
@@ -36,8 +47,18 @@ X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium"
 ENCODERS = ("h264_nvenc", "libx264")
 DEFAULT_ENCODER = "libx264"
 # x264 speed presets -> NVENC's p1 (fastest) .. p7 (best).
-_NVENC_PRESETS = {"ultrafast": "p1", "superfast": "p2", "veryfast": "p3", "faster": "p4", "fast": "p4",
-                  "medium": "p5", "slow": "p6", "slower": "p7", "veryslow": "p7", "placebo": "p7"}
+_NVENC_PRESETS = {
+    "ultrafast": "p1",
+    "superfast": "p2",
+    "veryfast": "p3",
+    "faster": "p4",
+    "fast": "p4",
+    "medium": "p5",
+    "slow": "p6",
+    "slower": "p7",
+    "veryslow": "p7",
+    "placebo": "p7",
+}
 
 
 def _check_encoding(fps: Any, crf: Any, preset: Any, encoder: Any = DEFAULT_ENCODER) -> Fraction:
@@ -103,7 +124,9 @@ def encoder_problem(encoder: str) -> str | None:
     except Exception:  # noqa: BLE001 - PyAV raises UnknownCodecError / ValueError by version
         return "not in this PyAV build"
     level = av.logging.get_level()
-    av.logging.set_level(av.logging.ERROR)  # FFmpeg logs the reason (e.g. "Cannot load libcuda.so.1"); the exception does not
+    av.logging.set_level(
+        av.logging.ERROR
+    )  # FFmpeg logs the reason (e.g. "Cannot load libcuda.so.1"); the exception does not
     try:
         with av.logging.Capture(local=False) as logs:
             cc.width, cc.height, cc.pix_fmt = 256, 256, "yuv420p"
@@ -138,5 +161,7 @@ def resolve_encoder(encoder: str = DEFAULT_ENCODER) -> str:
         raise ValueError(f"encoder must be 'auto' or one of {', '.join(ENCODERS)}; got {encoder!r}")
     problem = encoder_problem(encoder)
     if problem is not None:
-        raise OutputError(f"encoder {encoder} cannot run here: {problem}; use encoder {DEFAULT_ENCODER!r} (--encoder {DEFAULT_ENCODER})")
+        raise OutputError(
+            f"encoder {encoder} cannot run here: {problem}; use encoder {DEFAULT_ENCODER!r} (--encoder {DEFAULT_ENCODER})"
+        )
     return encoder

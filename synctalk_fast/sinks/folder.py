@@ -72,7 +72,11 @@ class FrameFolderSink(_Writer):
         e = "jpg" if e == "jpeg" else e
         if e not in ("png", "jpg"):
             raise ValueError(f"ext must be 'png' or 'jpg', got {ext!r}")
-        if isinstance(jpeg_quality, bool) or not isinstance(jpeg_quality, (int, np.integer)) or not 0 <= jpeg_quality <= 100:
+        if (
+            isinstance(jpeg_quality, bool)
+            or not isinstance(jpeg_quality, (int, np.integer))
+            or not 0 <= jpeg_quality <= 100
+        ):
             raise ValueError(f"jpeg_quality must be an integer in 0..100, got {jpeg_quality!r}")
         self._ext = e
         self._params = [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)] if e == "jpg" else []
@@ -181,4 +185,3 @@ class FrameFolderSink(_Writer):
         self._closed = True
         self._discard.detach()
         return dest
-

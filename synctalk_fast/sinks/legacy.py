@@ -43,17 +43,31 @@ class VideoWriter(Mp4Sink):
         frame_audio: bool = False,
         encoder: str = DEFAULT_ENCODER,
     ):
-        warnings.warn("VideoWriter is deprecated; use synctalk_fast.sinks.Mp4Sink (its sample_rate= is the rate of "
-                      "the sound given, track_sample_rate= the stored track's)", DeprecationWarning, stacklevel=2)
-        super().__init__(path, fps=fps, crf=crf, preset=preset, encoder=encoder, audio=audio,
-                         sample_rate=audio_rate or sample_rate, track_sample_rate=sample_rate,
-                         frame_audio=frame_audio, threads=threads)
+        warnings.warn(
+            "VideoWriter is deprecated; use synctalk_fast.sinks.Mp4Sink (its sample_rate= is the rate of "
+            "the sound given, track_sample_rate= the stored track's)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        super().__init__(
+            path,
+            fps=fps,
+            crf=crf,
+            preset=preset,
+            encoder=encoder,
+            audio=audio,
+            sample_rate=audio_rate or sample_rate,
+            track_sample_rate=sample_rate,
+            frame_audio=frame_audio,
+            threads=threads,
+        )
 
 
 class FrameFolderWriter(FrameFolderSink):
     """Deprecated: :class:`~synctalk_fast.sinks.FrameFolderSink` under its old name (same parameters)."""
 
     def __init__(self, folder: str | os.PathLike[str], *, ext: str = "png", jpeg_quality: int = 95):
-        warnings.warn("FrameFolderWriter is deprecated; use synctalk_fast.sinks.FrameFolderSink",
-                      DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            "FrameFolderWriter is deprecated; use synctalk_fast.sinks.FrameFolderSink", DeprecationWarning, stacklevel=2
+        )
         super().__init__(folder, ext=ext, jpeg_quality=jpeg_quality)

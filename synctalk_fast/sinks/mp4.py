@@ -153,8 +153,9 @@ class Mp4Sink(_Writer):
         **deprecated: Any,
     ):
         if deprecated:
-            given = renamed(deprecated, {"sample_rate": None, "track_sample_rate": None}, _RENAMED,
-                            where=type(self).__name__)
+            given = renamed(
+                deprecated, {"sample_rate": None, "track_sample_rate": None}, _RENAMED, where=type(self).__name__
+            )
             sample_rate = given["sample_rate"] or sample_rate
             track_sample_rate = given["track_sample_rate"] or track_sample_rate
         self._dest = Path(os.fspath(path))
@@ -165,8 +166,10 @@ class Mp4Sink(_Writer):
         if audio is not None and frame_audio:
             raise ValueError("give audio= or frame_audio=True, not both")
         if (audio is not None or frame_audio) and track_sample_rate not in AAC_SAMPLE_RATES:
-            raise ValueError(f"track_sample_rate {track_sample_rate!r} is not an AAC sample rate "
-                             f"({', '.join(map(str, AAC_SAMPLE_RATES))})")
+            raise ValueError(
+                f"track_sample_rate {track_sample_rate!r} is not an AAC sample rate "
+                f"({', '.join(map(str, AAC_SAMPLE_RATES))})"
+            )
         self._track_rate = int(track_sample_rate)
         self._audio: WholeTrack | LiveTrack | None = None
         if audio is not None:

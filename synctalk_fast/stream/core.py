@@ -78,20 +78,29 @@ EngineLike: TypeAlias = Engine | EngineHolder | str | os.PathLike[str]
 TemplateLike: TypeAlias = Template | str | os.PathLike[str]
 
 
-def _engine_and_template(engine: EngineLike, template: TemplateLike, audio_encoder: Any,
-                         options: EngineOptions | None, engine_options: dict[str, Any]
-                         ) -> tuple[Engine, Template, bool]:
+def _engine_and_template(
+    engine: EngineLike,
+    template: TemplateLike,
+    audio_encoder: Any,
+    options: EngineOptions | None,
+    engine_options: dict[str, Any],
+) -> tuple[Engine, Template, bool]:
     """The stream's engine, its template, and whether the stream owns the engine (built it)."""
     opts = EngineOptions.merge(options, engine_options, where="Stream")  # unknown names: TypeError
     owned = False
     if isinstance(engine, (str, os.PathLike)):
         built, owned = Engine(engine, audio_encoder, options=opts), True
     else:
-        given = [name for name, value in (("options", options), ("audio_encoder", audio_encoder),
-                                          *engine_options.items()) if value is not None]
+        given = [
+            name
+            for name, value in (("options", options), ("audio_encoder", audio_encoder), *engine_options.items())
+            if value is not None
+        ]
         if given:
-            raise ValueError(f"Stream: {', '.join(given)} apply only to an engine built from a U-Net path; "
-                             "set them on the Engine or Pipeline given")
+            raise ValueError(
+                f"Stream: {', '.join(given)} apply only to an engine built from a U-Net path; "
+                "set them on the Engine or Pipeline given"
+            )
         if isinstance(engine, Engine):
             built = engine
         else:  # a Pipeline: its engine and its template cache
@@ -183,16 +192,36 @@ class Stream:
     its thread.
     """
 
-    def __init__(self, engine: EngineLike, *, template: TemplateLike,
-                 audio_encoder: str | os.PathLike[str] | ModelSession | None = None, start: int = 0,
-                 idle: bool = False, max_ready: int | None = None, feather: int = 0, max_lag: float | None = None,
-                 layout: str = "auto", warmup: bool = True, options: EngineOptions | None = None,
-                 **engine_options: Any):
+    def __init__(
+        self,
+        engine: EngineLike,
+        *,
+        template: TemplateLike,
+        audio_encoder: str | os.PathLike[str] | ModelSession | None = None,
+        start: int = 0,
+        idle: bool = False,
+        max_ready: int | None = None,
+        feather: int = 0,
+        max_lag: float | None = None,
+        layout: str = "auto",
+        warmup: bool = True,
+        options: EngineOptions | None = None,
+        **engine_options: Any,
+    ):
         eng, tpl, self._owns_engine = _engine_and_template(engine, template, audio_encoder, options, engine_options)
         try:
             self._check(eng, max_ready, max_lag)
-            self._setup(eng, tpl, start=start, idle=idle, max_ready=max_ready, feather=feather, max_lag=max_lag,
-                        layout=layout, warmup=warmup)
+            self._setup(
+                eng,
+                tpl,
+                start=start,
+                idle=idle,
+                max_ready=max_ready,
+                feather=feather,
+                max_lag=max_lag,
+                layout=layout,
+                warmup=warmup,
+            )
         except BaseException:
             if self._owns_engine:
                 eng.close()
@@ -209,8 +238,19 @@ class Stream:
         if max_lag is not None and not max_lag >= 0:
             raise ValueError(f"max_lag must be >= 0 seconds, got {max_lag!r}")
 
-    def _setup(self, engine: Engine, template: Template, *, start: int, idle: bool, max_ready: int | None,
-               feather: int, max_lag: float | None, layout: str, warmup: bool) -> None:
+    def _setup(
+        self,
+        engine: Engine,
+        template: Template,
+        *,
+        start: int,
+        idle: bool,
+        max_ready: int | None,
+        feather: int,
+        max_lag: float | None,
+        layout: str,
+        warmup: bool,
+    ) -> None:
         self.engine = engine
         self.template = template
         self.start = int(start)
@@ -229,17 +269,33 @@ class Stream:
         self._state = StreamState()
         self._input_lock = threading.Lock()  # taken before the state's lock, never after
         self._converter = ChunkConverter()
-        self._jobs = JobSource(self._state, template=self.template, start=self.start, fps=self.fps,
-                               feather=self.feather, max_ready=self.max_ready, max_lag=self.max_lag)
-        self._emitter = Emitter(self._state, template=self.template, start=self.start, fps=self.fps,
-                                frame_samples=self.frame_samples, idle=self.idle, wake_engine=engine.wake)
+        self._jobs = JobSource(
+            self._state,
+            template=self.template,
+            start=self.start,
+            fps=self.fps,
+            feather=self.feather,
+            max_ready=self.max_ready,
+            max_lag=self.max_lag,
+        )
+        self._emitter = Emitter(
+            self._state,
+            template=self.template,
+            start=self.start,
+            fps=self.fps,
+            frame_samples=self.frame_samples,
+            idle=self.idle,
+            wake_engine=engine.wake,
+        )
         self._features = FeatureThread(self._state, engine.encode, engine.wake, self.frame_samples)
         self._features.start()
         engine.attach(self, layout=self.layout)  # the engine's workers call take()
 
     def __repr__(self) -> str:
-        return (f"Stream(template={str(self.template.folder)!r}, layout={self.layout!r} ({len(self.unets)} "
-                f"session(s)), position={self.position}, backlog={self.backlog}, closed={self._state.closed})")
+        return (
+            f"Stream(template={str(self.template.folder)!r}, layout={self.layout!r} ({len(self.unets)} "
+            f"session(s)), position={self.position}, backlog={self.backlog}, closed={self._state.closed})"
+        )
 
     # -- input ---------------------------------------------------------------
     def push_audio(self, chunk: AudioChunk, *, sample_rate: int = SAMPLE_RATE, channels: int | None = None) -> None:

@@ -87,8 +87,17 @@ class Emitter:
         Tells the engine there is room for another frame.
     """
 
-    def __init__(self, state: StreamState, *, template: Template, start: int, fps: float, frame_samples: int,
-                 idle: bool, wake_engine: Callable[[], None]):
+    def __init__(
+        self,
+        state: StreamState,
+        *,
+        template: Template,
+        start: int,
+        fps: float,
+        frame_samples: int,
+        idle: bool,
+        wake_engine: Callable[[], None],
+    ):
         self.state = state
         self.template = template
         self.start = start
@@ -143,8 +152,13 @@ class Emitter:
 
     def _idle_frame(self, idle: _Idle) -> StreamFrame:
         k = int(self.template.order(1, start=self.start, first=idle.pos)[0])
-        return StreamFrame(index=idle.pos, time=idle.pos / self.fps, image=self.template.frame(k),
-                           audio=np.zeros(self.frame_samples, np.float32), emitted=idle.now)
+        return StreamFrame(
+            index=idle.pos,
+            time=idle.pos / self.fps,
+            image=self.template.frame(k),
+            audio=np.zeros(self.frame_samples, np.float32),
+            emitted=idle.now,
+        )
 
     # -- waiting in a thread -------------------------------------------------------
     def next(self, follow: bool, timeout: float | None = None) -> StreamFrame | _End | None:
@@ -189,8 +203,7 @@ class Emitter:
             except RuntimeError:  # the loop is closed: nobody waits any more
                 pass
 
-        timer = None if wait.due is None else loop.call_later(max(0.0, wait.due - time.perf_counter()),
-                                                              _resolve, fut)
+        timer = None if wait.due is None else loop.call_later(max(0.0, wait.due - time.perf_counter()), _resolve, fut)
         with st.cond:
             st.add_waiter(wake, wait.seen)
         try:

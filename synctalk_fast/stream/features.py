@@ -44,8 +44,13 @@ class FeatureThread:
         16 kHz samples per video frame (640).
     """
 
-    def __init__(self, state: StreamState, encode: Callable[[np.ndarray], np.ndarray],
-                 wake_engine: Callable[[], None], frame_samples: int):
+    def __init__(
+        self,
+        state: StreamState,
+        encode: Callable[[np.ndarray], np.ndarray],
+        wake_engine: Callable[[], None],
+        frame_samples: int,
+    ):
         self.state = state
         self.encode = encode
         self.wake_engine = wake_engine
@@ -118,8 +123,15 @@ class FeatureThread:
         for i in range(utt.made, f_to):
             ready = utt.arrival(frame_need(i))  # the flush, for frames that need the utterance's end
             audio_in = utt.arrival(n * i + 1)
-            job = Job(st.next_pos, utt, i, feats.samples(n * i, n * (i + 1)), ready, audio_in,
-                      feats.complete and i == f_to - 1)
+            job = Job(
+                st.next_pos,
+                utt,
+                i,
+                feats.samples(n * i, n * (i + 1)),
+                ready,
+                audio_in,
+                feats.complete and i == f_to - 1,
+            )
             st.next_pos += 1
             st.jobs.append(job)
             st.ready_times.append((job.pos, ready))

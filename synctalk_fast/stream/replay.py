@@ -37,8 +37,15 @@ def read_native(path: str | os.PathLike[str]) -> tuple[np.ndarray, int, int]:
         return load_audio(path)[:, None], SAMPLE_RATE, 1
 
 
-def _feed(stream: Stream, data: np.ndarray, sample_rate: int, chunk: int, realtime: bool, speed: float,
-          errors: list[BaseException]) -> None:
+def _feed(
+    stream: Stream,
+    data: np.ndarray,
+    sample_rate: int,
+    chunk: int,
+    realtime: bool,
+    speed: float,
+    errors: list[BaseException],
+) -> None:
     """Push ``data`` in chunks, at wall-clock pace (times ``speed``) when
     ``realtime``; then close the stream (drained)."""
     try:
@@ -53,9 +60,18 @@ def _feed(stream: Stream, data: np.ndarray, sample_rate: int, chunk: int, realti
         stream.close(drain=False)
 
 
-def replay(stream: Stream, audio: str | os.PathLike[str], *, chunk_ms: float = 20.0, realtime: bool = False,
-           speed: float = 1.0, output: Any = None, crf: int = 20, preset: str | None = None,
-           encoder: str | None = None) -> dict[str, Any]:
+def replay(
+    stream: Stream,
+    audio: str | os.PathLike[str],
+    *,
+    chunk_ms: float = 20.0,
+    realtime: bool = False,
+    speed: float = 1.0,
+    output: Any = None,
+    crf: int = 20,
+    preset: str | None = None,
+    encoder: str | None = None,
+) -> dict[str, Any]:
     """Play a sound file into ``stream`` and take every frame it makes.
 
     Parameters
@@ -87,14 +103,20 @@ def replay(stream: Stream, audio: str | os.PathLike[str], *, chunk_ms: float = 2
         stream.close(drain=False)
         raise ValueError(f"chunk_ms and speed must be > 0, got {chunk_ms!r} and {speed!r}")
     data, sample_rate, _ = read_native(audio)
-    options: dict[str, Any] = {key: value for key, value in (("preset", preset), ("encoder", encoder)) if value is not None}
+    options: dict[str, Any] = {
+        key: value for key, value in (("preset", preset), ("encoder", encoder)) if value is not None
+    }
     sink: Sink | None = None
     if output is not None:
         sink = open_sink(output, fps=stream.fps, crf=crf, frame_audio=True, **options)
     chunk = max(1, int(round(sample_rate * chunk_ms / 1000)))
     errors: list[BaseException] = []
-    feeder = threading.Thread(target=_feed, args=(stream, data, sample_rate, chunk, realtime, speed, errors),
-                              name="synctalk-feeder", daemon=True)
+    feeder = threading.Thread(
+        target=_feed,
+        args=(stream, data, sample_rate, chunk, realtime, speed, errors),
+        name="synctalk-feeder",
+        daemon=True,
+    )
     t0 = time.perf_counter()
     first: float | None = None
     try:
@@ -116,7 +138,13 @@ def replay(stream: Stream, audio: str | os.PathLike[str], *, chunk_ms: float = 2
         raise
     wall = time.perf_counter() - t0
     stats = stream.stats()
-    stats.update(audio_seconds=len(data) / sample_rate, wall_seconds=wall,
-                 frames_per_second=stats["frames"] / wall if wall else 0.0, first_frame_seconds=first,
-                 realtime=bool(realtime), speed=speed, chunk_ms=chunk_ms)
+    stats.update(
+        audio_seconds=len(data) / sample_rate,
+        wall_seconds=wall,
+        frames_per_second=stats["frames"] / wall if wall else 0.0,
+        first_frame_seconds=first,
+        realtime=bool(realtime),
+        speed=speed,
+        chunk_ms=chunk_ms,
+    )
     return stats

@@ -57,8 +57,14 @@ class StreamState:
         self.closed = False
         self.stop = False
         self.error: BaseException | None = None
-        self.counts = {"frames": 0, "idle_frames": 0, "skipped_frames": 0, "dropped_frames": 0, "utterances": 0,
-                       "interrupts": 0}
+        self.counts = {
+            "frames": 0,
+            "idle_frames": 0,
+            "skipped_frames": 0,
+            "dropped_frames": 0,
+            "utterances": 0,
+            "interrupts": 0,
+        }
         self.waits: deque[float] = deque(maxlen=100_000)
         self.delays: deque[float] = deque(maxlen=100_000)
         self.max_buffered = 0

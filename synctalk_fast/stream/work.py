@@ -53,8 +53,17 @@ class JobSource:
         (None: never).
     """
 
-    def __init__(self, state: StreamState, *, template: Template, start: int, fps: float, feather: int,
-                 max_ready: int, max_lag: float | None):
+    def __init__(
+        self,
+        state: StreamState,
+        *,
+        template: Template,
+        start: int,
+        fps: float,
+        feather: int,
+        max_ready: int,
+        max_lag: float | None,
+    ):
         self.state = state
         self.template = template
         self.start = start
@@ -81,18 +90,26 @@ class JobSource:
                 now = time.perf_counter()
                 late = next((j for j, job in enumerate(batch) if now - job.ready <= self.max_lag), len(batch))
                 self._note_skips(late)
-            windows = [None if j < late else job.utt.features.audio_window(job.i).reshape(AUDIO_SHAPES["ave"])
-                       for j, job in enumerate(batch)]
+            windows = [
+                None if j < late else job.utt.features.audio_window(job.i).reshape(AUDIO_SHAPES["ave"])
+                for j, job in enumerate(batch)
+            ]
             for job in batch:
                 job.utt.taken = job.i + 1
                 job.utt.features.release_frames(job.utt.taken)
         tpl = self.template
-        return [StepItem(tpl, int(tpl.order(1, start=self.start, first=job.pos)[0]), w,
-                         functools.partial(self.deliver, job, gen, w is None), self.feather)
-                for job, w in zip(batch, windows)]
+        return [
+            StepItem(
+                tpl,
+                int(tpl.order(1, start=self.start, first=job.pos)[0]),
+                w,
+                functools.partial(self.deliver, job, gen, w is None),
+                self.feather,
+            )
+            for job, w in zip(batch, windows)
+        ]
 
-    def deliver(self, job: Job, gen: int, skipped: bool, image: np.ndarray | None,
-                error: BaseException | None) -> None:
+    def deliver(self, job: Job, gen: int, skipped: bool, image: np.ndarray | None, error: BaseException | None) -> None:
         """A frame back from the engine (or the error that stopped its batch)."""
         if error is not None:
             self.state.fail(error)
@@ -107,14 +124,26 @@ class JobSource:
                 st.notify()
 
     def _frame(self, job: Job, image: np.ndarray, *, skipped: bool = False) -> StreamFrame:
-        return StreamFrame(index=job.pos, time=job.pos / self.fps, image=image, audio=job.audio,
-                           utterance=job.utt.number, frame=job.i, ready=job.ready, audio_in=job.audio_in,
-                           skipped=skipped, last=job.last)
+        return StreamFrame(
+            index=job.pos,
+            time=job.pos / self.fps,
+            image=image,
+            audio=job.audio,
+            utterance=job.utt.number,
+            frame=job.i,
+            ready=job.ready,
+            audio_in=job.audio_in,
+            skipped=skipped,
+            last=job.last,
+        )
 
     def _note_skips(self, late: int) -> None:
         """Count frames emitted unsynced; warn once per stream (under the lock)."""
         counts = self.state.counts
         if late and not counts["skipped_frames"]:
-            log.warning("stream is more than %.2f s behind its audio: emitting template frames until it "
-                        "catches up (counted in Stream.stats()['skipped_frames'])", self.max_lag)
+            log.warning(
+                "stream is more than %.2f s behind its audio: emitting template frames until it "
+                "catches up (counted in Stream.stats()['skipped_frames'])",
+                self.max_lag,
+            )
         counts["skipped_frames"] += late

@@ -22,8 +22,9 @@ def main(inputs: Path, work: Path, jobs: list[dict]) -> dict:
     # 1. a Ray instance started (and shut down) by render_batch; 2 actors; the
     # first job's first attempt dies midway and is retried on a new actor.
     os.environ[TEST_CRASH_ENV] = f"{jobs[0]['output']}:1"
-    r = render_batch(jobs, output_dir=work / "shared", base=inputs, ray_address="local", workers=2,
-                           retries=1, progress=False)
+    r = render_batch(
+        jobs, output_dir=work / "shared", base=inputs, ray_address="local", workers=2, retries=1, progress=False
+    )
     runs["shared"] = r.to_dict()
     import ray
 
@@ -32,12 +33,19 @@ def main(inputs: Path, work: Path, jobs: list[dict]) -> dict:
     # a job whose every attempt dies is failed after its retries.
     os.environ[TEST_CRASH_ENV] = f"{jobs[1]['output']}:9"
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
-    r = render_batch(jobs, output_dir=work / "shipped", base=inputs, ray_address="local", num_cpus=1,
-                           retries=1, ship_inputs=True, progress=False)
+    r = render_batch(
+        jobs,
+        output_dir=work / "shipped",
+        base=inputs,
+        ray_address="local",
+        num_cpus=1,
+        retries=1,
+        ship_inputs=True,
+        progress=False,
+    )
     runs["shipped"] = r.to_dict()
     try:  # an actor no node can hold is refused, not left waiting
-        render_batch(jobs, output_dir=work / "too_big", base=inputs, ray_address="local", num_cpus=3,
-                           progress=False)
+        render_batch(jobs, output_dir=work / "too_big", base=inputs, ray_address="local", num_cpus=3, progress=False)
         runs["too_big"] = "ran"
     except ValueError as e:
         runs["too_big"] = str(e)

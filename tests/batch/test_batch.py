@@ -43,8 +43,14 @@ def _jobs(root: Path) -> list[dict]:
     """10 jobs over 2 templates x 2 U-Nets (paths relative to ``root``); line 7 has bad audio."""
     jobs = []
     for k in range(10):
-        job = {"audio": f"speech{k % 4}.wav", "template": f"tpl{k % 2}", "unet": f"unet{(k // 2) % 2}.onnx",
-               "audio_encoder": "enc.onnx", "output": f"out{k}", "start": k}
+        job = {
+            "audio": f"speech{k % 4}.wav",
+            "template": f"tpl{k % 2}",
+            "unet": f"unet{(k // 2) % 2}.onnx",
+            "audio_encoder": "enc.onnx",
+            "output": f"out{k}",
+            "start": k,
+        }
         if k == 6:
             job["audio"] = "bad.wav"
         jobs.append(job)
@@ -86,8 +92,9 @@ def test_batch_matches_generate_records_failures_and_resumes(inputs, tmp_path):
             assert not (out / "out6").exists()
             continue
         ref = tmp_path / "ref" / f"out{k}"
-        r = pipes[job["unet"]].generate(inputs / job["audio"], template=inputs / job["template"], output=ref,
-                                        start=k, progress=False)
+        r = pipes[job["unet"]].generate(
+            inputs / job["audio"], template=inputs / job["template"], output=ref, start=k, progress=False
+        )
         assert lines[k]["frames"] == r.frames > 0
         assert _frames(out / f"out{k}") == _frames(ref), f"job {k + 1}"
     assert not _parts(out)
@@ -106,10 +113,22 @@ def test_batch_matches_generate_records_failures_and_resumes(inputs, tmp_path):
 
 @pytest.mark.slow
 def test_dead_worker_is_retried_and_leaves_no_partial_file(inputs, tmp_path, monkeypatch):
-    jobs = [{"audio": "speech0.wav", "template": "tpl0", "unet": "unet0.onnx", "audio_encoder": "enc.onnx",
-             "output": "a.mp4"},
-            {"audio": "speech1.wav", "template": "tpl0", "unet": "unet0.onnx", "audio_encoder": "enc.onnx",
-             "output": "sub/b"}]
+    jobs = [
+        {
+            "audio": "speech0.wav",
+            "template": "tpl0",
+            "unet": "unet0.onnx",
+            "audio_encoder": "enc.onnx",
+            "output": "a.mp4",
+        },
+        {
+            "audio": "speech1.wav",
+            "template": "tpl0",
+            "unet": "unet0.onnx",
+            "audio_encoder": "enc.onnx",
+            "output": "sub/b",
+        },
+    ]
     out = tmp_path / "out"
     monkeypatch.setenv(TEST_CRASH_ENV, "a.mp4:1")  # a.mp4's first attempt dies midway
     result = render_batch(jobs, output_dir=out, workers=1, retries=1, progress=False, base=inputs)
@@ -128,19 +147,32 @@ def test_dead_worker_is_retried_and_leaves_no_partial_file(inputs, tmp_path, mon
 
 def test_manifest_errors_are_listed_with_line_numbers(tmp_path):
     good = {"audio": "a.wav", "template": "t", "unet": "u.onnx", "output": "x.mp4"}
-    lines = [json.dumps(good), "{not json", json.dumps({**good, "output": "y.mp4", "colour": 1}),
-             json.dumps({"audio": "a.wav", "output": "z.mp4"}), "", json.dumps({**good, "output": "../up.mp4"}),
-             json.dumps(good), json.dumps({**good, "output": "w.webm"}), json.dumps({**good, "crf": "high",
-                                                                                   "output": "v"})]
+    lines = [
+        json.dumps(good),
+        "{not json",
+        json.dumps({**good, "output": "y.mp4", "colour": 1}),
+        json.dumps({"audio": "a.wav", "output": "z.mp4"}),
+        "",
+        json.dumps({**good, "output": "../up.mp4"}),
+        json.dumps(good),
+        json.dumps({**good, "output": "w.webm"}),
+        json.dumps({**good, "crf": "high", "output": "v"}),
+    ]
     manifest = tmp_path / "jobs.jsonl"
     manifest.write_text("\n".join(lines) + "\n")
     out = tmp_path / "out"
     with pytest.raises(ValueError) as e:
         render_batch(manifest, output_dir=out, progress=False)
     msg = str(e.value)
-    for line, what in ((2, "bad JSON"), (3, "unknown key 'colour'"), (4, "missing template, unet"),
-                       (6, "not inside the output directory"), (7, "also the output of line 1"), (8, "w.webm"),
-                       (9, "crf: bad value")):
+    for line, what in (
+        (2, "bad JSON"),
+        (3, "unknown key 'colour'"),
+        (4, "missing template, unet"),
+        (6, "not inside the output directory"),
+        (7, "also the output of line 1"),
+        (8, "w.webm"),
+        (9, "crf: bad value"),
+    ):
         assert f"jobs.jsonl:{line}: " in msg and what in msg, (line, what, msg)
     assert ":1: " not in msg and ":5: " not in msg
     assert not out.exists()  # nothing ran
@@ -155,7 +187,8 @@ def test_csv_manifest(inputs, tmp_path):
     (tmp_path / "jobs.csv").write_text(
         "audio,template,unet,audio_encoder,output,start,feather\n"
         f"{inputs}/speech2.wav,{inputs}/tpl1,{inputs}/unet1.onnx,{inputs}/enc.onnx,clip,3,\n"
-        f"{inputs}/speech2.wav,no_such_template,{inputs}/unet1.onnx,{inputs}/enc.onnx,clip2.mp4,,2\n")
+        f"{inputs}/speech2.wav,no_such_template,{inputs}/unet1.onnx,{inputs}/enc.onnx,clip2.mp4,,2\n"
+    )
     jobs = read_jobs(tmp_path / "jobs.csv", output_dir=tmp_path / "out")
     assert [j.line for j in jobs] == [2, 3] and jobs[0].options == {"start": 3} and jobs[1].options == {"feather": 2}
     assert jobs[0].inputs["template"] == inputs / "tpl1"
@@ -168,7 +201,8 @@ def test_csv_manifest(inputs, tmp_path):
     assert not (tmp_path / "out" / "clip2.mp4").exists()
     _, plan, _ = plan_workers(1, 1, "onnxruntime")
     ref = Pipeline(inputs / "unet1.onnx", inputs / "enc.onnx", **plan).generate(
-        inputs / "speech2.wav", template=inputs / "tpl1", output=tmp_path / "ref", start=3, progress=False)
+        inputs / "speech2.wav", template=inputs / "tpl1", output=tmp_path / "ref", start=3, progress=False
+    )
     assert result.results[0].frames == ref.frames
     assert _frames(tmp_path / "out" / "clip") == _frames(tmp_path / "ref")
 
@@ -180,12 +214,24 @@ def test_ray_actors_match_local_workers_and_survive_a_killed_actor(inputs, tmp_p
     """Two Ray actors on a local Ray instance: outputs equal to single
     generate calls, a killed actor's job retried with no partial file, and
     the same with inputs shipped through the object store."""
-    jobs = [{"audio": f"speech{k}.wav", "template": f"tpl{k % 2}", "unet": "unet0.onnx", "audio_encoder": "enc.onnx",
-             "output": f"clip{k}"} for k in range(4)]
+    jobs = [
+        {
+            "audio": f"speech{k}.wav",
+            "template": f"tpl{k % 2}",
+            "unet": "unet0.onnx",
+            "audio_encoder": "enc.onnx",
+            "output": f"clip{k}",
+        }
+        for k in range(4)
+    ]
     jobs.append({**jobs[0], "audio": "bad.wav", "output": "bad"})
     script = Path(__file__).with_name("ray_check.py")
-    proc = subprocess.run(["unshare", "-n", sys.executable, str(script), str(inputs), str(tmp_path), json.dumps(jobs)],
-                          capture_output=True, text=True, timeout=400)
+    proc = subprocess.run(
+        ["unshare", "-n", sys.executable, str(script), str(inputs), str(tmp_path), json.dumps(jobs)],
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -202,8 +248,9 @@ def test_ray_actors_match_local_workers_and_survive_a_killed_actor(inputs, tmp_p
     _, plan, _ = plan_workers(1, 2, "onnxruntime")  # each actor: 1 CPU of 2, as a local worker
     pipe = Pipeline(inputs / "unet0.onnx", inputs / "enc.onnx", **plan)
     for k, job in enumerate(jobs[:4]):
-        ref = pipe.generate(inputs / job["audio"], template=inputs / job["template"], output=tmp_path / "ref" / f"c{k}",
-                            progress=False)
+        ref = pipe.generate(
+            inputs / job["audio"], template=inputs / job["template"], output=tmp_path / "ref" / f"c{k}", progress=False
+        )
         assert shared["results"][k]["frames"] == ref.frames
         assert _frames(tmp_path / "shared" / f"clip{k}") == _frames(tmp_path / "ref" / f"c{k}"), k
         if k != 1:
@@ -216,19 +263,55 @@ def test_manifest_engine_options_are_the_engine_options_fields(tmp_path):
     """Every engine option is a manifest key (and every key of before the
     split still is), converted and checked by EngineOptions; a bad value is
     one line with its manifest line."""
-    old_keys = {"mode", "runtime", "providers", "batch_size", "threads", "sessions", "precision", "overlap",
-                "cache_mb", "device_id", "start", "fps", "crf", "preset", "encoder", "feather", "image_format",
-                "audio", "features", "template", "unet", "audio_encoder", "output"}
+    old_keys = {
+        "mode",
+        "runtime",
+        "providers",
+        "batch_size",
+        "threads",
+        "sessions",
+        "precision",
+        "overlap",
+        "cache_mb",
+        "device_id",
+        "start",
+        "fps",
+        "crf",
+        "preset",
+        "encoder",
+        "feather",
+        "image_format",
+        "audio",
+        "features",
+        "template",
+        "unet",
+        "audio_encoder",
+        "output",
+    }
     assert set(OPTION_NAMES) <= set(JOB_KEYS) and old_keys <= set(JOB_KEYS)
     head = "audio,template,unet,output,providers,batch_size,device_id,cache_mb,precision,overlap,mode,crf\n"
     (tmp_path / "good.csv").write_text(head + "a.wav,t,u.onnx,x,cpu;cuda,2,1,64,fp16,no,ave,18\n")
-    job, = read_jobs(tmp_path / "good.csv", output_dir=tmp_path / "out")
-    assert job.options == {"providers": ["cpu", "cuda"], "batch_size": 2, "device_id": 1, "cache_mb": 64.0,
-                           "precision": "fp16", "overlap": False, "mode": "ave", "crf": 18}
-    assert job.engine_options == {"providers": ["cpu", "cuda"], "batch_size": 2, "device_id": 1, "cache_mb": 64.0,
-                                  "precision": "fp16"}
-    (tmp_path / "bad.csv").write_text(head + "a.wav,t,u.onnx,x,,0,,,,,,\n" + "a.wav,t,u.onnx,y,,,,,fp8,,,\n"
-                                      + "a.wav,t,u.onnx,z,,,-1,,,maybe,,\n")
+    (job,) = read_jobs(tmp_path / "good.csv", output_dir=tmp_path / "out")
+    assert job.options == {
+        "providers": ["cpu", "cuda"],
+        "batch_size": 2,
+        "device_id": 1,
+        "cache_mb": 64.0,
+        "precision": "fp16",
+        "overlap": False,
+        "mode": "ave",
+        "crf": 18,
+    }
+    assert job.engine_options == {
+        "providers": ["cpu", "cuda"],
+        "batch_size": 2,
+        "device_id": 1,
+        "cache_mb": 64.0,
+        "precision": "fp16",
+    }
+    (tmp_path / "bad.csv").write_text(
+        head + "a.wav,t,u.onnx,x,,0,,,,,,\n" + "a.wav,t,u.onnx,y,,,,,fp8,,,\n" + "a.wav,t,u.onnx,z,,,-1,,,maybe,,\n"
+    )
     with pytest.raises(ValueError) as e:
         read_jobs(tmp_path / "bad.csv", output_dir=tmp_path / "out")
     msg = str(e.value)
@@ -248,7 +331,9 @@ def test_overrides_given_to_render_batch():
     assert _overrides(None, {"device_id": 0, "batch_size": None}) == {"device_id": 0}
     assert _overrides(EngineOptions(device_id=0, batch_size=2), {}) == {"batch_size": 2}
     assert _overrides(EngineOptions(batch_size=2), {"batch_size": "3", "providers": "cpu"}) == {
-        "batch_size": 3, "providers": ["cpu"]}
+        "batch_size": 3,
+        "providers": ["cpu"],
+    }
     with pytest.raises(TypeError, match="colour"):
         _overrides(None, {"colour": 1})
     with pytest.raises(ValueError, match="batch_size must be >= 1"):
@@ -256,19 +341,27 @@ def test_overrides_given_to_render_batch():
 
 
 def test_engine_options_given_to_render_batch_beat_the_manifest_and_count_in_the_digest(
-        tmp_path, template_dir, model_dir):
+    tmp_path, template_dir, model_dir
+):
     sf.write(tmp_path / "s.wav", synthetic_speech(0.3), 16000)
-    job = {"audio": str(tmp_path / "s.wav"), "template": str(template_dir), "unet": str(model_dir / "unet_328.onnx"),
-           "audio_encoder": str(model_dir / "audio_encoder.onnx"), "output": "clip", "batch_size": 1}
+    job = {
+        "audio": str(tmp_path / "s.wav"),
+        "template": str(template_dir),
+        "unet": str(model_dir / "unet_328.onnx"),
+        "audio_encoder": str(model_dir / "audio_encoder.onnx"),
+        "output": "clip",
+        "batch_size": 1,
+    }
     out = tmp_path / "out"
     first = render_batch([job], output_dir=out, workers=1, progress=False, batch_size=2)
     assert first.counts == {"done": 1, "skipped": 0, "failed": 0}
     assert first.results[0].engine is not None and first.results[0].engine["batch_size"] == 2
-    line, = (json.loads(s) for s in (out / "results.jsonl").read_text().splitlines())
+    (line,) = (json.loads(s) for s in (out / "results.jsonl").read_text().splitlines())
     assert line["engine"]["batch_size"] == 2
     # the same options, given as an EngineOptions: already done; None is "not given"
-    again = render_batch([job], output_dir=out, workers=1, progress=False, options=EngineOptions(batch_size=2),
-                         batch_size=None)
+    again = render_batch(
+        [job], output_dir=out, workers=1, progress=False, options=EngineOptions(batch_size=2), batch_size=None
+    )
     assert again.counts == {"done": 0, "skipped": 1, "failed": 0} and again.results[0].engine is None
     # without the override the row's batch size holds: a different job, rendered again
     row = render_batch([job], output_dir=out, workers=1, progress=False)

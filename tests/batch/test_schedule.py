@@ -39,8 +39,10 @@ class FakePool:
             self.gone.append((wid, "exit code 86"))
             return
         job.output.write_bytes(b"video")
-        self.queue += [("frames", wid, job.line, 2), ("done", wid, job.line,
-                                                      {"frames": 2, "seconds": 0.5, "engine": {"batch_size": 4}})]
+        self.queue += [
+            ("frames", wid, job.line, 2),
+            ("done", wid, job.line, {"frames": 2, "seconds": 0.5, "engine": {"batch_size": 4}}),
+        ]
 
     def events(self, timeout: float) -> list[Event]:
         got, self.queue = self.queue, []
@@ -63,14 +65,18 @@ class FakePool:
 def _schedule(tmp_path, pool: Any, *, workers: int, retries: int) -> tuple[dict[int, JobResult], list[BatchJob]]:
     out = tmp_path / "out"
     out.mkdir()
-    jobs = read_jobs([{"audio": "a.wav", "template": f"t{k % 2}", "unet": "u.onnx", "output": f"clip{k}.mp4"}
-                      for k in range(6)], output_dir=out, base=tmp_path)
+    jobs = read_jobs(
+        [{"audio": "a.wav", "template": f"t{k % 2}", "unet": "u.onnx", "output": f"clip{k}.mp4"} for k in range(6)],
+        output_dir=out,
+        base=tmp_path,
+    )
     groups: OrderedDict[tuple[str, str], list] = OrderedDict()
     for job in jobs:
         groups.setdefault(job.group, []).append((job, job_digest(job)))
     results: dict[int, JobResult] = {}
-    Scheduler(pool, groups, results, out / "results.jsonl", workers=workers, retries=retries, progress=False,
-              total=len(jobs)).run()
+    Scheduler(
+        pool, groups, results, out / "results.jsonl", workers=workers, retries=retries, progress=False, total=len(jobs)
+    ).run()
     return results, jobs
 
 

@@ -33,10 +33,32 @@ driver = importlib.import_module("synctalk_fast.benchmark.driver")
 def test_bench_writes_a_consistent_record(tmp_path, make_template):
     folder = make_template(frames=6)
     sf.write(tmp_path / "s.wav", synthetic_speech(1.0), 16000, subtype="PCM_16")
-    res = subprocess.run([sys.executable, "-m", "synctalk_fast", "bench", "--frames", "8", "--naive-frames", "3",
-                          "--torch-frames", "2", "--batch-sizes", "1,2", "--template", str(folder), "--audio",
-                          str(tmp_path / "s.wav"), "-o", str(tmp_path / "out")],
-                         capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "synctalk_fast",
+            "bench",
+            "--frames",
+            "8",
+            "--naive-frames",
+            "3",
+            "--torch-frames",
+            "2",
+            "--batch-sizes",
+            "1,2",
+            "--template",
+            str(folder),
+            "--audio",
+            str(tmp_path / "s.wav"),
+            "-o",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr
     record = json.loads(next((tmp_path / "out").glob("bench-*.json")).read_text())
     assert cv2.imread(str(next((tmp_path / "out").glob("bench-*.png")))) is not None
@@ -58,8 +80,9 @@ def test_bench_writes_a_consistent_record(tmp_path, make_template):
 
 
 def test_python_m_bench_uses_the_installed_package():
-    res = subprocess.run([sys.executable, "-m", "bench", "--help"], capture_output=True, text=True, cwd=ROOT,
-                         timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-m", "bench", "--help"], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
     assert res.returncode == 0, res.stderr
     assert "--frames" in res.stdout and "python -m bench" in res.stdout
 
@@ -82,15 +105,44 @@ def bench_run(monkeypatch):
 
 
 def test_bench_flags_reach_run_as_engine_options(bench_run):
-    words = ["--runtime", "openvino", "--providers", "cpu", "--device", "1", "--precision", "bf16",
-             "--batch-size", "3", "--sessions", "2", "--threads", "1", "--cache-mb", "64"]
+    words = [
+        "--runtime",
+        "openvino",
+        "--providers",
+        "cpu",
+        "--device",
+        "1",
+        "--precision",
+        "bf16",
+        "--batch-size",
+        "3",
+        "--sessions",
+        "2",
+        "--threads",
+        "1",
+        "--cache-mb",
+        "64",
+    ]
     assert {w for w in words if w.startswith("--")} == {flag(name) for name in OPTION_NAMES}
     assert cli.main(["bench", "--frames", "200", "--rounds", "3", *words]) == 0
     got = bench_run[-1]
-    assert (got["frames"], got["rounds"], got["torch"], got["int8"], got["output"]) == (200, 3, True, False,
-                                                                                        "bench/results")
-    assert got["options"] == EngineOptions(runtime="openvino", providers=("cpu",), device_id=1, precision="bf16",
-                                           batch_size=3, sessions=2, threads=1, cache_mb=64.0)
+    assert (got["frames"], got["rounds"], got["torch"], got["int8"], got["output"]) == (
+        200,
+        3,
+        True,
+        False,
+        "bench/results",
+    )
+    assert got["options"] == EngineOptions(
+        runtime="openvino",
+        providers=("cpu",),
+        device_id=1,
+        precision="bf16",
+        batch_size=3,
+        sessions=2,
+        threads=1,
+        cache_mb=64.0,
+    )
     assert benchmark.main(["--batch-sizes", "1,2", "--no-torch"]) == 0
     assert bench_run[-1]["options"] == EngineOptions() and bench_run[-1]["batch_sizes"] == [1, 2]
     assert bench_run[-1]["torch"] is False
@@ -111,8 +163,10 @@ def test_run_takes_options_and_the_same_keywords(monkeypatch, tmp_path):
         raise KeyboardInterrupt  # stop before anything is measured
 
     monkeypatch.setattr(driver, "_prepare", prepare)
-    for call in (lambda: benchmark.run(precision="fp16", batch_size=2, output=tmp_path),
-                 lambda: benchmark.run(options=EngineOptions(precision="fp16"), batch_size=2, output=tmp_path)):
+    for call in (
+        lambda: benchmark.run(precision="fp16", batch_size=2, output=tmp_path),
+        lambda: benchmark.run(options=EngineOptions(precision="fp16"), batch_size=2, output=tmp_path),
+    ):
         with pytest.raises(KeyboardInterrupt):
             call()
         assert seen[-1] == EngineOptions(precision="fp16", batch_size=2)
@@ -127,8 +181,9 @@ class _FakeEngine:
     """Sessions that take a fixed time per call (each session its own lock, as the engine's)."""
 
     def __init__(self, sessions: dict[str, int], per_call: float = 0.004):
-        self._sessions = {layout: [SimpleNamespace(threads=2 // n or 1) for _ in range(n)]
-                          for layout, n in sessions.items()}
+        self._sessions = {
+            layout: [SimpleNamespace(threads=2 // n or 1) for _ in range(n)] for layout, n in sessions.items()
+        }
         self._locks = {layout: [threading.Lock() for _ in range(n)] for layout, n in sessions.items()}
         self.per_call = per_call
         self.calls: dict[tuple[str, int], int] = {}
@@ -147,7 +202,9 @@ def test_unet_rows_are_timed_by_the_one_timer(monkeypatch):
     used: list[str] = []
     for name in ("seconds_per_frame", "frames_per_second"):
         real = getattr(timing, name)
-        monkeypatch.setattr(unet_rows, name, lambda *a, _real=real, _name=name, **k: used.append(_name) or _real(*a, **k))
+        monkeypatch.setattr(
+            unet_rows, name, lambda *a, _real=real, _name=name, **k: used.append(_name) or _real(*a, **k)
+        )
     engine = _FakeEngine({"throughput": 2, "latency": 1})
     inputs = {b: (np.zeros((b, 6, 320, 320), np.float32), np.zeros((b, 32, 16, 16), np.float32)) for b in (1, 2)}
     rows = unet_rows.layout_rows(engine, inputs, 40, key="unet", label=unet_rows.labels_sessions("U-Net"))  # type: ignore[arg-type]

@@ -23,31 +23,97 @@ def speech(tmp_path_factory):
 
 def test_the_go_audio_port_s_command_line_works_as_written(model_dir, speech, tmp_path, capsys):
     # ./bin/process -audio x -model m -output go_output -fps 25 -mode ave (its README)
-    rc = cli.main(["features", "-audio", str(speech), "-model", str(model_dir / "audio_encoder.onnx"),
-                   f"-output={tmp_path / 'go_output'}", "-fps", "25", "-mode", "ave", "-q"])
+    rc = cli.main(
+        [
+            "features",
+            "-audio",
+            str(speech),
+            "-model",
+            str(model_dir / "audio_encoder.onnx"),
+            f"-output={tmp_path / 'go_output'}",
+            "-fps",
+            "25",
+            "-mode",
+            "ave",
+            "-q",
+        ]
+    )
     assert rc == 0
     feats, windowed = load_features(tmp_path / "go_output" / "features.bin")
     assert feats.shape == (24, 512) and not windowed
     assert len(list((tmp_path / "go_output" / "frames").glob("frame_*.bin"))) == 24
     # --audio-encoder is the same option
-    rc = cli.main(["features", "--audio", str(speech), "--audio-encoder", str(model_dir / "audio_encoder.onnx"),
-                   "-o", str(tmp_path / "again"), "-q"])
+    rc = cli.main(
+        [
+            "features",
+            "--audio",
+            str(speech),
+            "--audio-encoder",
+            str(model_dir / "audio_encoder.onnx"),
+            "-o",
+            str(tmp_path / "again"),
+            "-q",
+        ]
+    )
     assert rc == 0 and np.array_equal(load_features(tmp_path / "again" / "features.bin")[0], feats)
 
 
 def test_go_spellings_cover_every_flag_of_both_ports():
     parser = cli.build_parser()
-    args = parser.parse_args(cli.go_spellings(
-        ["generate", "-model", "u.onnx", "-audio", "a.bin", "-template", "t", "-output", "o", "-mode", "ave",
-         "-start", "3", "-video", "-video-path", "r.mp4", "-audio-file", "s.wav", "-fps", "25"], parser))
-    assert (args.model, args.audio, args.template, args.output, args.mode, args.start, args.video, args.video_path,
-            args.audio_file, args.fps) == ("u.onnx", "a.bin", "t", "o", "ave", 3, True, "r.mp4", "s.wav", 25.0)
-    args = parser.parse_args(cli.go_spellings(["features", "-audio", "x", "-model", "m", "-output", "d", "-fps",
-                                               "20", "-mode", "ave"], parser))
+    args = parser.parse_args(
+        cli.go_spellings(
+            [
+                "generate",
+                "-model",
+                "u.onnx",
+                "-audio",
+                "a.bin",
+                "-template",
+                "t",
+                "-output",
+                "o",
+                "-mode",
+                "ave",
+                "-start",
+                "3",
+                "-video",
+                "-video-path",
+                "r.mp4",
+                "-audio-file",
+                "s.wav",
+                "-fps",
+                "25",
+            ],
+            parser,
+        )
+    )
+    assert (
+        args.model,
+        args.audio,
+        args.template,
+        args.output,
+        args.mode,
+        args.start,
+        args.video,
+        args.video_path,
+        args.audio_file,
+        args.fps,
+    ) == ("u.onnx", "a.bin", "t", "o", "ave", 3, True, "r.mp4", "s.wav", 25.0)
+    args = parser.parse_args(
+        cli.go_spellings(
+            ["features", "-audio", "x", "-model", "m", "-output", "d", "-fps", "20", "-mode", "ave"], parser
+        )
+    )
     assert (args.audio, args.audio_encoder, args.output, args.fps, args.mode) == ("x", "m", "d", 20.0, "ave")
     # short options, negative numbers and unknown words are left alone
-    assert cli.go_spellings(["generate", "-o", "x", "-q", "-5", "-nope"], parser) == \
-        ["generate", "-o", "x", "-q", "-5", "-nope"]
+    assert cli.go_spellings(["generate", "-o", "x", "-q", "-5", "-nope"], parser) == [
+        "generate",
+        "-o",
+        "x",
+        "-q",
+        "-5",
+        "-nope",
+    ]
 
 
 @pytest.mark.parametrize("argv", [["-v", "info", "--json", "-"], ["info", "-v", "--json", "-"]])
@@ -59,8 +125,20 @@ def test_verbose_before_or_after_the_command_and_info_as_json(argv, capsys):
 
 
 def test_exit_codes_and_one_line_errors(model_dir, speech, tmp_path, monkeypatch, capsys):
-    rc = cli.main(["generate", "--model", str(model_dir / "unet_328.onnx"), "--audio", str(speech),
-                   "--template", str(tmp_path / "none"), "-o", str(tmp_path / "o.mp4"), "-q"])
+    rc = cli.main(
+        [
+            "generate",
+            "--model",
+            str(model_dir / "unet_328.onnx"),
+            "--audio",
+            str(speech),
+            "--template",
+            str(tmp_path / "none"),
+            "-o",
+            str(tmp_path / "o.mp4"),
+            "-q",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "none" in err and "Traceback" not in err
 
@@ -82,9 +160,26 @@ def test_exit_codes_and_one_line_errors(model_dir, speech, tmp_path, monkeypatch
 
 def test_generate_and_export_write_json_records(model_dir, speech, template_dir, tmp_path, capsys):
     tpl = template_dir
-    rc = cli.main(["generate", "--model", str(model_dir / "unet_328.onnx"), "--audio-encoder",
-                   str(model_dir / "audio_encoder.onnx"), "--audio", str(speech), "--template", str(tpl),
-                   "-o", str(tmp_path / "o.mp4"), "--providers", "cpu", "--json", str(tmp_path / "r.json"), "-q"])
+    rc = cli.main(
+        [
+            "generate",
+            "--model",
+            str(model_dir / "unet_328.onnx"),
+            "--audio-encoder",
+            str(model_dir / "audio_encoder.onnx"),
+            "--audio",
+            str(speech),
+            "--template",
+            str(tpl),
+            "-o",
+            str(tmp_path / "o.mp4"),
+            "--providers",
+            "cpu",
+            "--json",
+            str(tmp_path / "r.json"),
+            "-q",
+        ]
+    )
     assert rc == 0
     record = json.loads((tmp_path / "r.json").read_text())
     assert record["frames"] == 24 and record["output"] == [str(tmp_path / "o.mp4")]
@@ -93,15 +188,26 @@ def test_generate_and_export_write_json_records(model_dir, speech, template_dir,
     torch = pytest.importorskip("torch")  # to write a .pth to export
     state = models.random_state_dict("audio_encoder")
     torch.save({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()}, tmp_path / "enc.pth")
-    rc = cli.main(["export", "--checkpoint", str(tmp_path / "enc.pth"), "-o", str(tmp_path / "enc.onnx"),
-                   "--json", "-"])
+    rc = cli.main(
+        ["export", "--checkpoint", str(tmp_path / "enc.pth"), "-o", str(tmp_path / "enc.onnx"), "--json", "-"]
+    )
     record = json.loads(capsys.readouterr().out)
     assert rc == 0 and record["kind"] == "audio_encoder" and record["inputs"] == {"mel": ["N", 1, 80, 16]}
 
 
 def test_providers_are_strict_with_short_aliases(model_dir, speech, tmp_path, capsys):
-    base = ["generate", "--model", str(model_dir / "unet_328.onnx"), "--audio-encoder",
-            str(model_dir / "audio_encoder.onnx"), "--audio", str(speech), "--template", str(tmp_path), "-q"]
+    base = [
+        "generate",
+        "--model",
+        str(model_dir / "unet_328.onnx"),
+        "--audio-encoder",
+        str(model_dir / "audio_encoder.onnx"),
+        "--audio",
+        str(speech),
+        "--template",
+        str(tmp_path),
+        "-q",
+    ]
     assert cli.main(base + ["--providers", "gpu"]) == 2
     err = capsys.readouterr().err
     assert "unknown provider 'gpu'; use one of tensorrt, cuda" in err and err.count("\n") == 1
@@ -115,9 +221,18 @@ def test_providers_are_strict_with_short_aliases(model_dir, speech, tmp_path, ca
 def test_encoder_option(model_dir, speech, template_dir, tmp_path, capsys):
     from synctalk_fast import video
 
-    base = ["generate", "--model", str(model_dir / "unet_328.onnx"), "--audio-encoder",
-            str(model_dir / "audio_encoder.onnx"), "--audio", str(speech), "-q",
-            "--template", str(template_dir)]
+    base = [
+        "generate",
+        "--model",
+        str(model_dir / "unet_328.onnx"),
+        "--audio-encoder",
+        str(model_dir / "audio_encoder.onnx"),
+        "--audio",
+        str(speech),
+        "-q",
+        "--template",
+        str(template_dir),
+    ]
     if video.encoder_problem("h264_nvenc") is not None:
         assert cli.main(base + ["-o", str(tmp_path / "nv.mp4"), "--encoder", "h264_nvenc"]) == 2
         err = capsys.readouterr().err

@@ -145,15 +145,33 @@ def test_serve_hands_every_engine_flag_to_the_server(served):
 
 
 def test_serve_settings_flag_beats_config_file_beats_default(served, tmp_path):
-    config = _config(tmp_path, 'host = "127.0.0.2"', "port = 9001", "max_clients = 3",
-                     'allowed_origins = ["https://a.example"]', 'audio_encoder = "enc.onnx"')
+    config = _config(
+        tmp_path,
+        'host = "127.0.0.2"',
+        "port = 9001",
+        "max_clients = 3",
+        'allowed_origins = ["https://a.example"]',
+        'audio_encoder = "enc.onnx"',
+    )
     got = served()
     assert (got["host"], got["port"], got["max_clients"], got["allowed_origins"]) == ("127.0.0.1", 8000, "auto", [])
     got = served("--config", config)
     assert (got["host"], got["port"], got["max_clients"]) == ("127.0.0.2", 9001, 3)
     assert got["audio_encoder"] == tmp_path / "enc.onnx" and got["allowed_origins"] == ["https://a.example"]
-    got = served("--config", config, "--host", "127.0.0.3", "--port", "9002", "--max-clients", "2",
-                 "--audio-encoder", "mine.onnx", "--allowed-origin", "https://b.example")
+    got = served(
+        "--config",
+        config,
+        "--host",
+        "127.0.0.3",
+        "--port",
+        "9002",
+        "--max-clients",
+        "2",
+        "--audio-encoder",
+        "mine.onnx",
+        "--allowed-origin",
+        "https://b.example",
+    )
     assert (got["host"], got["port"], got["max_clients"], got["audio_encoder"]) == ("127.0.0.3", 9002, 2, "mine.onnx")
     assert got["allowed_origins"] == ["https://b.example", "https://a.example"]
 
@@ -182,8 +200,24 @@ def generated(monkeypatch, tmp_path):
     monkeypatch.setattr(pipeline, "generate", generate)
 
     def run(*argv: str) -> dict[str, Any]:
-        assert cli.main(["generate", "--audio", "s.wav", "--template", "t", "--audio-encoder", "e.onnx",
-                         "-o", str(tmp_path / "o.mp4"), "-q", *argv]) == 0
+        assert (
+            cli.main(
+                [
+                    "generate",
+                    "--audio",
+                    "s.wav",
+                    "--template",
+                    "t",
+                    "--audio-encoder",
+                    "e.onnx",
+                    "-o",
+                    str(tmp_path / "o.mp4"),
+                    "-q",
+                    *argv,
+                ]
+            )
+            == 0
+        )
         return calls[-1]
 
     return run
@@ -199,10 +233,31 @@ def test_generate_flag_beats_default(name, generated):
 
 
 def test_generate_hands_on_its_own_options(generated):
-    got = generated("--start", "3", "--fps", "20", "--crf", "18", "--preset", "fast", "--feather", "2",
-                    "--encoder", "libx264", "--mode", "ave")
-    assert (got["start"], got["fps"], got["crf"], got["preset"], got["feather"], got["encoder"], got["mode"]) == \
-        (3, 20.0, 18, "fast", 2, "libx264", "ave")
+    got = generated(
+        "--start",
+        "3",
+        "--fps",
+        "20",
+        "--crf",
+        "18",
+        "--preset",
+        "fast",
+        "--feather",
+        "2",
+        "--encoder",
+        "libx264",
+        "--mode",
+        "ave",
+    )
+    assert (got["start"], got["fps"], got["crf"], got["preset"], got["feather"], got["encoder"], got["mode"]) == (
+        3,
+        20.0,
+        18,
+        "fast",
+        2,
+        "libx264",
+        "ave",
+    )
     assert got["unet"] == "./models/unet_328.onnx" and got["audio_encoder"] == "e.onnx" and got["progress"] is False
 
 
@@ -210,10 +265,13 @@ class _Stop(Exception):
     pass
 
 
-@pytest.mark.parametrize("command, target, argv", [
-    ("stream", "synctalk_fast.cli.stream.Pipeline", ["--audio", "s.wav", "--template", "t"]),
-    ("features", "synctalk_fast.cli.generate.Engine", ["--audio", "s.wav"]),
-])
+@pytest.mark.parametrize(
+    "command, target, argv",
+    [
+        ("stream", "synctalk_fast.cli.stream.Pipeline", ["--audio", "s.wav", "--template", "t"]),
+        ("features", "synctalk_fast.cli.generate.Engine", ["--audio", "s.wav"]),
+    ],
+)
 def test_stream_and_features_hand_on_the_flags_given(command, target, argv, monkeypatch):
     got: list[dict[str, Any]] = []
 
@@ -238,8 +296,25 @@ def test_quantize_hands_on_threads(monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(quantize, "quantize", record)
-    assert cli.main(["quantize", "--model", "u.onnx", "--template", "t", "--features", "f.bin", "-o", "q.onnx",
-                     "--threads", "3", "-q"]) == 130
+    assert (
+        cli.main(
+            [
+                "quantize",
+                "--model",
+                "u.onnx",
+                "--template",
+                "t",
+                "--features",
+                "f.bin",
+                "-o",
+                "q.onnx",
+                "--threads",
+                "3",
+                "-q",
+            ]
+        )
+        == 130
+    )
     args, kwargs = got[-1]
     assert args == ("u.onnx", "q.onnx") and kwargs["options"] == EngineOptions(threads=3)
 
@@ -260,8 +335,9 @@ def batched(monkeypatch, tmp_path):
     monkeypatch.setattr(batch, "render_batch", render_batch)
 
     def run(*argv: str) -> dict[str, Any]:
-        assert cli.main(["batch", str(tmp_path / "jobs.jsonl"), "--output-dir", str(tmp_path / "out"), "-q",
-                         *argv]) == 0
+        assert (
+            cli.main(["batch", str(tmp_path / "jobs.jsonl"), "--output-dir", str(tmp_path / "out"), "-q", *argv]) == 0
+        )
         return calls[-1]
 
     return run
@@ -284,32 +360,54 @@ def test_batch_flag_at_its_default_is_handed_on(name, batched):
 
 
 def test_batch_hands_on_its_own_options(batched):
-    got = batched("--workers", "2", "--retries", "1", "--num-cpus", "1.5", "--num-gpus", "0", "--ship-inputs",
-                  "--ray", "auto")
-    assert (got["workers"], got["retries"], got["num_cpus"], got["num_gpus"], got["ship_inputs"],
-            got["ray_address"], got["progress"]) == (2, 1, 1.5, 0.0, True, "auto", False)
+    got = batched(
+        "--workers", "2", "--retries", "1", "--num-cpus", "1.5", "--num-gpus", "0", "--ship-inputs", "--ray", "auto"
+    )
+    assert (
+        got["workers"],
+        got["retries"],
+        got["num_cpus"],
+        got["num_gpus"],
+        got["ship_inputs"],
+        got["ray_address"],
+        got["progress"],
+    ) == (2, 1, 1.5, 0.0, True, "auto", False)
 
 
 # --- imports ------------------------------------------------------------------------------
 
 
 HEAVY = ("aiortc", "uvicorn", "starlette", "ray", "torch", "nncf")
-APPLICATIONS = ("synctalk_fast.serve", "synctalk_fast.server", "synctalk_fast.webrtc", "synctalk_fast.batch",
-                "synctalk_fast.quantize", "synctalk_fast.quantization", "synctalk_fast.benchmark")
+APPLICATIONS = (
+    "synctalk_fast.serve",
+    "synctalk_fast.server",
+    "synctalk_fast.webrtc",
+    "synctalk_fast.batch",
+    "synctalk_fast.quantize",
+    "synctalk_fast.quantization",
+    "synctalk_fast.benchmark",
+)
 
 
 def test_info_imports_no_server_ray_torch_or_quantizer():
-    code = ("import sys, json\n"
-            "import synctalk_fast\n"
-            "before = set(sys.modules)\n"
-            "from synctalk_fast.cli import main\n"
-            "assert main(['info', '--json', '-']) == 0\n"
-            "print(json.dumps({'all': sorted(sys.modules), 'new': sorted(set(sys.modules) - before)}))\n")
+    code = (
+        "import sys, json\n"
+        "import synctalk_fast\n"
+        "before = set(sys.modules)\n"
+        "from synctalk_fast.cli import main\n"
+        "assert main(['info', '--json', '-']) == 0\n"
+        "print(json.dumps({'all': sorted(sys.modules), 'new': sorted(set(sys.modules) - before)}))\n"
+    )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     modules = json.loads(res.stdout.splitlines()[-1])
     assert not [m for m in modules["all"] if m.split(".")[0] in HEAVY]
     # the package itself may import batch and quantize (its top-level names); the command line adds none
     assert not [m for m in modules["new"] if m.startswith(APPLICATIONS)]
-    assert not [m for m in modules["all"] if m.startswith(("synctalk_fast.serve", "synctalk_fast.server",
-                                                           "synctalk_fast.webrtc", "synctalk_fast.benchmark"))]
+    assert not [
+        m
+        for m in modules["all"]
+        if m.startswith(
+            ("synctalk_fast.serve", "synctalk_fast.server", "synctalk_fast.webrtc", "synctalk_fast.benchmark")
+        )
+    ]

@@ -34,8 +34,11 @@ def test_stages_keep_order_under_random_delays():
         time.sleep(rng.uniform(0, 0.003))
         return x
 
-    out = list(run_stages((jitter(i) for i in range(200)), [lambda x: jitter(x) * 2, lambda x: jitter(x) + 1],
-                          depth=3, name="t-order"))
+    out = list(
+        run_stages(
+            (jitter(i) for i in range(200)), [lambda x: jitter(x) * 2, lambda x: jitter(x) + 1], depth=3, name="t-order"
+        )
+    )
     assert out == [2 * i + 1 for i in range(200)]
     assert not _stage_threads("t-order")
 
@@ -140,7 +143,9 @@ def template_dir(make_template):
 
 @pytest.fixture(scope="module")
 def feats(model_dir):
-    return stf.Pipeline(model_dir / "unet_328.onnx", model_dir / "audio_encoder.onnx").audio_features(synthetic_speech(1.0))
+    return stf.Pipeline(model_dir / "unet_328.onnx", model_dir / "audio_encoder.onnx").audio_features(
+        synthetic_speech(1.0)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -149,10 +154,12 @@ def reference_frames(model_dir, template_dir, feats):
     return np.stack(list(pipe.frames(feats, template_dir, start=2)))
 
 
-@pytest.mark.parametrize("batch_size,overlap,sessions", [(1, True, 1), (3, True, 2), (8, True, 3), (8, False, 1),
-                                                        (2, True, None)])
-def test_frames_are_the_same_whatever_the_batch_and_overlap(model_dir, template_dir, feats, reference_frames,
-                                                             batch_size, overlap, sessions):
+@pytest.mark.parametrize(
+    "batch_size,overlap,sessions", [(1, True, 1), (3, True, 2), (8, True, 3), (8, False, 1), (2, True, None)]
+)
+def test_frames_are_the_same_whatever_the_batch_and_overlap(
+    model_dir, template_dir, feats, reference_frames, batch_size, overlap, sessions
+):
     pipe = stf.Pipeline(model_dir / "unet_328.onnx", batch_size=batch_size, overlap=overlap, sessions=sessions)
     assert len(pipe.unets) == (sessions or models.session_plan(["CPUExecutionProvider"])[0])
     frames = list(pipe.frames(feats, template_dir, start=2))
@@ -232,8 +239,10 @@ def test_session_options(model_dir):
     opts = sess.session.get_session_options()
     assert opts.intra_op_num_threads == 1 and opts.inter_op_num_threads == 1
     assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
-    assert models.load_session(model_dir / "unet_328.onnx").session.get_session_options().intra_op_num_threads == \
-        models.default_threads()
+    assert (
+        models.load_session(model_dir / "unet_328.onnx").session.get_session_options().intra_op_num_threads
+        == models.default_threads()
+    )
 
 
 def test_session_plan():

@@ -11,11 +11,27 @@ import synctalk_fast as stf
 from synctalk_fast.engine.options import OPTION_NAMES, EngineOptions, add_arguments, flag
 
 #: A value other than the default for every option (a new option must add one here).
-NON_DEFAULT = {"runtime": "openvino", "providers": ("cpu",), "device_id": 1, "precision": "bf16", "batch_size": 3,
-               "sessions": 2, "threads": 1, "cache_mb": 64.0}
+NON_DEFAULT = {
+    "runtime": "openvino",
+    "providers": ("cpu",),
+    "device_id": 1,
+    "precision": "bf16",
+    "batch_size": 3,
+    "sessions": 2,
+    "threads": 1,
+    "cache_mb": 64.0,
+}
 #: How each is spelled on the command line / in a CSV cell.
-AS_TEXT = {"runtime": "openvino", "providers": "cpu", "device_id": "1", "precision": "bf16", "batch_size": "3",
-           "sessions": "2", "threads": "1", "cache_mb": "64"}
+AS_TEXT = {
+    "runtime": "openvino",
+    "providers": "cpu",
+    "device_id": "1",
+    "precision": "bf16",
+    "batch_size": "3",
+    "sessions": "2",
+    "threads": "1",
+    "cache_mb": "64",
+}
 
 
 def test_every_option_has_a_test_value_and_help():
@@ -35,16 +51,19 @@ def test_defaults_and_conversions():
     assert hash(o) == hash(EngineOptions(providers=("cpu", "cuda"), batch_size=4, cache_mb=12.5))
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"batch_size": 0}, "batch_size must be >= 1"),
-    ({"sessions": -1}, "sessions must be >= 1"),
-    ({"threads": "many"}, "threads: expected an integer"),
-    ({"batch_size": 2.5}, "batch_size: expected an integer"),
-    ({"batch_size": True}, "batch_size: expected a number"),
-    ({"precision": "int4"}, "precision must be one of fp32, fp16, bf16"),
-    ({"runtime": "tensorflow"}, "runtime must be one of auto, onnxruntime, openvino"),
-    ({"device_id": -1}, "device_id must be >= 0"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"batch_size": 0}, "batch_size must be >= 1"),
+        ({"sessions": -1}, "sessions must be >= 1"),
+        ({"threads": "many"}, "threads: expected an integer"),
+        ({"batch_size": 2.5}, "batch_size: expected an integer"),
+        ({"batch_size": True}, "batch_size: expected a number"),
+        ({"precision": "int4"}, "precision must be one of fp32, fp16, bf16"),
+        ({"runtime": "tensorflow"}, "runtime must be one of auto, onnxruntime, openvino"),
+        ({"device_id": -1}, "device_id must be >= 0"),
+    ],
+)
 def test_bad_values_are_one_line_value_errors(changes, message):
     with pytest.raises(ValueError, match=message):
         EngineOptions(**changes)
@@ -88,14 +107,23 @@ def test_flags_given_beat_the_base_and_defaults_do_not(name):
     default_text = {"providers": "cpu,cuda", "cache_mb": "8"}.get(name, str(getattr(EngineOptions(), name) or 1))
     args = parser.parse_args([flag(name), default_text])
     assert getattr(EngineOptions.from_args(args, base=file_options), name) == getattr(
-        EngineOptions.from_mapping({name: default_text}), name)
+        EngineOptions.from_mapping({name: default_text}), name
+    )
     args = parser.parse_args([flag(name), AS_TEXT[name]])
     assert getattr(EngineOptions.from_args(args), name) == NON_DEFAULT[name]
 
 
 def test_flag_names():
-    assert [flag(n) for n in OPTION_NAMES] == ["--runtime", "--providers", "--device", "--precision", "--batch-size",
-                                               "--sessions", "--threads", "--cache-mb"]
+    assert [flag(n) for n in OPTION_NAMES] == [
+        "--runtime",
+        "--providers",
+        "--device",
+        "--precision",
+        "--batch-size",
+        "--sessions",
+        "--threads",
+        "--cache-mb",
+    ]
     parser = argparse.ArgumentParser()
     add_arguments(parser, only=("runtime", "providers"))
     assert {a.dest for a in parser._actions} == {"help", "runtime", "providers"}

@@ -46,9 +46,16 @@ def test_the_engine_says_what_it_runs(engine):
     assert engine.device == "cpu" and not engine.accelerator and engine.precision == "fp32"
     assert engine.batch_size == 4 and len(engine.sessions) == 2 and engine.mode == "ave"
     assert all(s.threads == 1 and s.providers == engine.providers for s in engine.sessions)
-    assert engine.describe() == {"runtime": "onnxruntime", "provider": "CPUExecutionProvider", "device": "cpu",
-                                 "device_id": 0, "precision": "fp32", "batch_size": 4, "sessions": 2,
-                                 "threads_per_session": 1}
+    assert engine.describe() == {
+        "runtime": "onnxruntime",
+        "provider": "CPUExecutionProvider",
+        "device": "cpu",
+        "device_id": 0,
+        "precision": "fp32",
+        "batch_size": 4,
+        "sessions": 2,
+        "threads_per_session": 1,
+    }
     with pytest.raises(ModelError, match="expected a U-Net"):
         Engine(engine.encoder.path)
     with pytest.raises(ModelError, match="expected an audio encoder"):
@@ -172,8 +179,11 @@ def test_runtime_table_is_the_one_place_providers_mean_something():
     assert rt.providers is PROVIDERS
     for p in PROVIDERS.values():
         assert runtime.provider_name(p.alias) == runtime.provider_name(p.name.upper()) == p.name
-    assert runtime.resolve_providers(["cpu"]) == runtime.resolve_providers(["CPUExecutionProvider"]) == \
-        ["CPUExecutionProvider"]
+    assert (
+        runtime.resolve_providers(["cpu"])
+        == runtime.resolve_providers(["CPUExecutionProvider"])
+        == ["CPUExecutionProvider"]
+    )
     installed = rt.installed()
     if "CUDAExecutionProvider" not in installed:  # strict: a provider this build lacks is an error, not a fallback
         with pytest.raises(ValueError, match="'cuda' is not available in this onnxruntime build"):
@@ -196,8 +206,13 @@ def test_generate_into_a_sink_and_a_callback(engine, tpl, feats, tmp_path):
     speech = synthetic_speech(1.2)
     want = list(pipe.frames(feats, tpl))
     sink, seen = MemorySink(), []
-    result = pipe.generate(speech, features=feats, template=tpl, progress=False,
-                           output=[sink, lambda frame, audio: seen.append((frame, audio)), tmp_path / "v.mp4"])
+    result = pipe.generate(
+        speech,
+        features=feats,
+        template=tpl,
+        progress=False,
+        output=[sink, lambda frame, audio: seen.append((frame, audio)), tmp_path / "v.mp4"],
+    )
     assert result.output is sink and result.frames == len(want) == len(sink.frames) == len(seen)
     assert all(np.array_equal(a, b) for a, b in zip(sink.frames, want))
     assert all(np.array_equal(a, f) for (a, _), f in zip(seen, want))
@@ -223,8 +238,7 @@ def test_a_failing_sink_aborts_every_output(engine, tpl, feats, tmp_path):
 
     broken = Broken()
     with pytest.raises(RuntimeError, match="disk on fire"):
-        stf.Pipeline(engine).generate(features=feats, template=tpl, output=[tmp_path / "v.mp4", broken],
-                                      progress=False)
+        stf.Pipeline(engine).generate(features=feats, template=tpl, output=[tmp_path / "v.mp4", broken], progress=False)
     assert list(tmp_path.iterdir()) == [] and broken.frames == []
 
 
@@ -289,8 +303,11 @@ def test_tensorrt_is_offered_only_when_its_libraries_load(monkeypatch, loadable)
     from synctalk_fast.runtime import ort as ort_runtime
 
     rt = runtime.get_runtime()
-    monkeypatch.setattr(type(rt), "installed", lambda self: ["TensorrtExecutionProvider", "CUDAExecutionProvider",
-                                                             "CPUExecutionProvider"])
+    monkeypatch.setattr(
+        type(rt),
+        "installed",
+        lambda self: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+    )
     monkeypatch.setattr(ort_runtime, "tensorrt_loadable", lambda: loadable)
     want = ["CUDAExecutionProvider", "CPUExecutionProvider"]
     assert rt.available() == (["TensorrtExecutionProvider"] + want if loadable else want)
@@ -329,8 +346,10 @@ def test_one_io_bound_session_shared_by_threads_keeps_each_callers_frames(model_
     plain = models.load_session(model_dir / "unet_328.onnx", threads=1)
     bound = models.load_session(model_dir / "unet_328.onnx", threads=1, io_binding=True)
     rng = np.random.default_rng(5)
-    inputs = [(rng.random((2, 6, 320, 320), dtype=np.float32), rng.standard_normal((2, 32, 16, 16), np.float32))
-              for _ in range(2)]
+    inputs = [
+        (rng.random((2, 6, 320, 320), dtype=np.float32), rng.standard_normal((2, 32, 16, 16), np.float32))
+        for _ in range(2)
+    ]
     want = [plain.run(image=i, audio=a) for i, a in inputs]
     errors = []
 

@@ -148,13 +148,21 @@ def _tensor(key: str, numel: int, size: tuple, stride: tuple, offset: int = 0) -
     storage = Pid("storage", G("torch", "FloatStorage"), key, "cpu", numel)
     return R(
         G("torch._utils", "_rebuild_tensor_v2"),
-        storage, offset, size, stride, False, R(G("collections", "OrderedDict")),
+        storage,
+        offset,
+        size,
+        stride,
+        False,
+        R(G("collections", "OrderedDict")),
     )
 
 
 def _write_torch_zip(
-    path: Path, data_pkl: bytes, storages: dict[str, bytes] | None = None,
-    byteorder: bytes | None = b"little", folder: str = "archive",
+    path: Path,
+    data_pkl: bytes,
+    storages: dict[str, bytes] | None = None,
+    byteorder: bytes | None = b"little",
+    folder: str = "archive",
 ) -> Path:
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
         zf.writestr(f"{folder}/data.pkl", data_pkl)
@@ -251,8 +259,18 @@ def test_wrapped_checkpoints_are_unwrapped(tmp_path: Path) -> None:
 def test_metadata_entries_are_dropped(tmp_path: Path) -> None:
     torch = _torch()
     path = tmp_path / "meta.pth"
-    torch.save({"w": torch.ones(2), "epoch": 7, "name": "x", "shape": torch.Size([2]),
-                "dtype": torch.float16, "hist": [1.0, 2.0], "w2": torch.zeros(1)}, path)
+    torch.save(
+        {
+            "w": torch.ones(2),
+            "epoch": 7,
+            "name": "x",
+            "shape": torch.Size([2]),
+            "dtype": torch.float16,
+            "hist": [1.0, 2.0],
+            "w2": torch.zeros(1),
+        },
+        path,
+    )
     assert list(load_state_dict(path)) == ["w", "w2"]
 
 
@@ -280,11 +298,16 @@ def test_prefixes_are_stripped_repeatedly(tmp_path: Path) -> None:
     torch.save(sd, path)
     got = load_state_dict(path)
     assert list(got) == ["0.conv_block.0.weight", "fc.bias", "1.weight", "plain"]
-    np.testing.assert_array_equal(got["0.conv_block.0.weight"], sd["module.audio_encoder.0.conv_block.0.weight"].numpy())
+    np.testing.assert_array_equal(
+        got["0.conv_block.0.weight"], sd["module.audio_encoder.0.conv_block.0.weight"].numpy()
+    )
 
     assert list(load_state_dict(path, prefixes=())) == list(sd)
     assert list(load_state_dict(path, prefixes="module.")) == [
-        "audio_encoder.0.conv_block.0.weight", "fc.bias", "audio_encoder.1.weight", "plain",
+        "audio_encoder.0.conv_block.0.weight",
+        "fc.bias",
+        "audio_encoder.1.weight",
+        "plain",
     ]
     with pytest.raises(ValueError):
         load_state_dict(path, prefixes=("",))
@@ -409,8 +432,7 @@ def test_pickled_module_is_refused(tmp_path: Path) -> None:
 def test_build_on_stand_in_is_refused(tmp_path: Path) -> None:
     torch = _torch()
     # Try to overwrite the shared FloatStorage stand-in's itemsize.
-    data = _pickle({"w": _tensor("0", 2, (2,), (1,)),
-                    "x": Build(G("torch", "FloatStorage"), (None, {"itemsize": 1}))})
+    data = _pickle({"w": _tensor("0", 2, (2,), (1,)), "x": Build(G("torch", "FloatStorage"), (None, {"itemsize": 1}))})
     path = _write_torch_zip(tmp_path / "build.pth", data, {"0": np.ones(2, "<f4").tobytes()})
     with pytest.raises(CheckpointError, match="refusing to"):
         load_state_dict(path)
@@ -630,8 +652,13 @@ def test_big_endian_byteorder(tmp_path: Path, dtype_name: str) -> None:
 
 def test_missing_byteorder_means_little(tmp_path: Path) -> None:
     data = _pickle({"w": _tensor("0", 3, (3,), (1,))})
-    path = _write_torch_zip(tmp_path / "nobo.pth", data, {"0": np.array([1, 2, 3], "<f4").tobytes()},
-                            byteorder=None, folder="some_other_name")
+    path = _write_torch_zip(
+        tmp_path / "nobo.pth",
+        data,
+        {"0": np.array([1, 2, 3], "<f4").tobytes()},
+        byteorder=None,
+        folder="some_other_name",
+    )
     np.testing.assert_array_equal(load_state_dict(path)["w"], [1, 2, 3])
     bad = _write_torch_zip(tmp_path / "badbo.pth", data, {"0": b"\0" * 12}, byteorder=b"middle")
     with pytest.raises(CheckpointError, match="byteorder"):

@@ -25,8 +25,12 @@ TOL = 1e-4  # ONNX Runtime (float32) vs torch
 # The torch oracle runs in float64: the error measured is then the ONNX graph's
 # own float32 rounding. (torch in float32 carries about as much of its own, and
 # the two do not cancel; ERRORS records it beside ours for comparison.)
-MANIFEST_NAMES = {"unet_328_ave": ("unet", "ave"), "unet_328_hubert": ("unet", "hubert"),
-                  "unet_328_wenet": ("unet", "wenet"), "audio_encoder": ("audio_encoder", "ave")}
+MANIFEST_NAMES = {
+    "unet_328_ave": ("unet", "ave"),
+    "unet_328_hubert": ("unet", "hubert"),
+    "unet_328_wenet": ("unet", "wenet"),
+    "audio_encoder": ("audio_encoder", "ave"),
+}
 ERRORS: dict[str, float] = {}  # measured max errors, printed at the end of the module
 
 
@@ -160,7 +164,9 @@ def test_random_weights_spread_outputs_and_use_the_audio(mode):
     assert state["down1.maxpool_conv.0.double_conv.0.conv.1.num_batches_tracked"].dtype == np.int64
     again = models.random_state_dict("unet", mode=mode, seed=0)
     assert all(np.array_equal(state[k], again[k]) for k in state)
-    assert not np.array_equal(state["outc.conv.weight"], models.random_state_dict("unet", mode=mode, seed=1)["outc.conv.weight"])
+    assert not np.array_equal(
+        state["outc.conv.weight"], models.random_state_dict("unet", mode=mode, seed=1)["outc.conv.weight"]
+    )
     sess = _ort(models.build_unet(state, mode=mode))
     image, audio = _unet_inputs(mode, 2, seed=7)
     out = sess.run(None, {"image": image, "audio": audio})[0]
@@ -177,10 +183,14 @@ def test_missing_or_misshaped_key_is_named():
     state = models.random_state_dict("unet")
     broken = dict(state)
     del broken["up3.conv.double_conv.1.conv.4.running_var"]
-    with pytest.raises(models.ModelError, match=r"missing 'up3.conv.double_conv.1.conv.4.running_var' \(expected shape \[64\]\)"):
+    with pytest.raises(
+        models.ModelError, match=r"missing 'up3.conv.double_conv.1.conv.4.running_var' \(expected shape \[64\]\)"
+    ):
         models.build_unet(broken)
     broken = dict(state, **{"outc.conv.weight": np.zeros((3, 32, 1, 1), np.float32)})
-    with pytest.raises(models.ModelError, match=r"'outc.conv.weight' has shape \[3, 32, 1, 1\], expected \[3, 16, 1, 1\]"):
+    with pytest.raises(
+        models.ModelError, match=r"'outc.conv.weight' has shape \[3, 32, 1, 1\], expected \[3, 16, 1, 1\]"
+    ):
         models.check_state_dict(broken, kind="unet")
     with pytest.raises(models.ModelError, match="does not"):
         models.check_state_dict(dict(state, extra=np.zeros(1)), kind="unet")
@@ -199,8 +209,13 @@ def test_kind_and_mode_inference():
 
 
 def _cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "synctalk_fast", *args], capture_output=True, text=True,
-                          timeout=600, cwd=cwd or tempfile.gettempdir())
+    return subprocess.run(
+        [sys.executable, "-m", "synctalk_fast", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=cwd or tempfile.gettempdir(),
+    )
 
 
 def test_export_cli_from_a_torch_checkpoint(tmp_path):
@@ -239,7 +254,10 @@ def test_export_cli_encoder_with_prefix_and_errors(tmp_path):
 def test_demo_models_cli(tmp_path):
     res = _cli("demo-models", "-o", str(tmp_path / "m"))
     assert res.returncode == 0, res.stderr
-    unet, enc = models.load_session(tmp_path / "m" / "unet_328.onnx"), models.load_session(tmp_path / "m" / "audio_encoder.onnx")
+    unet, enc = (
+        models.load_session(tmp_path / "m" / "unet_328.onnx"),
+        models.load_session(tmp_path / "m" / "audio_encoder.onnx"),
+    )
     assert (unet.kind, unet.mode, enc.kind) == ("unet", "ave", "audio_encoder")
     emb = enc.run(mel=_mel_inputs(3))
     assert emb.shape == (3, 512) and (emb >= 0).all()
@@ -251,8 +269,15 @@ def test_demo_models_cli(tmp_path):
 def _legacy_export(mode: str, path, state):
     """What earlier tools produced: torch.onnx.export, static batch 1, opset 11."""
     image, audio = _unet_inputs(mode, 1)
-    torch.onnx.export(_torch_unet(mode, state), (torch.from_numpy(image), torch.from_numpy(audio)), str(path),
-                      opset_version=11, input_names=["input", "audio"], output_names=["out"], dynamo=False)
+    torch.onnx.export(
+        _torch_unet(mode, state),
+        (torch.from_numpy(image), torch.from_numpy(audio)),
+        str(path),
+        opset_version=11,
+        input_names=["input", "audio"],
+        output_names=["out"],
+        dynamo=False,
+    )
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
@@ -281,8 +306,15 @@ def test_read_only_model_folder_uses_the_cache_dir(tmp_path, monkeypatch):
     folder = tmp_path / "ro"
     folder.mkdir()
     enc = _torch_encoder(state)
-    torch.onnx.export(enc, (torch.from_numpy(_mel_inputs(1)),), str(folder / "enc.onnx"), opset_version=12,
-                      input_names=["mel_input"], output_names=["feat"], dynamo=False)
+    torch.onnx.export(
+        enc,
+        (torch.from_numpy(_mel_inputs(1)),),
+        str(folder / "enc.onnx"),
+        opset_version=12,
+        input_names=["mel_input"],
+        output_names=["feat"],
+        dynamo=False,
+    )
     monkeypatch.setenv("SYNCTALK_FAST_CACHE", str(tmp_path / "cache"))
     real_write = session_module.write_atomic
 
@@ -312,13 +344,20 @@ def _unbatchable_model(path):
         helper.make_node("ReduceMean", ["audio"], ["a"], axes=[1, 2, 3], keepdims=1),
         helper.make_node("Add", ["one", "a"], ["out"]),
     ]
-    inits = [numpy_helper.from_array(np.array(v, np.int64), n) for n, v in
-             [("starts", [0]), ("ends", [3]), ("axes", [1]), ("chw", [3, 320, 320]), ("zero", [0])]]
+    inits = [
+        numpy_helper.from_array(np.array(v, np.int64), n)
+        for n, v in [("starts", [0]), ("ends", [3]), ("axes", [1]), ("chw", [3, 320, 320]), ("zero", [0])]
+    ]
     graph = helper.make_graph(
-        nodes, "pinned",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 6, 320, 320]),
-         helper.make_tensor_value_info("audio", TensorProto.FLOAT, [1, 32, 16, 16])],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3, 320, 320])], inits)
+        nodes,
+        "pinned",
+        [
+            helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 6, 320, 320]),
+            helper.make_tensor_value_info("audio", TensorProto.FLOAT, [1, 32, 16, 16]),
+        ],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3, 320, 320])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     onnx.save(model, str(path))
@@ -354,9 +393,12 @@ def test_not_a_synctalk_model(tmp_path):
     import onnx
     from onnx import TensorProto, helper
 
-    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 10])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])])
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 10])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
+    )
     onnx.save(helper.make_model(graph), str(tmp_path / "relu.onnx"))
     with pytest.raises(models.ModelError, match="not a SyncTalk_2D model: inputs x \\[1, 10\\]"):
         models.load_session(tmp_path / "relu.onnx")

@@ -138,7 +138,9 @@ def test_mp4_has_all_frames_and_the_audio(pipe, demo_template, speech_file, tmp_
 def test_frames_folder_and_features_input(pipe, demo_template, speech_file, tmp_path):
     feats = pipe.audio_features(speech_file)
     np.save(tmp_path / "f.npy", feats)
-    result = pipe.generate(template=demo_template, output=tmp_path / "frames", features=tmp_path / "f.npy", progress=False)
+    result = pipe.generate(
+        template=demo_template, output=tmp_path / "frames", features=tmp_path / "f.npy", progress=False
+    )
     files = sorted((tmp_path / "frames").glob("frame_*.png"))
     assert len(files) == result.frames == feats.shape[0]
     first = next(pipe.frames(feats, demo_template))
@@ -152,8 +154,16 @@ def test_silent_audio_works(pipe, demo_template, tmp_path):
 
 
 def test_features_cli_writes_the_go_layout(model_dir, speech_file, tmp_path):
-    res = _cli("features", "--audio", str(speech_file), "--model", str(model_dir / "audio_encoder.onnx"),
-               "-o", str(tmp_path / "feat"), "-q")
+    res = _cli(
+        "features",
+        "--audio",
+        str(speech_file),
+        "--model",
+        str(model_dir / "audio_encoder.onnx"),
+        "-o",
+        str(tmp_path / "feat"),
+        "-q",
+    )
     assert res.returncode == 0, res.stderr
     meta = json.loads((tmp_path / "feat" / "features.bin.json").read_text())
     feats, windowed = stf.load_features(tmp_path / "feat" / "features.bin")
@@ -166,9 +176,23 @@ def test_features_cli_writes_the_go_layout(model_dir, speech_file, tmp_path):
 
 
 def test_generate_cli_with_go_flags(model_dir, demo_template, speech_file, tmp_path):
-    res = _cli("generate", "--model", str(model_dir / "unet_328.onnx"), "--audio-encoder",
-               str(model_dir / "audio_encoder.onnx"), "--audio", str(speech_file), "--template", str(demo_template),
-               "--output", str(tmp_path / "frames"), "--video", "--video-path", str(tmp_path / "result.mp4"), "-q")
+    res = _cli(
+        "generate",
+        "--model",
+        str(model_dir / "unet_328.onnx"),
+        "--audio-encoder",
+        str(model_dir / "audio_encoder.onnx"),
+        "--audio",
+        str(speech_file),
+        "--template",
+        str(demo_template),
+        "--output",
+        str(tmp_path / "frames"),
+        "--video",
+        "--video-path",
+        str(tmp_path / "result.mp4"),
+        "-q",
+    )
     assert res.returncode == 0, res.stderr
     n, rate, _ = _decode(tmp_path / "result.mp4")
     assert n == len(list((tmp_path / "frames").glob("frame_*.png"))) and rate == 25
@@ -188,8 +212,13 @@ def test_demo_cli_makes_a_playable_mp4(tmp_path):
 
 
 def _cli(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "synctalk_fast", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=tempfile.gettempdir())
+    return subprocess.run(
+        [sys.executable, "-m", "synctalk_fast", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=tempfile.gettempdir(),
+    )
 
 
 def _copy_template(src, dst, frames=None):
@@ -218,7 +247,9 @@ def _bad_cases(tmp: Path, tpl: Path, speech: Path, models_dir: Path):
     cases.append(("frame without landmarks", dict(template=t), stf.TemplateError, "3.jpg: no matching landmarks/3.lms"))
     t = _copy_template(tpl, tmp / "no_frame")
     (t / "full_body_img" / "5.jpg").unlink()
-    cases.append(("landmarks without frame", dict(template=t), stf.TemplateError, "5.lms: no matching full_body_img/5.jpg"))
+    cases.append(
+        ("landmarks without frame", dict(template=t), stf.TemplateError, "5.lms: no matching full_body_img/5.jpg")
+    )
     for name, edit, text in [
         ("lms line count", lambda s: "\n".join(s.splitlines()[:100]), "100 landmark lines, expected 110"),
         ("lms not numbers", lambda s: s.replace(s.splitlines()[7], "12.0 abc", 1), ":8: expected two numbers"),
@@ -240,7 +271,9 @@ def _bad_cases(tmp: Path, tpl: Path, speech: Path, models_dir: Path):
     cases.append(("frame sizes", dict(template=t), stf.TemplateError, "6.jpg: frame size 300x240"))
     cases.append(("not a U-Net", dict(unet=models_dir / "audio_encoder.onnx"), stf.ModelError, "audio encoder"))
     np.save(tmp / "bad_feats.npy", np.zeros((20, 100), np.float32))
-    cases.append(("feature size", dict(features=tmp / "bad_feats.npy", audio=None), stf.FeatureError, "100 floats per frame"))
+    cases.append(
+        ("feature size", dict(features=tmp / "bad_feats.npy", audio=None), stf.FeatureError, "100 floats per frame")
+    )
     (tmp / "a_file").write_text("x")
     cases.append(("unwritable output", dict(output=tmp / "a_file" / "out.mp4"), stf.OutputError, "out.mp4"))
     return cases
@@ -252,9 +285,22 @@ def bad_cases(tmp_path_factory, demo_template, speech_file, model_dir):
     return tmp, _bad_cases(tmp, demo_template, speech_file, model_dir)
 
 
-CASE_NAMES = ["missing audio", "garbage wav", "short audio", "empty template", "frame without landmarks",
-              "landmarks without frame", "lms line count", "lms not numbers", "lms NaN", "crop box outside",
-              "frame sizes", "not a U-Net", "feature size", "unwritable output"]
+CASE_NAMES = [
+    "missing audio",
+    "garbage wav",
+    "short audio",
+    "empty template",
+    "frame without landmarks",
+    "landmarks without frame",
+    "lms line count",
+    "lms not numbers",
+    "lms NaN",
+    "crop box outside",
+    "frame sizes",
+    "not a U-Net",
+    "feature size",
+    "unwritable output",
+]
 
 
 def _case(bad_cases, name):
@@ -267,8 +313,14 @@ def _case(bad_cases, name):
 def test_bad_input_api(name, bad_cases, demo_template, speech_file, model_dir):
     tmp, (_, change, exc_type, text) = _case(bad_cases, name)
     out = tmp / f"api_{name.replace(' ', '_')}.mp4"
-    kwargs = dict(audio=speech_file, template=demo_template, output=out, unet=model_dir / "unet_328.onnx",
-                  audio_encoder=model_dir / "audio_encoder.onnx", progress=False)
+    kwargs = dict(
+        audio=speech_file,
+        template=demo_template,
+        output=out,
+        unet=model_dir / "unet_328.onnx",
+        audio_encoder=model_dir / "audio_encoder.onnx",
+        progress=False,
+    )
     kwargs.update(change)
     with pytest.raises(exc_type) as info:
         stf.generate(kwargs.pop("audio"), **kwargs)
@@ -281,9 +333,18 @@ def test_bad_input_api(name, bad_cases, demo_template, speech_file, model_dir):
 def test_bad_input_cli(name, bad_cases, demo_template, speech_file, model_dir):
     tmp, (_, change, _, text) = _case(bad_cases, name)
     out = change.get("output", tmp / f"cli_{name.replace(' ', '_')}.mp4")
-    args = ["generate", "--model", str(change.get("unet", model_dir / "unet_328.onnx")),
-            "--audio-encoder", str(model_dir / "audio_encoder.onnx"),
-            "--template", str(change.get("template", demo_template)), "--output", str(out), "-q"]
+    args = [
+        "generate",
+        "--model",
+        str(change.get("unet", model_dir / "unet_328.onnx")),
+        "--audio-encoder",
+        str(model_dir / "audio_encoder.onnx"),
+        "--template",
+        str(change.get("template", demo_template)),
+        "--output",
+        str(out),
+        "-q",
+    ]
     if "features" in change:
         args += ["--features", str(change["features"])]
     else:
@@ -311,12 +372,19 @@ def _tiny_unet(path, mode="ave"):
         helper.make_node("Add", ["rgb", "a"], ["z"]),
         helper.make_node("Sigmoid", ["z"], ["output"]),
     ]
-    inits = [numpy_helper.from_array(np.array(v, np.int64), n) for n, v in [("starts", [0]), ("ends", [3]), ("axes", [1])]]
+    inits = [
+        numpy_helper.from_array(np.array(v, np.int64), n) for n, v in [("starts", [0]), ("ends", [3]), ("axes", [1])]
+    ]
     graph = helper.make_graph(
-        nodes, "tiny",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 6, 320, 320]),
-         helper.make_tensor_value_info("audio", TensorProto.FLOAT, ["N", c, h, w])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 3, 320, 320])], inits)
+        nodes,
+        "tiny",
+        [
+            helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 6, 320, 320]),
+            helper.make_tensor_value_info("audio", TensorProto.FLOAT, ["N", c, h, w]),
+        ],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 3, 320, 320])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     onnx.save(model, str(path))
@@ -328,8 +396,9 @@ def test_precomputed_features_drive_hubert_and_wenet(mode, demo_template, tmp_pa
     unet = _tiny_unet(tmp_path / f"{mode}.onnx", mode)
     rows = np.random.default_rng(0).normal(0, 1, (30, stf.features.row_size(mode))).astype(np.float32)
     np.save(tmp_path / "f.npy", rows)
-    result = stf.generate(template=demo_template, output=tmp_path / "out.mp4", unet=unet, features=tmp_path / "f.npy",
-                          progress=False)
+    result = stf.generate(
+        template=demo_template, output=tmp_path / "out.mp4", unet=unet, features=tmp_path / "f.npy", progress=False
+    )
     frames, rate, _ = _decode(tmp_path / "out.mp4")
     assert result.frames == frames == 30 and rate == stf.features.FPS[mode]
     with pytest.raises(stf.FeatureError, match="precomputed features"):
@@ -363,9 +432,22 @@ def test_memory_is_flat_for_ten_minutes_of_audio(model_dir, demo_template, tmp_p
     for seconds in (60, 600):
         folder = tmp_path / f"run{seconds}"
         folder.mkdir()
-        res = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, str(seconds), str(folder), str(unet),
-                              str(model_dir / "audio_encoder.onnx"), str(demo_template)],
-                             capture_output=True, text=True, timeout=900, cwd=tempfile.gettempdir())
+        res = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                _RSS_SCRIPT,
+                str(seconds),
+                str(folder),
+                str(unet),
+                str(model_dir / "audio_encoder.onnx"),
+                str(demo_template),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            cwd=tempfile.gettempdir(),
+        )
         assert res.returncode == 0, res.stderr
         frames, peak_mb = map(int, res.stdout.split())
         assert frames == stf.num_mel_windows(1 + seconds * 16000 // 200) + 2
@@ -416,17 +498,38 @@ def test_pipeline_on_an_engine_takes_no_engine_options(tiny_unet):
 
 
 def test_generate_routes_engine_options_to_the_engine(tiny_unet, demo_template, tmp_path):
-    result = stf.generate(features=_rows(), template=demo_template, output=tmp_path / "out.mp4", unet=tiny_unet,
-                          batch_size=2, sessions=1, preset="ultrafast", progress=False)
+    result = stf.generate(
+        features=_rows(),
+        template=demo_template,
+        output=tmp_path / "out.mp4",
+        unet=tiny_unet,
+        batch_size=2,
+        sessions=1,
+        preset="ultrafast",
+        progress=False,
+    )
     assert (result.engine["batch_size"], result.engine["sessions"], result.frames) == (2, 1, 7)
-    result = stf.generate(features=_rows(), template=demo_template, output=stf.MemorySink(), unet=tiny_unet,
-                          options=stf.EngineOptions(batch_size=4, sessions=1), batch_size=3, progress=False)
+    result = stf.generate(
+        features=_rows(),
+        template=demo_template,
+        output=stf.MemorySink(),
+        unet=tiny_unet,
+        options=stf.EngineOptions(batch_size=4, sessions=1),
+        batch_size=3,
+        progress=False,
+    )
     assert (result.engine["batch_size"], result.engine["sessions"]) == (3, 1)
 
 
 def test_generate_unknown_keyword_is_a_type_error_before_any_work(demo_template, tmp_path):
     with pytest.raises(TypeError, match="unexpected keyword argument.*batchsize, qualty") as info:
-        stf.generate(features=_rows(), template=demo_template, output=tmp_path / "x.mp4",
-                     unet=tmp_path / "no_such.onnx", qualty=3, batchsize=2)
+        stf.generate(
+            features=_rows(),
+            template=demo_template,
+            output=tmp_path / "x.mp4",
+            unet=tmp_path / "no_such.onnx",
+            qualty=3,
+            batchsize=2,
+        )
     assert "batch_size" in str(info.value) and "crf" in str(info.value)  # what it takes
     assert os.listdir(tmp_path) == []

@@ -32,9 +32,16 @@ def export_legacy_opset11(state: dict, path: Path) -> Path:
     batch = {0: "batch"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-        torch.onnx.export(net, (torch.zeros(1, 6, 320, 320), torch.zeros(1, 32, 16, 16)), str(path),
-                          opset_version=11, input_names=["input", "audio"], output_names=["output"],
-                          dynamic_axes={"input": batch, "audio": batch, "output": batch}, dynamo=False)
+        torch.onnx.export(
+            net,
+            (torch.zeros(1, 6, 320, 320), torch.zeros(1, 32, 16, 16)),
+            str(path),
+            opset_version=11,
+            input_names=["input", "audio"],
+            output_names=["output"],
+            dynamic_axes={"input": batch, "audio": batch, "output": batch},
+            dynamo=False,
+        )
     assert opset_of(path) == 11
     return path
 
@@ -45,8 +52,11 @@ def dequantize_scales(path: Path) -> list[int]:
 
     graph = onnx.load(str(path)).graph
     inits = {t.name: t for t in graph.initializer}
-    return [int(np.prod(inits[n.input[1]].dims)) for n in graph.node
-            if n.op_type == "DequantizeLinear" and n.input[0] in inits and n.input[1] in inits]
+    return [
+        int(np.prod(inits[n.input[1]].dims))
+        for n in graph.node
+        if n.op_type == "DequantizeLinear" and n.input[0] in inits and n.input[1] in inits
+    ]
 
 
 def failing_quantizer(monkeypatch: pytest.MonkeyPatch, *, final_only: bool) -> None:

@@ -43,13 +43,26 @@ def _qdq_model(path: Path) -> tuple[Path, Path]:
         def q(x: str, name: str, scale, zero) -> str:
             if not qdq:
                 return x
-            inits.extend([numpy_helper.from_array(np.asarray(scale, np.float32), f"s_{name}"),
-                          numpy_helper.from_array(np.asarray(zero), f"z_{name}")])
+            inits.extend(
+                [
+                    numpy_helper.from_array(np.asarray(scale, np.float32), f"s_{name}"),
+                    numpy_helper.from_array(np.asarray(zero), f"z_{name}"),
+                ]
+            )
             axis = [helper.make_attribute("axis", 0)] if np.ndim(scale) else []
-            nodes.append(helper.make_node("QuantizeLinear", [x, f"s_{name}", f"z_{name}"], [f"q_{name}"],
-                                          name=f"QuantizeLinear_{name}"))
-            nodes.append(helper.make_node("DequantizeLinear", [f"q_{name}", f"s_{name}", f"z_{name}"], [f"dq_{name}"],
-                                          name=f"DequantizeLinear_{name}"))
+            nodes.append(
+                helper.make_node(
+                    "QuantizeLinear", [x, f"s_{name}", f"z_{name}"], [f"q_{name}"], name=f"QuantizeLinear_{name}"
+                )
+            )
+            nodes.append(
+                helper.make_node(
+                    "DequantizeLinear",
+                    [f"q_{name}", f"s_{name}", f"z_{name}"],
+                    [f"dq_{name}"],
+                    name=f"DequantizeLinear_{name}",
+                )
+            )
             nodes[-2].attribute.extend(axis)
             nodes[-1].attribute.extend(axis)
             return f"dq_{name}"
@@ -63,8 +76,13 @@ def _qdq_model(path: Path) -> tuple[Path, Path]:
             nodes.append(helper.make_node("Conv", [xi, wi], [f"{k}_conv"], name=f"{k}/Conv_{len(nodes)}", pads=[1] * 4))
             nodes.append(helper.make_node("Relu", [f"{k}_conv"], [f"{k}_relu"], name=f"{k}/Relu_{len(nodes)}"))
             x = f"{k}_relu"
-        g = helper.make_graph(nodes, "two", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 8, 8])],
-                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, 4, 8, 8])], inits)
+        g = helper.make_graph(
+            nodes,
+            "two",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 8, 8])],
+            [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, 4, 8, 8])],
+            inits,
+        )
         return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
 
     fp, q8 = path / "float.onnx", path / "qdq.onnx"
@@ -89,8 +107,10 @@ def test_blocks_back_in_floating_point_and_folded_weights(tmp_path):
     convs = {n.name.split("/")[0]: n for n in b_float.graph.node if n.op_type == "Conv"}
     assert list(convs["b"].input) == ["a_relu", "b.w"]  # reads the float activation and weight
     assert list(convs["a"].input) == ["dq_a_in", "dq_a_w"]  # block a untouched
-    assert {n.name for n in b_float.graph.node if n.op_type == "QuantizeLinear"} == {"QuantizeLinear_a_in",
-                                                                                     "QuantizeLinear_a_w"}
+    assert {n.name for n in b_float.graph.node if n.op_type == "QuantizeLinear"} == {
+        "QuantizeLinear_a_in",
+        "QuantizeLinear_a_w",
+    }
     assert {t.name for t in b_float.graph.initializer} == {"a.w", "b.w", "s_a_in", "z_a_in", "s_a_w", "z_a_w"}
     assert len(qdq.graph.node) == 12  # the original is not changed
     all_float = float_blocks(qdq, ["a", "b"])
@@ -116,8 +136,7 @@ def test_calibration_skips_the_empty_roi_of_a_legacy_export(legacy_opset11):
     resizes = [n for n in model.graph.node if n.op_type == "Resize"]
     assert len(resizes) == 5 and {"ConstantOfShape", "Slice", "Cast"} <= {n.op_type for n in model.graph.node}
     rois = [n.input[1] for n in resizes]
-    assert all(made[r].op_type == "Constant" and numpy_helper.to_array(made[r].attribute[0].t).size == 0
-               for r in rois)
+    assert all(made[r].op_type == "Constant" and numpy_helper.to_array(made[r].attribute[0].t).size == 0 for r in rois)
     skip = uncalibrated_tensors(model)
     assert set(rois) <= skip
     assert not {n.output[0] for n in model.graph.node if n.op_type in ("Conv", "Relu", "Add")} & skip

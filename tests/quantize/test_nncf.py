@@ -22,8 +22,18 @@ needs_nncf = pytest.mark.skipif(nncf_tool.problem() is not None, reason="no open
 def face_nncf(face_onnx):
     """NNCF int8 of the trained U-Net, outc in floating point, every other block int8."""
     out = face_onnx.with_name("face_nncf.onnx")
-    report = stf.quantize(face_onnx, out, template=TEMPLATE, features=FEATURES, tool="nncf", target_psnr=None,
-                          keep_fp32=["outc"], calibration=4, validation=2, heldout=4)
+    report = stf.quantize(
+        face_onnx,
+        out,
+        template=TEMPLATE,
+        features=FEATURES,
+        tool="nncf",
+        target_psnr=None,
+        keep_fp32=["outc"],
+        calibration=4,
+        validation=2,
+        heldout=4,
+    )
     return out, report
 
 
@@ -86,8 +96,17 @@ def test_nncf_failure_is_a_one_line_model_error_and_writes_nothing(small, model_
     monkeypatch.setattr(nncf, "quantize", failing)
     out = tmp_path / "u8.onnx"
     with pytest.raises(stf.errors.ModelError) as info:
-        stf.quantize(model_dir / "unet_328.onnx", out, template=small[0], features=small[2], tool="nncf",
-                     target_psnr=None, calibration=2, validation=1, heldout=1)
+        stf.quantize(
+            model_dir / "unet_328.onnx",
+            out,
+            template=small[0],
+            features=small[2],
+            tool="nncf",
+            target_psnr=None,
+            calibration=2,
+            validation=1,
+            heldout=1,
+        )
     message = str(info.value)
     assert "\n" not in message and message.startswith(str(model_dir / "unet_328.onnx") + ": ")
     assert "NNCF's quantizer" in message and "RuntimeError: Could not collect statistics" in message
@@ -103,9 +122,18 @@ def test_nncf_search_puts_the_most_sensitive_blocks_back(face_onnx, tmp_path):
     Four candidate blocks (the rest kept in floating point) bound the cost."""
     blocks = name_blocks(onnx.load(str(face_onnx)))
     tried = ["outc", "up5.conv.double_conv.0", "up5.conv.double_conv.1", "down1.maxpool_conv.0.double_conv.0"]
-    report = stf.quantize(face_onnx, tmp_path / "u8.onnx", template=TEMPLATE, features=FEATURES, tool="nncf",
-                          target_psnr=40.0, keep_fp32=[b for b in blocks if b not in tried], calibration=4,
-                          validation=2, heldout=4)
+    report = stf.quantize(
+        face_onnx,
+        tmp_path / "u8.onnx",
+        template=TEMPLATE,
+        features=FEATURES,
+        tool="nncf",
+        target_psnr=40.0,
+        keep_fp32=[b for b in blocks if b not in tried],
+        calibration=4,
+        validation=2,
+        heldout=4,
+    )
     assert set(report.sensitivity) == set(tried)
     ranking = sorted(report.sensitivity, key=report.sensitivity.get)
     extra = [b for b in report.fp32_blocks if b in tried]
@@ -119,8 +147,17 @@ def test_nncf_search_puts_the_most_sensitive_blocks_back(face_onnx, tmp_path):
 @pytest.mark.slow
 def test_auto_writes_the_candidate_the_rule_picks(face_onnx, tmp_path):
     out = tmp_path / "u8.onnx"
-    report = stf.quantize(face_onnx, out, template=TEMPLATE, features=FEATURES, methods=("MinMax",),
-                          target_psnr=None, calibration=4, validation=2, heldout=8)
+    report = stf.quantize(
+        face_onnx,
+        out,
+        template=TEMPLATE,
+        features=FEATURES,
+        methods=("MinMax",),
+        target_psnr=None,
+        calibration=4,
+        validation=2,
+        heldout=8,
+    )
     assert {"onnxruntime int8", "nncf int8"} <= set(report.candidates)
     chosen = choose_candidate(report.candidates, None)
     assert report.tool == report.candidates[chosen]["tool"] and report.runtime == report.candidates[chosen]["runtime"]

@@ -30,8 +30,11 @@ def _legacy_src(legacy_opset11, tmp_path):
     src = tmp_path / "named.onnx"
     onnx.save(model, str(src))
     rng = np.random.default_rng(0)
-    feeds = Feeds({"image": "input", "audio": "audio"}, rng.random((2, 6, 320, 320), dtype=np.float32),
-                  rng.normal(size=(2, 32, 16, 16)).astype(np.float32))
+    feeds = Feeds(
+        {"image": "input", "audio": "audio"},
+        rng.random((2, 6, 320, 320), dtype=np.float32),
+        rng.normal(size=(2, 32, 16, 16)).astype(np.float32),
+    )
     return src, feeds
 
 
@@ -59,9 +62,30 @@ def test_legacy_export_quantizes_with_every_method_at_target_0(legacy_opset11, s
     tpl, _, feats = small
     np.save(tmp_path / "feats.npy", feats)
     out = tmp_path / "u8.onnx"
-    rc = cli.main(["quantize", "--model", str(legacy_opset11), "--template", str(tpl), "--features",
-                   str(tmp_path / "feats.npy"), "-o", str(out), "--target-psnr", "0", "--calibration", "2", "--validation", "1", "--heldout", "1",
-                   "--tool", "onnxruntime", "--quiet"])
+    rc = cli.main(
+        [
+            "quantize",
+            "--model",
+            str(legacy_opset11),
+            "--template",
+            str(tpl),
+            "--features",
+            str(tmp_path / "feats.npy"),
+            "-o",
+            str(out),
+            "--target-psnr",
+            "0",
+            "--calibration",
+            "2",
+            "--validation",
+            "1",
+            "--heldout",
+            "1",
+            "--tool",
+            "onnxruntime",
+            "--quiet",
+        ]
+    )
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     report = json.loads(out.with_name("u8.onnx.json").read_text())
@@ -80,9 +104,19 @@ def test_legacy_export_quantizes_at_the_default_target(legacy_opset11, small, tm
     blocks = name_blocks(onnx.load(str(legacy_opset11)))
     assert len(blocks) == 33 and blocks[0] == "conv00" and blocks[-1] == "outc"  # its weights lost their names
     tried = [blocks[0], blocks[10], blocks[-2], blocks[-1]]
-    report = stf.quantize(legacy_opset11, tmp_path / "u8.onnx", template=tpl, features=feats, tool="onnxruntime",
-                          methods=("Percentile",), keep_fp32=[b for b in blocks if b not in tried], calibration=2,
-                          validation=1, heldout=1, threads=2)
+    report = stf.quantize(
+        legacy_opset11,
+        tmp_path / "u8.onnx",
+        template=tpl,
+        features=feats,
+        tool="onnxruntime",
+        methods=("Percentile",),
+        keep_fp32=[b for b in blocks if b not in tried],
+        calibration=2,
+        validation=1,
+        heldout=1,
+        threads=2,
+    )
     assert report.target_psnr == 40.0 and report.method == "Percentile" and report.speed["threads"] == 2
     assert set(report.sensitivity) == set(tried)
     assert report.met == (report.fidelity["mouth"]["psnr"] >= 40.0)
@@ -93,8 +127,17 @@ def test_legacy_export_quantizes_at_the_default_target(legacy_opset11, small, tm
 def test_legacy_export_full_search_at_the_default_target(legacy_opset11, small, tmp_path):
     """The default target on every block, Percentile and MinMax."""
     tpl, _, feats = small
-    report = stf.quantize(legacy_opset11, tmp_path / "u8.onnx", template=tpl, features=feats, tool="onnxruntime",
-                          methods=("MinMax", "Percentile"), calibration=2, validation=1, heldout=1)
+    report = stf.quantize(
+        legacy_opset11,
+        tmp_path / "u8.onnx",
+        template=tpl,
+        features=feats,
+        tool="onnxruntime",
+        methods=("MinMax", "Percentile"),
+        calibration=2,
+        validation=1,
+        heldout=1,
+    )
     assert set(report.methods) == {"MinMax", "Percentile"} and len(report.sensitivity) == 33
     assert report.fp32_blocks and report.met == (report.fidelity["mouth"]["psnr"] >= 40.0)
 
@@ -106,8 +149,18 @@ def test_legacy_export_full_search_at_the_default_target(legacy_opset11, small, 
 def opset11_int8(opset11):
     before = opset11.read_bytes()
     out = opset11.with_name("unet_int8.onnx")
-    report = stf.quantize(opset11, out, template=TEMPLATE, features=FEATURES, tool="onnxruntime", methods=("MinMax",),
-                          target_psnr=None, calibration=2, validation=1, heldout=1)
+    report = stf.quantize(
+        opset11,
+        out,
+        template=TEMPLATE,
+        features=FEATURES,
+        tool="onnxruntime",
+        methods=("MinMax",),
+        target_psnr=None,
+        calibration=2,
+        validation=1,
+        heldout=1,
+    )
     assert opset11.read_bytes() == before  # the user's model is read, never written
     return out, report
 
@@ -152,8 +205,18 @@ def test_failed_opset_conversion_falls_back_to_per_tensor(opset11, tmp_path, mon
     monkeypatch.setattr(version_converter, "convert_version", no_adapter)
     out = tmp_path / "u8.onnx"
     with caplog.at_level(logging.WARNING, logger="synctalk_fast.quantize"):
-        report = stf.quantize(opset11, out, template=TEMPLATE, features=FEATURES, tool="onnxruntime",
-                              methods=("MinMax",), target_psnr=None, calibration=2, validation=1, heldout=1)
+        report = stf.quantize(
+            opset11,
+            out,
+            template=TEMPLATE,
+            features=FEATURES,
+            tool="onnxruntime",
+            methods=("MinMax",),
+            target_psnr=None,
+            calibration=2,
+            validation=1,
+            heldout=1,
+        )
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warned) == 1 and "per tensor" in warned[0] and "No adapter for op Resize from version 11" in warned[0]
     assert any("quantized per tensor" in n for n in report.notes)
@@ -168,9 +231,30 @@ def test_cli_quantizer_failure_exits_2_with_one_line(opset11, tmp_path, monkeypa
 
     failing_quantizer(monkeypatch, final_only=False)
     out = tmp_path / "u8.onnx"
-    rc = cli.main(["quantize", "--model", str(opset11), "--template", str(TEMPLATE), "--features", str(FEATURES),
-                   "-o", str(out), "--methods", "MinMax", "--target-psnr", "0", "--calibration", "2",
-                   "--validation", "1", "--heldout", "1", "--quiet"])
+    rc = cli.main(
+        [
+            "quantize",
+            "--model",
+            str(opset11),
+            "--template",
+            str(TEMPLATE),
+            "--features",
+            str(FEATURES),
+            "-o",
+            str(out),
+            "--methods",
+            "MinMax",
+            "--target-psnr",
+            "0",
+            "--calibration",
+            "2",
+            "--validation",
+            "1",
+            "--heldout",
+            "1",
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2
     assert len(err.splitlines()) == 1 and err.startswith(f"synctalk-fast: error: {opset11}: int8 quantization failed")

@@ -37,10 +37,21 @@ from synctalk_fast.reference import (
 def quantized(small, model_dir, tmp_path_factory):
     tpl, speech, _ = small
     out = tmp_path_factory.mktemp("int8") / "unet_int8.onnx"
-    report = stf.quantize(model_dir / "unet_328.onnx", out, template=tpl, audio=speech,
-                          audio_encoder=model_dir / "audio_encoder.onnx", tool="onnxruntime", methods=("MinMax",),
-                          target_psnr=None, calibration=4, validation=2, heldout=4, keep_fp32=["outc"],
-                          options=EngineOptions(threads=2))
+    report = stf.quantize(
+        model_dir / "unet_328.onnx",
+        out,
+        template=tpl,
+        audio=speech,
+        audio_encoder=model_dir / "audio_encoder.onnx",
+        tool="onnxruntime",
+        methods=("MinMax",),
+        target_psnr=None,
+        calibration=4,
+        validation=2,
+        heldout=4,
+        keep_fp32=["outc"],
+        options=EngineOptions(threads=2),
+    )
     return out, report
 
 
@@ -49,8 +60,9 @@ def test_int8_model_loads_runs_batched_and_keeps_requested_blocks(quantized):
     sess = models.load_session(out)
     assert sess.kind == "unet" and sess.mode == "ave" and sess.dynamic_batch
     rng = np.random.default_rng(0)
-    pred = sess.run(image=rng.random((3, 6, 320, 320), dtype=np.float32),
-                    audio=rng.normal(size=(3, 32, 16, 16)).astype(np.float32))
+    pred = sess.run(
+        image=rng.random((3, 6, 320, 320), dtype=np.float32), audio=rng.normal(size=(3, 32, 16, 16)).astype(np.float32)
+    )
     assert pred.shape == (3, 3, 320, 320) and np.isfinite(pred).all() and 0 <= pred.min() and pred.max() <= 1
     graph = onnx.load(str(out)).graph
     assert sum(n.op_type == "QuantizeLinear" for n in graph.node) > 50
@@ -69,7 +81,9 @@ def test_report_matches_an_independent_recomputation(quantized, small, model_dir
     from the report's held-out frames with the reference code and plain ORT."""
     out, report = quantized
     tpl, _, feats = small
-    assert json.loads(Path(str(out) + ".json").read_text())["fidelity"]["mouth"]["max"] == report.fidelity["mouth"]["max"]
+    assert (
+        json.loads(Path(str(out) + ".json").read_text())["fidelity"]["mouth"]["max"] == report.fidelity["mouth"]["max"]
+    )
     s32 = ort.InferenceSession(str(model_dir / "unet_328.onnx"), providers=["CPUExecutionProvider"])
     s8 = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     sq = {"mouth": 0.0, "frame": 0.0}
@@ -105,8 +119,14 @@ def test_report_matches_an_independent_recomputation(quantized, small, model_dir
 def test_pipeline_runs_the_int8_model(quantized, small, model_dir, tmp_path):
     out, _ = quantized
     tpl, speech, _ = small
-    result = stf.generate(speech, template=tpl, output=tmp_path / "int8.mp4", unet=out,
-                          audio_encoder=model_dir / "audio_encoder.onnx", progress=False)
+    result = stf.generate(
+        speech,
+        template=tpl,
+        output=tmp_path / "int8.mp4",
+        unet=out,
+        audio_encoder=model_dir / "audio_encoder.onnx",
+        progress=False,
+    )
     assert result.output.is_file() and result.frames > 40
 
 
@@ -115,9 +135,18 @@ def test_search_until_the_target_holds(small, model_dir, tmp_path):
     """Below the target, every block's sensitivity is measured and the most
     sensitive ones go back to fp32; the report says whether the target held."""
     tpl, _, feats = small
-    report = stf.quantize(model_dir / "unet_328.onnx", tmp_path / "u8.onnx", template=tpl, features=feats,
-                          tool="onnxruntime", methods=("MinMax",), target_psnr=60.0, calibration=3, validation=2,
-                          heldout=3)
+    report = stf.quantize(
+        model_dir / "unet_328.onnx",
+        tmp_path / "u8.onnx",
+        template=tpl,
+        features=feats,
+        tool="onnxruntime",
+        methods=("MinMax",),
+        target_psnr=60.0,
+        calibration=3,
+        validation=2,
+        heldout=3,
+    )
     assert len(report.sensitivity) == 33
     ranking = sorted(report.sensitivity, key=report.sensitivity.get)
     assert sorted(report.fp32_blocks, key=ranking.index) == ranking[: len(report.fp32_blocks)]
@@ -134,18 +163,45 @@ def test_cli_quantize(small, model_dir, tmp_path):
     hidden.mkdir(parents=True)
     (hidden / "__init__.py").write_text("raise ImportError('hidden by the test', name='nncf')\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hidden.parent), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "synctalk_fast", "quantize", "--model", str(model_dir / "unet_328.onnx"),
-           "--template", str(tpl), "--features", str(tmp_path / "feats.npy"), "-o", str(out),
-           "--methods", "MinMax", "--target-psnr", "0", "--calibration", "3", "--validation", "1", "--heldout", "2",
-           "--report", str(tmp_path / "r.json")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "synctalk_fast",
+        "quantize",
+        "--model",
+        str(model_dir / "unet_328.onnx"),
+        "--template",
+        str(tpl),
+        "--features",
+        str(tmp_path / "feats.npy"),
+        "-o",
+        str(out),
+        "--methods",
+        "MinMax",
+        "--target-psnr",
+        "0",
+        "--calibration",
+        "3",
+        "--validation",
+        "1",
+        "--heldout",
+        "2",
+        "--report",
+        str(tmp_path / "r.json"),
+    ]
     run = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600, env=env)
     assert run.returncode == 0, run.stderr
     assert "mouth  PSNR" in run.stdout and "x (batch" in run.stdout
     assert "note: only ONNX Runtime's int8 was tried: NNCF int8 needs the openvino and nncf packages" in run.stdout
     assert "* onnxruntime int8" in run.stdout and "nncf int8" not in run.stdout
     assert json.loads((tmp_path / "r.json").read_text())["output"] == str(out) and out.is_file()
-    bad = subprocess.run(cmd[:5] + [str(model_dir / "audio_encoder.onnx")] + cmd[6:], capture_output=True, text=True,
-                         cwd=tmp_path, timeout=300)
+    bad = subprocess.run(
+        cmd[:5] + [str(model_dir / "audio_encoder.onnx")] + cmd[6:],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert bad.returncode == 2 and "audio encoder" in bad.stderr and "Traceback" not in bad.stderr
 
 
@@ -156,8 +212,18 @@ def test_quantizer_failure_is_a_one_line_model_error_and_writes_nothing(small, m
     out = folder / "u8.onnx"
     failing_quantizer(monkeypatch, final_only=True)  # the output's write fails half-way
     with pytest.raises(stf.errors.ModelError) as info:
-        stf.quantize(model_dir / "unet_328.onnx", out, template=small[0], features=feats, tool="onnxruntime",
-                     methods=("MinMax",), target_psnr=None, calibration=2, validation=1, heldout=1)
+        stf.quantize(
+            model_dir / "unet_328.onnx",
+            out,
+            template=small[0],
+            features=feats,
+            tool="onnxruntime",
+            methods=("MinMax",),
+            target_psnr=None,
+            calibration=2,
+            validation=1,
+            heldout=1,
+        )
     message = str(info.value)
     assert "\n" not in message and message.startswith(str(model_dir / "unet_328.onnx") + ": ")
     assert "ONNX Runtime's quantizer" in message
@@ -166,13 +232,13 @@ def test_quantizer_failure_is_a_one_line_model_error_and_writes_nothing(small, m
     assert list(folder.iterdir()) == []  # no model, no report, no temporary file
 
 
-
 def test_tool_choice(small, model_dir, tmp_path, monkeypatch):
     """An unknown tool, and tool="nncf" without NNCF, are refused before any work
     ("auto" then quantizes with ONNX Runtime alone and says so: test_cli_quantize)."""
     _, _, feats = small
-    args = dict(template=small[0], features=feats, methods=("MinMax",), target_psnr=None, calibration=2,
-                validation=1, heldout=2)
+    args = dict(
+        template=small[0], features=feats, methods=("MinMax",), target_psnr=None, calibration=2, validation=1, heldout=2
+    )
     with pytest.raises(ValueError, match="unknown tool 'tflite'"):
         stf.quantize(model_dir / "unet_328.onnx", tmp_path / "u8.onnx", tool="tflite", **args)
     problem = "NNCF int8 needs the openvino and nncf packages (nncf is missing): pip install 'synctalk-fast[openvino]'"
@@ -182,7 +248,8 @@ def test_tool_choice(small, model_dir, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
     notes: list[str] = []
     assert [t.name for t in tools.select("auto", notes)] == ["onnxruntime"] and notes == [
-        f"only ONNX Runtime's int8 was tried: {problem}"]
+        f"only ONNX Runtime's int8 was tried: {problem}"
+    ]
 
 
 def test_quantize_is_the_function_and_the_package_imports():
@@ -224,6 +291,11 @@ def test_model_keyword_is_deprecated_and_engine_options_are_checked(small, model
 
 def test_an_audio_encoder_is_refused(small, model_dir, tmp_path):
     with pytest.raises(stf.errors.ModelError, match="audio_encoder.onnx: is an audio encoder; quantize takes a U-Net"):
-        stf.quantize(model_dir / "audio_encoder.onnx", tmp_path / "u8.onnx", template=small[0], features=small[2],
-                     tool="onnxruntime")
+        stf.quantize(
+            model_dir / "audio_encoder.onnx",
+            tmp_path / "u8.onnx",
+            template=small[0],
+            features=small[2],
+            tool="onnxruntime",
+        )
     assert list(tmp_path.iterdir()) == []

@@ -32,16 +32,26 @@ def test_search_keeps_the_fewest_sensitive_blocks():
 
 def _row(seconds: float, psnr: float, *, int8: bool = True, runtime: str = "openvino", precision: str = "bf16"):
     """A candidate as QuantizeReport.candidates holds it (the fields the choice reads, and the table's)."""
-    return {"tool": None, "runtime": runtime, "precision": precision, "int8": int8, "seconds": seconds,
-            "speedup": 0.075 / seconds, "mouth": {"psnr": psnr, "max": 12, "mean": 0.5, "pixels": 1000},
-            "float_blocks": ["outc"] if int8 else [], "met": True}
+    return {
+        "tool": None,
+        "runtime": runtime,
+        "precision": precision,
+        "int8": int8,
+        "seconds": seconds,
+        "speedup": 0.075 / seconds,
+        "mouth": {"psnr": psnr, "max": 12, "mean": 0.5, "pixels": 1000},
+        "float_blocks": ["outc"] if int8 else [],
+        "met": True,
+    }
 
 
 def _fake_candidates() -> dict:
-    return {FP32: _row(0.075, math.inf, int8=False, runtime="onnxruntime", precision="fp32"),
-            BF16: _row(0.030, 55.0, int8=False),  # the fastest and the closest, but no int8: never written
-            "onnxruntime int8": _row(0.054, 41.0, runtime="onnxruntime", precision="fp32"),
-            "nncf int8": _row(0.036, 40.5)}
+    return {
+        FP32: _row(0.075, math.inf, int8=False, runtime="onnxruntime", precision="fp32"),
+        BF16: _row(0.030, 55.0, int8=False),  # the fastest and the closest, but no int8: never written
+        "onnxruntime int8": _row(0.054, 41.0, runtime="onnxruntime", precision="fp32"),
+        "nncf int8": _row(0.036, 40.5),
+    }
 
 
 def test_choose_candidate_is_the_fastest_int8_model_reaching_the_target():
@@ -66,13 +76,26 @@ def test_report_says_when_bf16_alone_is_faster_and_closer():
     assert bf16_advice({k: v for k, v in c.items() if k != BF16}, "nncf int8", "m") is None  # no native bf16
     mouth = c["nncf int8"]["mouth"]
     report = QuantizeReport(
-        model="face.onnx", output="u8.onnx", tool="nncf", runtime="openvino", precision="bf16", method="MeanMinMax",
-        methods={"MeanMinMax": 33.7}, target_psnr=40.0, met=True, fp32_blocks=["outc"], int8_blocks=["inc"],
-        sensitivity={}, frames={"calibration": [1], "validation": [2], "heldout": [3]},
+        model="face.onnx",
+        output="u8.onnx",
+        tool="nncf",
+        runtime="openvino",
+        precision="bf16",
+        method="MeanMinMax",
+        methods={"MeanMinMax": 33.7},
+        target_psnr=40.0,
+        met=True,
+        fp32_blocks=["outc"],
+        int8_blocks=["inc"],
+        sensitivity={},
+        frames={"calibration": [1], "validation": [2], "heldout": [3]},
         feature_rows={"calibration": [1], "validation": [2], "heldout": [3]},
         fidelity={"mouth": mouth, "frame": mouth, "unet": mouth},
         speed={"fp32": 0.075, "int8": 0.036, "speedup": 0.075 / 0.036, "batch": 4, "threads": 2, "frames": 1},
-        candidates=c, seconds=1.0, notes=[line])
+        candidates=c,
+        seconds=1.0,
+        notes=[line],
+    )
     text = str(report).splitlines()
     table = {name: [ln for ln in text if ln[4:].startswith(f"{name} ")] for name in c}
     assert all(len(lines) == 1 for lines in table.values())  # a row for every candidate ...
@@ -92,8 +115,9 @@ def test_keep_float_blocks_ranks_by_sensitivity_and_aims_above_the_target():
         return 50.0 - sum(harm[b] for b in int8)
 
     lines = []
-    found = keep_float_blocks("T", score([], None), score, blocks=blocks, keep_fp32=["c"], target_psnr=45.0,
-                              say=lines.append)
+    found = keep_float_blocks(
+        "T", score([], None), score, blocks=blocks, keep_fp32=["c"], target_psnr=45.0, say=lines.append
+    )
     assert found.sensitivity == {"a": 49.0, "b": 42.0, "d": 46.0, "e": 48.0}  # keep_fp32 is not measured
     assert found.float_blocks == ["c", "b", "d"] and found.validation_psnr == 47.0 >= 45.0 + HEADROOM
     assert any("most sensitive: b 42.0 dB, d 46.0 dB" in ln for ln in lines)

@@ -88,8 +88,14 @@ def test_a_precision_the_cpu_cannot_run_is_one_line_never_emulated(model_dir, mo
 @needs_bf16
 @pytest.mark.slow
 def test_streamed_frames_equal_offline_frames_at_bf16(model_dir, tpl):
-    pipe = stf.Pipeline(model_dir / "unet_328.onnx", audio_encoder=model_dir / "audio_encoder.onnx",
-                        runtime="openvino", precision="bf16", sessions=2, threads=1)
+    pipe = stf.Pipeline(
+        model_dir / "unet_328.onnx",
+        audio_encoder=model_dir / "audio_encoder.onnx",
+        runtime="openvino",
+        precision="bf16",
+        sessions=2,
+        threads=1,
+    )
     speech = synthetic_speech(1.0)
     feats = pipe.audio_features(speech)
     want = list(pipe.frames(feats, tpl))
@@ -128,7 +134,8 @@ def test_bf16_fidelity_on_the_face_network(tmp_path):
     for runtime, precision in (("onnxruntime", "fp32"), ("openvino", "bf16")):
         sink = stf.sinks.MemorySink()
         stf.Pipeline(unet, runtime=runtime, precision=precision).generate(
-            features=feats, template=tpl, output=sink, start=300, progress=False)
+            features=feats, template=tpl, output=sink, start=300, progress=False
+        )
         frames[precision] = sink.frames
     boxes = [tpl.box(300 + k) for k in range(len(feats))]
     mouth = fidelity(frames["fp32"], frames["bf16"], boxes=boxes)
@@ -174,11 +181,32 @@ def test_cli_runs_openvino_and_refuses_bf16_on_onnx_runtime(model_dir, tmp_path,
     speech = tmp_path / "s.wav"
     sf.write(speech, synthetic_speech(0.6), 16000, subtype="PCM_16")
     template = make_template(frames=4)
-    base = ["generate", "--model", str(model_dir / "unet_328.onnx"), "--audio-encoder",
-            str(model_dir / "audio_encoder.onnx"), "--audio", str(speech), "--template", str(template), "-q"]
+    base = [
+        "generate",
+        "--model",
+        str(model_dir / "unet_328.onnx"),
+        "--audio-encoder",
+        str(model_dir / "audio_encoder.onnx"),
+        "--audio",
+        str(speech),
+        "--template",
+        str(template),
+        "-q",
+    ]
     precision = "bf16" if HAS_BF16 else "fp32"
-    rc = cli.main(base + ["-o", str(tmp_path / "f"), "--runtime", "openvino", "--precision", precision,
-                          "--json", str(tmp_path / "r.json")])
+    rc = cli.main(
+        base
+        + [
+            "-o",
+            str(tmp_path / "f"),
+            "--runtime",
+            "openvino",
+            "--precision",
+            precision,
+            "--json",
+            str(tmp_path / "r.json"),
+        ]
+    )
     assert rc == 0
     record = json.loads((tmp_path / "r.json").read_text())
     assert (record["runtime"], record["provider"], record["precision"]) == ("openvino", "CPU", precision)

@@ -23,8 +23,9 @@ class Running:
     def __init__(self, server: AvatarServer):
         import uvicorn
 
-        config = uvicorn.Config(server.app, host="127.0.0.1", port=0, log_level="warning",
-                                ws_max_size=server.limits.max_message_bytes)
+        config = uvicorn.Config(
+            server.app, host="127.0.0.1", port=0, log_level="warning", ws_max_size=server.limits.max_message_bytes
+        )
         self.uvicorn = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.uvicorn.run, daemon=True)
         self.thread.start()
@@ -44,5 +45,6 @@ def make_server(model_dir: Path, tpl: Path, **options: Any) -> AvatarServer:
     """The avatar ``ann`` of template ``tpl`` on the demo U-Net; two client sessions at most, two
     U-Net sessions of one thread each, unless ``options`` say otherwise."""
     options = {"max_clients": 2, "sessions": 2, "threads": 1, **options}
-    return AvatarServer([AvatarSpec("ann", tpl, model_dir / "unet_328.onnx")], model_dir / "audio_encoder.onnx",
-                        **options)
+    return AvatarServer(
+        [AvatarSpec("ann", tpl, model_dir / "unet_328.onnx")], model_dir / "audio_encoder.onnx", **options
+    )

@@ -35,7 +35,9 @@ if __name__ == "__main__":  # run as a script in a network namespace (see the en
 from _server_fixtures import RATE, H, Running, W, make_server  # noqa: E402
 from helpers import needs_loopback_namespace  # noqa: E402
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the browser is Debian's chromium)")
+sync_api = pytest.importorskip(
+    "playwright.sync_api", reason="pip install playwright (the browser is Debian's chromium)"
+)
 
 import synctalk_fast as stf  # noqa: E402
 from synctalk_fast.demo import synthetic_speech  # noqa: E402
@@ -45,9 +47,15 @@ if not CHROMIUM:
     pytest.skip("no system Chromium (apt-get install chromium)", allow_module_level=True)
 
 WAIT_MS = 60_000  # the longest any one wait in the page may take
-FLAGS = ["--autoplay-policy=no-user-gesture-required", "--use-fake-ui-for-media-stream",
-         "--use-fake-device-for-media-stream", "--allow-loopback-in-peer-connection",
-         "--disable-features=WebRtcHideLocalIpsWithMdns", "--no-first-run", "--no-default-browser-check"]
+FLAGS = [
+    "--autoplay-policy=no-user-gesture-required",
+    "--use-fake-ui-for-media-stream",
+    "--use-fake-device-for-media-stream",
+    "--allow-loopback-in-peer-connection",
+    "--disable-features=WebRtcHideLocalIpsWithMdns",
+    "--no-first-run",
+    "--no-default-browser-check",
+]
 
 
 def write_wav(path: Path, seconds: float, seed: int = 0) -> np.ndarray:
@@ -120,8 +128,10 @@ def wait(pg, expression: str, timeout_ms: int = WAIT_MS) -> None:
     try:
         pg.wait_for_function(expression, timeout=timeout_ms)
     except sync_api.TimeoutError:
-        raise AssertionError(f"{expression} within {timeout_ms} ms; state: {st(pg)}; "
-                             f"error line: {pg.inner_text('#error')!r}; problems: {pg.problems}") from None
+        raise AssertionError(
+            f"{expression} within {timeout_ms} ms; state: {st(pg)}; "
+            f"error line: {pg.inner_text('#error')!r}; problems: {pg.problems}"
+        ) from None
 
 
 def open_page(pg, running, query: str = "") -> None:
@@ -179,8 +189,13 @@ def test_play_a_wav_file_every_frame_drawn_with_its_audio(page, running, server,
     assert abs(n - 25 * 0.5) <= 2
     assert s["utterances"] == [{"utterance": 0, "frames": n, "drawn": n, "received": n}]
     assert s["framesDrawn"] == s["framesReceived"] == n and s["staleFrames"] == 0
-    assert s["lastFrame"] == {"index": n - 1, "time": pytest.approx((n - 1) * 0.04), "utterance": 0,
-                              "width": W, "height": H}
+    assert s["lastFrame"] == {
+        "index": n - 1,
+        "time": pytest.approx((n - 1) * 0.04),
+        "utterance": 0,
+        "width": W,
+        "height": H,
+    }
     # the speech played through Web Audio, each frame drawn against its clock, never before its audio
     assert s["audioStarts"] == 1 and s["audio"] == "running"
     assert s["sync"]["scheduled"] == n and s["sync"]["maxEarlyMs"] <= 10
@@ -237,8 +252,11 @@ def test_microphone_over_the_websocket_when_the_server_has_no_webrtc(page, runni
 
     def no_webrtc(route):  # what a server without aiortc answers
         offers.append(route.request.post_data_json)
-        route.fulfill(status=501, content_type="application/json", body=json.dumps(
-            {"type": "error", "code": "unavailable", "message": "WebRTC needs aiortc"}))
+        route.fulfill(
+            status=501,
+            content_type="application/json",
+            body=json.dumps({"type": "error", "code": "unavailable", "message": "WebRTC needs aiortc"}),
+        )
 
     page.route("**/v1/avatars/*/webrtc*", no_webrtc)
     open_page(page, running)
@@ -263,9 +281,22 @@ def test_microphone_over_the_websocket_when_the_server_has_no_webrtc(page, runni
 def test_microphone_over_webrtc_with_the_server(model_dir, tpl_dir, wavs, tmp_path):
     """The Talk button against the server's WebRTC endpoint: server and browser in a network namespace
     with only loopback (this file run as a script there), so no ICE check or STUN lookup leaves the machine."""
-    proc = subprocess.run(["unshare", "-n", sys.executable, __file__, "--webrtc-check", str(tmp_path),
-                           str(model_dir), str(tpl_dir), str(wavs["mic"])],
-                          capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(
+        [
+            "unshare",
+            "-n",
+            sys.executable,
+            __file__,
+            "--webrtc-check",
+            str(tmp_path),
+            str(model_dir),
+            str(tpl_dir),
+            str(wavs["mic"]),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     if "skip" in result:
@@ -275,8 +306,13 @@ def test_microphone_over_webrtc_with_the_server(model_dir, tpl_dir, wavs, tmp_pa
     assert offer["keys"] == ["sdp", "type"] and offer["type"] == "offer"
     assert offer["kinds"] == ["audio", "video", "application"]  # the mic, recvonly video, data channel
     assert offer["video_recvonly"] and offer["audio_sends"]
-    assert result["video"] == {"width": W, "height": H, "kinds": ["audio", "video"], "shown": True,
-                               "canvas_hidden": True}
+    assert result["video"] == {
+        "width": W,
+        "height": H,
+        "kinds": ["audio", "video"],
+        "shown": True,
+        "canvas_hidden": True,
+    }
     state = result["state"]
     assert state["mode"] == "webrtc" and state["webrtc"]["framesShown"] >= 25 and state["webrtc"]["fps"] > 0
     assert result["lipsync_frames"] > 0  # the fake microphone's speech drove the avatar
@@ -312,14 +348,16 @@ def _webrtc_check(work: Path, model_dir: Path, tpl: Path, mic: Path) -> dict:
 
     result: dict = {}
     with sync_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=[*FLAGS, f"--use-file-for-fake-audio-capture={mic}"],
-                               timeout=60_000)
+        b = pw.chromium.launch(
+            executable_path=CHROMIUM, args=[*FLAGS, f"--use-file-for-fake-audio-capture={mic}"], timeout=60_000
+        )
         pg = watched(b.new_page())
         posts = []
 
         def record(route):
-            posts.append((route.request.url, route.request.headers.get("content-type", ""),
-                          route.request.post_data_json))
+            posts.append(
+                (route.request.url, route.request.headers.get("content-type", ""), route.request.post_data_json)
+            )
             route.continue_()
 
         pg.route("**/v1/avatars/*/webrtc*", record)
@@ -329,11 +367,15 @@ def _webrtc_check(work: Path, model_dir: Path, tpl: Path, mic: Path) -> dict:
         wait(pg, "window.synctalk.webrtc.framesShown >= 25")
         [(post_url, ctype, body)] = posts
         sections = body["sdp"].split("\r\nm=")[1:]
-        result["offer"] = {"query": urllib.parse.urlsplit(post_url).query, "content_type": ctype,
-                           "keys": sorted(body), "type": body["type"],
-                           "kinds": [x.split(" ", 1)[0] for x in sections],
-                           "audio_sends": any(d in sections[0] for d in ("a=sendrecv", "a=sendonly")),
-                           "video_recvonly": "a=recvonly" in sections[1]}
+        result["offer"] = {
+            "query": urllib.parse.urlsplit(post_url).query,
+            "content_type": ctype,
+            "keys": sorted(body),
+            "type": body["type"],
+            "kinds": [x.split(" ", 1)[0] for x in sections],
+            "audio_sends": any(d in sections[0] for d in ("a=sendrecv", "a=sendonly")),
+            "video_recvonly": "a=recvonly" in sections[1],
+        }
         result["video"] = pg.evaluate("""() => {
             const v = document.getElementById('video');
             return {width: v.videoWidth, height: v.videoHeight, shown: !v.hidden,
@@ -352,8 +394,9 @@ def _webrtc_check(work: Path, model_dir: Path, tpl: Path, mic: Path) -> dict:
         pg.click("#stop")
         until(lambda: server.active_sessions == 0, 15, "the session's end")
         result["active_after_stop"] = server.active_sessions
-        result["stopped"] = pg.evaluate("({state: window.synctalk.webrtc.state, "
-                                        "canvas_shown: !document.getElementById('canvas').hidden})")
+        result["stopped"] = pg.evaluate(
+            "({state: window.synctalk.webrtc.state, canvas_shown: !document.getElementById('canvas').hidden})"
+        )
         result["errors"] = st(pg)["errors"]
         result["problems"] = pg.problems
         b.close()

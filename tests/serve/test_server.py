@@ -44,8 +44,9 @@ def offline(server, speech):
 
 
 def connect(running, name="ann", query=""):
-    return websockets_sync.connect(f"ws://{running.base}/v1/avatars/{name}/stream{query}", max_size=None,
-                                   open_timeout=10, close_timeout=5)
+    return websockets_sync.connect(
+        f"ws://{running.base}/v1/avatars/{name}/stream{query}", max_size=None, open_timeout=10, close_timeout=5
+    )
 
 
 def send_speech(ws, pcm: np.ndarray, *, chunk: int = 320) -> None:
@@ -141,13 +142,16 @@ def close_code(ws) -> int | None:
     return ws.close_code
 
 
-@pytest.mark.parametrize("first, code", [
-    ("not json", "bad_request"),
-    (json.dumps({"type": "flush"}), "bad_request"),
-    (json.dumps({"type": "start", "format": "gif"}), "bad_request"),
-    (json.dumps({"type": "start", "sample_rate": 100}), "bad_request"),
-    (json.dumps({"type": "start", "colour": "red"}), "bad_request"),
-])
+@pytest.mark.parametrize(
+    "first, code",
+    [
+        ("not json", "bad_request"),
+        (json.dumps({"type": "flush"}), "bad_request"),
+        (json.dumps({"type": "start", "format": "gif"}), "bad_request"),
+        (json.dumps({"type": "start", "sample_rate": 100}), "bad_request"),
+        (json.dumps({"type": "start", "colour": "red"}), "bad_request"),
+    ],
+)
 def test_a_bad_start_is_an_error_then_close_1008(running, first, code):
     with connect(running) as ws:
         ws.send(first)
@@ -175,8 +179,9 @@ def test_unknown_avatar_and_bad_token_are_refused(running, server):
 
 
 def test_a_browser_from_another_origin_is_refused(running):
-    ws = websockets_sync.connect(f"ws://{running.base}/v1/avatars/ann/stream", origin="http://evil.example",
-                                 open_timeout=10)
+    ws = websockets_sync.connect(
+        f"ws://{running.base}/v1/avatars/ann/stream", origin="http://evil.example", open_timeout=10
+    )
     with ws:
         assert json.loads(ws.recv(timeout=10))["code"] == "forbidden_origin"
         assert close_code(ws) == 1008
@@ -264,8 +269,10 @@ def test_a_stalled_client_loses_frames_but_never_delays_another(running, server,
     server.limits = Limits(send_queue=2)
     long = np.concatenate([speech[1]] * 4)
     start = json.dumps({"type": "start", "format": "raw"})
-    stalled = StalledClient(running, [start] + [long[i : i + 8000].tobytes() for i in range(0, len(long), 8000)]
-                            + [json.dumps({"type": "flush"})])
+    stalled = StalledClient(
+        running,
+        [start] + [long[i : i + 8000].tobytes() for i in range(0, len(long), 8000)] + [json.dumps({"type": "flush"})],
+    )
     try:
         t0 = time.monotonic()
         msgs = talk(running, speech, "png")
@@ -277,8 +284,11 @@ def test_a_stalled_client_loses_frames_but_never_delays_another(running, server,
         dropped = []
         while time.monotonic() < deadline:  # the stalled session's stream runs on, dropping what it cannot send
             metrics = urllib.request.urlopen(f"http://{running.base}/metrics", timeout=10).read().decode()
-            dropped = [float(line.split()[-1]) for line in metrics.splitlines()
-                       if line.startswith('synctalk_frames_dropped_total{avatar="ann"}')]
+            dropped = [
+                float(line.split()[-1])
+                for line in metrics.splitlines()
+                if line.startswith('synctalk_frames_dropped_total{avatar="ann"}')
+            ]
             if dropped and dropped[0] > 0:
                 break
             time.sleep(0.2)
@@ -337,18 +347,25 @@ def test_binding_beyond_loopback_needs_a_token(model_dir, tpl_dir, capsys):
 
 
 def test_config_file_and_avatar_spelling(tmp_path):
-    assert AvatarSpec.parse("may=data/May:models/may.onnx") == AvatarSpec("may", tmp_path.__class__("data/May"),
-                                                                          tmp_path.__class__("models/may.onnx"))
+    assert AvatarSpec.parse("may=data/May:models/may.onnx") == AvatarSpec(
+        "may", tmp_path.__class__("data/May"), tmp_path.__class__("models/may.onnx")
+    )
     with pytest.raises(ValueError, match="NAME=TEMPLATE_DIR:UNET.onnx"):
         AvatarSpec.parse("may")
     conf = tmp_path / "avatars.toml"
-    conf.write_text('audio_encoder = "m/enc.onnx"\nport = 9000\n[[avatar]]\nname = "may"\ntemplate = "t/May"\n'
-                    'unet = "m/may.onnx"\n')
+    conf.write_text(
+        'audio_encoder = "m/enc.onnx"\nport = 9000\n[[avatar]]\nname = "may"\ntemplate = "t/May"\nunet = "m/may.onnx"\n'
+    )
     data = load_config(conf)
     assert data.avatars == [AvatarSpec("may", tmp_path / "t/May", tmp_path / "m/may.onnx")]
     assert data.audio_encoder == tmp_path / "m/enc.onnx" and data.port == 9000
     assert (data.host, data.max_clients, data.token_file, data.insecure, data.allowed_origins) == (
-        None, None, None, None, [])
+        None,
+        None,
+        None,
+        None,
+        [],
+    )
     assert data.options == EngineOptions() and data.engine_keys == frozenset()
     assert data["avatars"] == data.avatars and data["port"] == 9000  # the old dict form
     conf.write_text('colour = "red"\n')
@@ -359,19 +376,29 @@ def test_config_file_and_avatar_spelling(tmp_path):
 
 def test_config_file_takes_every_engine_option_and_max_clients(tmp_path):
     conf = tmp_path / "avatars.toml"
-    conf.write_text('runtime = "onnxruntime"\nproviders = ["cpu"]\ndevice_id = 1\nprecision = "fp16"\n'
-                    'batch_size = 2\nsessions = 3\nthreads = 1\ncache_mb = 64\nmax_clients = 5\n'
-                    'token_file = "tok"\ninsecure = true\nallowed_origins = ["http://a.example"]\nhost = "::1"\n')
+    conf.write_text(
+        'runtime = "onnxruntime"\nproviders = ["cpu"]\ndevice_id = 1\nprecision = "fp16"\n'
+        "batch_size = 2\nsessions = 3\nthreads = 1\ncache_mb = 64\nmax_clients = 5\n"
+        'token_file = "tok"\ninsecure = true\nallowed_origins = ["http://a.example"]\nhost = "::1"\n'
+    )
     data = load_config(conf)
     assert data.engine_keys == set(OPTION_NAMES)  # every EngineOptions field is a key
-    assert data.options == EngineOptions(runtime="onnxruntime", providers=("cpu",), device_id=1, precision="fp16",
-                                         batch_size=2, sessions=3, threads=1, cache_mb=64)
+    assert data.options == EngineOptions(
+        runtime="onnxruntime",
+        providers=("cpu",),
+        device_id=1,
+        precision="fp16",
+        batch_size=2,
+        sessions=3,
+        threads=1,
+        cache_mb=64,
+    )
     assert (data.max_clients, data.token_file, data.insecure, data.host) == (5, tmp_path / "tok", True, "::1")
     assert data.allowed_origins == ["http://a.example"]
-    conf.write_text('max_sessions = 3\n')
+    conf.write_text("max_sessions = 3\n")
     with pytest.warns(DeprecationWarning, match="max_clients"):
         assert load_config(conf).max_clients == 3
-    for bad in ('max_clients = 0', 'max_clients = "lots"', 'port = "80"', 'batch_size = 0', 'precision = "fp8"'):
+    for bad in ("max_clients = 0", 'max_clients = "lots"', 'port = "80"', "batch_size = 0", 'precision = "fp8"'):
         conf.write_text(bad + "\n")
         with pytest.raises(ValueError) as info:
             load_config(conf)
@@ -389,15 +416,31 @@ def test_the_old_module_paths_keep_working():
 def test_refusals_have_one_table_and_one_message():
     from synctalk_fast.serve.protocol import CLOSE_CODES, REFUSALS, Refusal, error_message
 
-    assert CLOSE_CODES == {"bad_request": 1008, "unauthorized": 1008, "unknown_avatar": 1008,
-                           "forbidden_origin": 1008, "rate_limited": 1008, "idle_timeout": 1008,
-                           "session_too_long": 1008, "server_full": 1013, "internal": 1011, "too_large": 1009,
-                           "unavailable": 1011}
+    assert CLOSE_CODES == {
+        "bad_request": 1008,
+        "unauthorized": 1008,
+        "unknown_avatar": 1008,
+        "forbidden_origin": 1008,
+        "rate_limited": 1008,
+        "idle_timeout": 1008,
+        "session_too_long": 1008,
+        "server_full": 1013,
+        "internal": 1011,
+        "too_large": 1009,
+        "unavailable": 1011,
+    }
     assert {c: REFUSALS[c].http for c in ("unauthorized", "forbidden_origin", "unknown_avatar", "server_full")} == {
-        "unauthorized": 401, "forbidden_origin": 403, "unknown_avatar": 404, "server_full": 503}
+        "unauthorized": 401,
+        "forbidden_origin": 403,
+        "unknown_avatar": 404,
+        "server_full": 503,
+    }
     r = Refusal("server_full", "full")
-    assert r.to_message() == error_message("server_full", "full") == {"type": "error", "code": "server_full",
-                                                                       "message": "full"}
+    assert (
+        r.to_message()
+        == error_message("server_full", "full")
+        == {"type": "error", "code": "server_full", "message": "full"}
+    )
     assert (r.close_code, r.http_status) == (1013, 503)
     assert Refusal.internal(RuntimeError("a\n  b" + "x" * 400)).message.startswith("a bx")
     assert len(Refusal.internal(RuntimeError("x" * 400)).message) == 300
@@ -426,8 +469,12 @@ def server_process(model_dir, tpl_dir):
 
     limits = json.dumps({"max_audio_rate": 8.0, "audio_burst": 30.0})
     script = Path(__file__).with_name("server_process.py")
-    proc = subprocess.Popen([sys.executable, str(script), str(model_dir), str(tpl_dir), limits],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(model_dir), str(tpl_dir), limits],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = proc.stdout.readline()  # the server prints its port once it listens (bounded by the kill below)
         assert line, f"the server process ended: {proc.wait(10)}"
@@ -478,14 +525,29 @@ def test_every_engine_option_reaches_every_avatar(model_dir, tpl_dir):
     unet, encoder = model_dir / "unet_328.onnx", model_dir / "audio_encoder.onnx"
     specs = [AvatarSpec("ann", tpl_dir, unet), AvatarSpec("bob", tpl_dir, unet)]
     with pytest.warns(DeprecationWarning, match="max_clients"):
-        s = AvatarServer(specs, encoder, options=EngineOptions(batch_size=3, threads=2), max_sessions=3,
-                         runtime="onnxruntime", providers=["cpu"], device_id=1, precision="fp32", batch_size=2,
-                         sessions=1, threads=1, cache_mb=0.5)
+        s = AvatarServer(
+            specs,
+            encoder,
+            options=EngineOptions(batch_size=3, threads=2),
+            max_sessions=3,
+            runtime="onnxruntime",
+            providers=["cpu"],
+            device_id=1,
+            precision="fp32",
+            batch_size=2,
+            sessions=1,
+            threads=1,
+            cache_mb=0.5,
+        )
     assert s.capacity == 3 and s.options.batch_size == 2 and s.options.threads == 1
     for avatar in s.avatars.values():
         e = avatar.engine
-        assert (e.runtime, e.providers, e.device_id, e.precision) == ("onnxruntime", ["CPUExecutionProvider"], 1,
-                                                                       "fp32")
+        assert (e.runtime, e.providers, e.device_id, e.precision) == (
+            "onnxruntime",
+            ["CPUExecutionProvider"],
+            1,
+            "fp32",
+        )
         assert (e.batch_size, len(e.sessions), e.sessions[0].threads, e.options.cache_mb) == (2, 1, 1, 0.5)
         assert avatar.template.cache.capacity == 2  # 0.5 MiB of 320x240 frames
     with pytest.raises(TypeError, match="both"), pytest.warns(DeprecationWarning):
@@ -502,8 +564,11 @@ def test_webrtc_offers_are_refused_with_the_table_s_status_and_release_their_sea
     pytest.importorskip("aiortc")
 
     def post(body: bytes, query: str = "", name: str = "ann") -> tuple[int, dict]:
-        req = urllib.request.Request(f"http://{running.base}/v1/avatars/{name}/webrtc{query}", data=body,
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            f"http://{running.base}/v1/avatars/{name}/webrtc{query}",
+            data=body,
+            headers={"Content-Type": "application/json"},
+        )
         try:
             with urllib.request.urlopen(req, timeout=30) as r:
                 return r.status, json.loads(r.read())
@@ -512,8 +577,12 @@ def test_webrtc_offers_are_refused_with_the_table_s_status_and_release_their_sea
 
     no_audio = json.dumps({"type": "offer", "sdp": "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n"}).encode()
     server.limits = Limits(max_message_bytes=4096)
-    cases = [(b"not json", "", "ann", 400, "bad_request"), (b"x" * 5000, "", "ann", 413, "too_large"),
-             (no_audio, "", "bob", 404, "unknown_avatar"), (no_audio, "", "ann", 400, "bad_request")]
+    cases = [
+        (b"not json", "", "ann", 400, "bad_request"),
+        (b"x" * 5000, "", "ann", 413, "too_large"),
+        (no_audio, "", "bob", 404, "unknown_avatar"),
+        (no_audio, "", "ann", 400, "bad_request"),
+    ]
     for body, query, name, status, code in cases:
         got, msg = post(body, query, name)
         assert (got, msg["type"], msg["code"], msg["error"]) == (status, "error", code, code), msg

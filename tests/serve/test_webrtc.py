@@ -24,8 +24,9 @@ from synctalk_fast.serve.webrtc import VoiceGate  # noqa: E402
 def run_check(*args: str, timeout: float = 180) -> dict:
     """webrtc_check.py in a network namespace with only loopback; its JSON line."""
     script = Path(__file__).with_name("webrtc_check.py")
-    proc = subprocess.run(["unshare", "-n", sys.executable, str(script), *args],
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        ["unshare", "-n", sys.executable, str(script), *args], capture_output=True, text=True, timeout=timeout
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

@@ -124,11 +124,17 @@ async def talk(base: str, wav: Path, seconds: float, server: AvatarServer) -> di
     session = next(iter(server.webrtc_sessions))
     peer.channel.send(json.dumps({"type": "interrupt"}))
     await asyncio.sleep(0.3)
-    result = {"video_frames": len(times), "sizes": sorted(sizes), "audio_frames": audio_frames,
-              "fps": (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0,
-              "server_frames": session.frames_sent, "lipsync_frames": session.lipsync_frames,
-              "second_offer_status": full_status, "second_offer_code": full.get("code"),
-              "interrupts": session.stream.stats()["interrupts"]}
+    result = {
+        "video_frames": len(times),
+        "sizes": sorted(sizes),
+        "audio_frames": audio_frames,
+        "fps": (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0,
+        "server_frames": session.frames_sent,
+        "lipsync_frames": session.lipsync_frames,
+        "second_offer_status": full_status,
+        "second_offer_code": full.get("code"),
+        "interrupts": session.stream.stats()["interrupts"],
+    }
     await peer.close()
     await until(lambda: server.active_sessions == 0, 10)
     return result
@@ -143,10 +149,13 @@ async def one_limited_session(base: str, server: AvatarServer, wav: Path | None,
     assert status == 200, answer
     session = next(iter(server.webrtc_sessions))
     ended = await until(lambda: server.active_sessions == 0, 20)
-    out = {"ended": ended, "seconds": round(time.monotonic() - t0, 2),
-           "refusal": session.refusal.code if session.refusal else None,
-           "sessions_left": len(server.webrtc_sessions),
-           "told": [m.get("code") for m in peer.messages if m.get("type") == "error"]}
+    out = {
+        "ended": ended,
+        "seconds": round(time.monotonic() - t0, 2),
+        "refusal": session.refusal.code if session.refusal else None,
+        "sessions_left": len(server.webrtc_sessions),
+        "told": [m.get("code") for m in peer.messages if m.get("type") == "error"],
+    }
     await peer.close()
     return out
 
@@ -155,8 +164,11 @@ def outcomes(server: AvatarServer) -> dict[str, float]:
     """The sessions' outcome counters of the avatar ``ann``."""
     text = server.metrics.render().decode()
     prefix = 'synctalk_sessions_total{avatar="ann",outcome="'
-    return {line[len(prefix):].split('"')[0]: float(line.split()[-1]) for line in text.splitlines()
-            if line.startswith(prefix)}
+    return {
+        line[len(prefix) :].split('"')[0]: float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith(prefix)
+    }
 
 
 async def limits(base: str, wav: Path, server: AvatarServer) -> dict:
@@ -182,6 +194,10 @@ def main(scenario: str, work: Path, model_dir: Path, tpl: Path, seconds: float) 
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    print(json.dumps(main(args[0], Path(args[1]), Path(args[2]), Path(args[3]),
-                          float(args[4]) if len(args) > 4 else 0.0)), flush=True)
+    print(
+        json.dumps(
+            main(args[0], Path(args[1]), Path(args[2]), Path(args[3]), float(args[4]) if len(args) > 4 else 0.0)
+        ),
+        flush=True,
+    )
     os._exit(0)  # daemon threads (uvicorn, engine workers, the media player) end with the process

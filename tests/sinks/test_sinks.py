@@ -196,8 +196,9 @@ def test_unknown_suffix(tmp_path, name):
     assert os.listdir(tmp_path) == []  # nothing created, not even the parents
 
 
-@pytest.mark.parametrize("kw", [{"fps": 0}, {"fps": "fast"}, {"crf": 52}, {"crf": 1.5}, {"preset": "quick"},
-                                {"image_format": "bmp"}])
+@pytest.mark.parametrize(
+    "kw", [{"fps": 0}, {"fps": "fast"}, {"crf": 52}, {"crf": 1.5}, {"preset": "quick"}, {"image_format": "bmp"}]
+)
 @pytest.mark.parametrize("name", ["x.mp4", "frames"])
 def test_open_sink_bad_arguments(tmp_path, kw, name):
     with pytest.raises(ValueError):

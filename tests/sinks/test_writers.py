@@ -65,7 +65,9 @@ def _probe(path) -> dict:
             "size": (v.codec_context.width, v.codec_context.height),
             "pix_fmt": v.codec_context.pix_fmt,
             "codec": v.codec_context.name,
-            "audio": [(a.codec_context.name, a.duration * a.time_base, a.sample_rate, a.channels) for a in c.streams.audio],
+            "audio": [
+                (a.codec_context.name, a.duration * a.time_base, a.sample_rate, a.channels) for a in c.streams.audio
+            ],
             "order": [p.stream.type for p in c.demux() if p.size],
         }
     with av.open(str(path)) as c:
@@ -104,7 +106,7 @@ def test_mp4_with_audio(tmp_path):
     assert np.abs(info["frames"][-1].astype(int) - frames[-1]).mean() < 3
     # Packets are interleaved in the file, not all of one stream first.
     order = info["order"]
-    assert "audio" in order[: len(order) // 2] and "video" in order[len(order) // 2:]
+    assert "audio" in order[: len(order) // 2] and "video" in order[len(order) // 2 :]
 
 
 def test_decoded_audio_matches_input(tmp_path):
@@ -358,10 +360,19 @@ def test_bad_frames(tmp_path):
 
 
 def test_bad_arguments(tmp_path):
-    for kw in ({"fps": 0}, {"fps": float("nan")}, {"crf": 52}, {"preset": "quick"}, {"threads": -1},
-               {"audio": np.zeros((10, 2), np.float32)}, {"audio": np.zeros(0, np.float32)},
-               {"audio": np.full(10, np.nan, np.float32)}, {"audio": _tone(0.1), "track_sample_rate": 12345},
-               {"audio": _tone(0.1), "sample_rate": 0}, {"frame_audio": True, "track_sample_rate": 12345}):
+    for kw in (
+        {"fps": 0},
+        {"fps": float("nan")},
+        {"crf": 52},
+        {"preset": "quick"},
+        {"threads": -1},
+        {"audio": np.zeros((10, 2), np.float32)},
+        {"audio": np.zeros(0, np.float32)},
+        {"audio": np.full(10, np.nan, np.float32)},
+        {"audio": _tone(0.1), "track_sample_rate": 12345},
+        {"audio": _tone(0.1), "sample_rate": 0},
+        {"frame_audio": True, "track_sample_rate": 12345},
+    ):
         with pytest.raises(ValueError):
             _mp4(tmp_path / "x.mp4", **kw)
     with pytest.raises(ValueError):
@@ -455,7 +466,12 @@ def test_encoder_choice(tmp_path):
 
 def test_nvenc_options_follow_crf_and_preset():
     assert _encoders._encoder_options("h264_nvenc", 23, "veryfast") == {
-        "preset": "p3", "tune": "hq", "rc": "vbr", "cq": "23", "b": "0"}
+        "preset": "p3",
+        "tune": "hq",
+        "rc": "vbr",
+        "cq": "23",
+        "b": "0",
+    }
     assert _encoders._encoder_options("h264_nvenc", 0, "medium") == {"preset": "p5", "tune": "lossless"}
     assert set(_encoders._NVENC_PRESETS) == set(X264_PRESETS)
     assert _encoders._encoder_options("libx264", 20, "superfast") == {"crf": "20", "preset": "superfast"}
@@ -496,13 +512,19 @@ def test_mp4sink_is_the_one_writer_and_videowriter_a_deprecated_name_for_it(tmp_
     assert VideoWriter.__mro__[1] is Mp4Sink and FrameFolderWriter.__mro__[1] is FrameFolderSink
     # the old module's other public names are the sinks' own
     assert (video.ENCODERS, video.DEFAULT_ENCODER, video.X264_PRESETS, video.DEFAULT_PRESET) == (
-        ENCODERS, DEFAULT_ENCODER, X264_PRESETS, DEFAULT_PRESET)
+        ENCODERS,
+        DEFAULT_ENCODER,
+        X264_PRESETS,
+        DEFAULT_PRESET,
+    )
     assert video.encoder_problem is encoder_problem and video.resolve_encoder is resolve_encoder
     tone = _tone(0.6)
     # VideoWriter's sample_rate is the stored track's (default 16000), audio_rate the input's
-    for old, new in [({}, {"track_sample_rate": SR}),
-                     ({"sample_rate": 48000, "audio_rate": SR}, {}),
-                     ({"sample_rate": 44100}, {"sample_rate": 44100, "track_sample_rate": 44100})]:
+    for old, new in [
+        ({}, {"track_sample_rate": SR}),
+        ({"sample_rate": 48000, "audio_rate": SR}, {}),
+        ({"sample_rate": 44100}, {"sample_rate": 44100, "track_sample_rate": 44100}),
+    ]:
         with pytest.warns(DeprecationWarning, match="VideoWriter is deprecated; use synctalk_fast.sinks.Mp4Sink"):
             w = VideoWriter(tmp_path / "old.mp4", audio=tone, preset="ultrafast", **old)
         assert isinstance(w, Mp4Sink)
@@ -519,7 +541,8 @@ def test_mp4sink_is_the_one_writer_and_videowriter_a_deprecated_name_for_it(tmp_
     _frames_into(folder, 3)
     _frames_into(FrameFolderSink(tmp_path / "new", ext="jpg", jpeg_quality=80), 3)
     assert [p.read_bytes() for p in sorted((tmp_path / "old").iterdir())] == [
-        p.read_bytes() for p in sorted((tmp_path / "new").iterdir())]
+        p.read_bytes() for p in sorted((tmp_path / "new").iterdir())
+    ]
 
 
 def test_mp4sink_renamed_rate_keywords_still_work(tmp_path):

@@ -10,8 +10,9 @@ import synctalk_fast as stf
 @pytest.fixture(scope="module")
 def pipe(model_dir):
     # two sessions even on a one-core runner, so both stream layouts exist
-    return stf.Pipeline(model_dir / "unet_328.onnx", audio_encoder=model_dir / "audio_encoder.onnx", sessions=2,
-                        threads=1)
+    return stf.Pipeline(
+        model_dir / "unet_328.onnx", audio_encoder=model_dir / "audio_encoder.onnx", sessions=2, threads=1
+    )
 
 
 @pytest.fixture(scope="module")

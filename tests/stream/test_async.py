@@ -73,8 +73,7 @@ def test_sixteen_async_consumers_on_one_engine_add_no_threads(pipe, tpl, speech,
         done = asyncio.Event()
         watcher = asyncio.create_task(watch(done))
         try:
-            results = await asyncio.gather(*(consume(s) for s in streams),
-                                           *(feed(s, k) for k, s in enumerate(streams)))
+            results = await asyncio.gather(*(consume(s) for s in streams), *(feed(s, k) for k, s in enumerate(streams)))
         finally:
             done.set()
             await watcher
@@ -156,7 +155,7 @@ def test_async_idle_frames_are_paced_without_a_thread(pipe, tpl, speech, sync_fr
     assert [f.index for f in got] == list(range(len(got)))
     speech_frames = [f for f in got if not f.idle]
     p0 = speech_frames[0].index
-    before, after = got[:p0], got[p0 + len(speech_frames):]
+    before, after = got[:p0], got[p0 + len(speech_frames) :]
     assert len(before) >= 3 and len(after) >= 2 and all(f.idle for f in before + after)
     assert len(speech_frames) == n
     for f in before + after:

@@ -24,9 +24,15 @@ def frames_of(stream, speech):
 
 def test_a_unet_path_builds_the_streams_own_engine(model_dir, template_dir, pipe, tpl, speech):
     want = frames_of(stf.Stream(pipe, template=tpl), speech)
-    stream = stf.Stream(model_dir / "unet_328.onnx", audio_encoder=model_dir / "audio_encoder.onnx",
-                        template=template_dir, options=EngineOptions(sessions=1, threads=1, cache_mb=4),
-                        batch_size=2, cache_mb=0, warmup=False)
+    stream = stf.Stream(
+        model_dir / "unet_328.onnx",
+        audio_encoder=model_dir / "audio_encoder.onnx",
+        template=template_dir,
+        options=EngineOptions(sessions=1, threads=1, cache_mb=4),
+        batch_size=2,
+        cache_mb=0,
+        warmup=False,
+    )
     engine = stream.engine
     assert engine.options.sessions == 1 and engine.options.batch_size == 2 and engine.batch_size == 2
     assert stream.template.cache.capacity == 0  # the options' cache_mb, keyword over options
@@ -42,8 +48,9 @@ def test_a_unet_path_builds_the_streams_own_engine(model_dir, template_dir, pipe
 
 
 def test_a_template_folder_gets_the_engines_cache_mb(model_dir, template_dir):
-    engine = stf.Engine(model_dir / "unet_328.onnx", model_dir / "audio_encoder.onnx", sessions=1, threads=1,
-                        cache_mb=0)
+    engine = stf.Engine(
+        model_dir / "unet_328.onnx", model_dir / "audio_encoder.onnx", sessions=1, threads=1, cache_mb=0
+    )
     with stf.Stream(engine, template=template_dir, warmup=False) as stream:
         assert stream.template.cache.capacity == 0
     with stf.Stream(engine, template=stf.Template(template_dir, cache_mb=8), warmup=False) as stream:
@@ -51,8 +58,9 @@ def test_a_template_folder_gets_the_engines_cache_mb(model_dir, template_dir):
     engine.close()
 
 
-@pytest.mark.parametrize("given", [{"options": EngineOptions()}, {"batch_size": 2}, {"precision": "fp16"},
-                                   {"audio_encoder": "enc.onnx"}])
+@pytest.mark.parametrize(
+    "given", [{"options": EngineOptions()}, {"batch_size": 2}, {"precision": "fp16"}, {"audio_encoder": "enc.onnx"}]
+)
 def test_engine_options_with_an_engine_or_pipeline_are_refused(pipe, tpl, given):
     name = next(iter(given))
     for runs_on in (pipe, pipe.engine):

@@ -86,8 +86,7 @@ def test_chunked_stereo_equals_offline(pipe, tpl, stereo_file, offline, chunk):
     rng = np.random.default_rng(7)
     sizes = {"1 sample": 1, "20 ms": 2 * 882, "333 ms": 2 * 14685, "random": lambda: int(rng.integers(1, 9000))}[chunk]
     with stf.Stream(pipe, template=tpl) as stream:
-        got = push_in_chunks(stream, interleaved, sizes, rate=rate, channels=2,
-                             drain=chunk != "1 sample")
+        got = push_in_chunks(stream, interleaved, sizes, rate=rate, channels=2, drain=chunk != "1 sample")
         stream.flush()
         got += list(stream.frames())
     assert_same(got, want)
@@ -244,7 +243,7 @@ def test_idle_then_speech_then_idle(pipe, tpl, offline):
     assert [f.index for f in got] == list(range(len(got)))  # one sweep, no gap, no repeat
     speech = [f for f in got if not f.idle]
     p0 = speech[0].index
-    before, after = got[:p0], got[p0 + len(speech):]
+    before, after = got[:p0], got[p0 + len(speech) :]
     assert len(before) >= 3 and len(after) >= 2 and all(f.idle for f in before + after)
     assert_same(speech, expected_frames(pipe, feats, tpl, first=p0), first_index=p0)
     for f in before + after:  # the template frame untouched, silent
@@ -371,9 +370,25 @@ def test_video_writer_takes_audio_with_each_frame(tmp_path):
 @pytest.mark.slow
 def test_cli_stream_records_and_reports(model_dir, tpl, stereo_file, offline, tmp_path):
     out, report = tmp_path / "live.mp4", tmp_path / "stats.json"
-    cmd = [sys.executable, "-m", "synctalk_fast", "stream", "--audio", str(stereo_file), "--template",
-           str(tpl.folder), "--model", str(model_dir / "unet_328.onnx"), "--audio-encoder",
-           str(model_dir / "audio_encoder.onnx"), "--realtime", "-o", str(out), "--json", str(report)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "synctalk_fast",
+        "stream",
+        "--audio",
+        str(stereo_file),
+        "--template",
+        str(tpl.folder),
+        "--model",
+        str(model_dir / "unet_328.onnx"),
+        "--audio-encoder",
+        str(model_dir / "audio_encoder.onnx"),
+        "--realtime",
+        "-o",
+        str(out),
+        "--json",
+        str(report),
+    ]
     run = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert run.returncode == 0, run.stderr
     assert "p95" in run.stdout and "frames/s" in run.stdout
@@ -382,6 +397,7 @@ def test_cli_stream_records_and_reports(model_dir, tpl, stereo_file, offline, tm
     assert stats["wait_p50"] <= stats["wait_p95"] <= stats["wait_max"]
     with av.open(str(out)) as c:
         assert c.streams.video[0].frames == len(offline[1]) and c.streams.audio
-    bad = subprocess.run(cmd[:5] + [str(tmp_path / "missing.wav")] + cmd[6:], capture_output=True, text=True,
-                         cwd=tmp_path, timeout=120)
+    bad = subprocess.run(
+        cmd[:5] + [str(tmp_path / "missing.wav")] + cmd[6:], capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
     assert bad.returncode == 2 and "error" in bad.stderr and "Traceback" not in bad.stderr

@@ -115,8 +115,7 @@ def _extract(obj: Any, prefixes: tuple[str, ...]) -> dict[str, np.ndarray]:
         new = _strip(key, prefixes)
         if new in tensors:
             raise CheckpointError(
-                f"keys {origin[new]!r} and {key!r} both become {new!r} after "
-                f"stripping prefixes {prefixes}"
+                f"keys {origin[new]!r} and {key!r} both become {new!r} after stripping prefixes {prefixes}"
             )
         tensors[new] = value
         origin[new] = key
@@ -214,8 +213,7 @@ def load_state_dict(
             f.seek(0)
             if _is_tar(f):
                 raise CheckpointError(
-                    f"{path_str}: the old tar-based torch.save format is not "
-                    f"supported; {_RESAVE_HINT}"
+                    f"{path_str}: the old tar-based torch.save format is not supported; {_RESAVE_HINT}"
                 )
             f.seek(0)
             return _extract(_read_legacy(f, path_str), prefix_tuple)

@@ -63,9 +63,7 @@ def _read_zip(zf: zipfile.ZipFile, path: str) -> Any:
     names = zf.namelist()
     pkls = [n for n in names if n == "data.pkl" or (n.endswith("/data.pkl") and n.count("/") == 1)]
     if not pkls:
-        raise CheckpointError(
-            f"{path}: zip archive without a data.pkl record; not a torch.save checkpoint"
-        )
+        raise CheckpointError(f"{path}: zip archive without a data.pkl record; not a torch.save checkpoint")
     if len(pkls) > 1:
         raise CheckpointError(f"{path}: zip archive with several data.pkl records: {pkls}")
     prefix = pkls[0][: -len("data.pkl")]
@@ -99,8 +97,7 @@ def _read_zip(zf: zipfile.ZipFile, path: str) -> Any:
             raise CheckpointError(f"{path}: storage record {member!r} is missing") from None
         if info.file_size != numel * stype.itemsize:
             raise CheckpointError(
-                f"{path}: storage record {member!r} holds {info.file_size} bytes, "
-                f"expected {numel} x {stype.itemsize}"
+                f"{path}: storage record {member!r} holds {info.file_size} bytes, expected {numel} x {stype.itemsize}"
             )
 
         def reader() -> np.ndarray:
@@ -115,9 +112,7 @@ def _read_zip(zf: zipfile.ZipFile, path: str) -> Any:
         return ref
 
     data = zf.read(pkls[0])
-    return _unpickle(
-        _RestrictedUnpickler(io.BytesIO(data), load_storage), f"{path}: corrupt data.pkl"
-    )
+    return _unpickle(_RestrictedUnpickler(io.BytesIO(data), load_storage), f"{path}: corrupt data.pkl")
 
 
 class _LegacyStorages:

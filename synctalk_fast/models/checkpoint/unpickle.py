@@ -21,10 +21,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from ...errors import CheckpointError
 
-_RESAVE_HINT: Final = (
-    "load it with torch and re-save the weights with "
-    "torch.save(model.state_dict(), path)"
-)
+_RESAVE_HINT: Final = "load it with torch and re-save the weights with torch.save(model.state_dict(), path)"
 
 # --------------------------------------------------------------------------
 # Frozen stand-ins returned by find_class / persistent_load
@@ -81,9 +78,7 @@ _STORAGE_SPECS: Final = {
     "ByteStorage": ("u1", "uint8"),
     "BoolStorage": ("u1", "bool"),
 }
-_STORAGE_TYPES: Final = {
-    name: _StorageType(name, code, out) for name, (code, out) in _STORAGE_SPECS.items()
-}
+_STORAGE_TYPES: Final = {name: _StorageType(name, code, out) for name, (code, out) in _STORAGE_SPECS.items()}
 
 
 class _TorchDtype(_Frozen):
@@ -101,14 +96,22 @@ class _TorchDtype(_Frozen):
 
 
 _DTYPE_ALIASES: Final = {
-    "float32": "float32", "float": "float32",
-    "float64": "float64", "double": "float64",
-    "float16": "float16", "half": "float16",
+    "float32": "float32",
+    "float": "float32",
+    "float64": "float64",
+    "double": "float64",
+    "float16": "float16",
+    "half": "float16",
     "bfloat16": "bfloat16",
-    "int64": "int64", "long": "int64",
-    "int32": "int32", "int": "int32",
-    "int16": "int16", "short": "int16",
-    "int8": "int8", "uint8": "uint8", "bool": "bool",
+    "int64": "int64",
+    "long": "int64",
+    "int32": "int32",
+    "int": "int32",
+    "int16": "int16",
+    "short": "int16",
+    "int8": "int8",
+    "uint8": "uint8",
+    "bool": "bool",
 }
 _TORCH_DTYPES: Final = {alias: _TorchDtype(canon) for alias, canon in _DTYPE_ALIASES.items()}
 
@@ -128,9 +131,7 @@ class _StorageRef(_Frozen):
     _reader: Callable[[], np.ndarray]
     _cache: list[np.ndarray]
 
-    def __init__(
-        self, key: str, stype: _StorageType, numel: int, reader: Callable[[], np.ndarray]
-    ) -> None:
+    def __init__(self, key: str, stype: _StorageType, numel: int, reader: Callable[[], np.ndarray]) -> None:
         object.__setattr__(self, "key", key)
         object.__setattr__(self, "stype", stype)
         object.__setattr__(self, "numel", numel)
@@ -146,9 +147,7 @@ class _StorageRef(_Frozen):
         if not self._cache:
             arr = self._reader()
             if arr.shape != (self.numel,):
-                raise CheckpointError(
-                    f"storage {self.key!r}: expected {self.numel} elements, read {arr.size}"
-                )
+                raise CheckpointError(f"storage {self.key!r}: expected {self.numel} elements, read {arr.size}")
             self._cache.append(arr)
         return self._cache[0]
 
@@ -165,18 +164,14 @@ class _TensorRef(_Frozen):
 
     def __init__(self, storage: Any, offset: Any, size: Any, stride: Any) -> None:
         if not isinstance(storage, _StorageRef):
-            raise CheckpointError(
-                f"tensor rebuilt from {type(storage).__name__}, expected a storage"
-            )
+            raise CheckpointError(f"tensor rebuilt from {type(storage).__name__}, expected a storage")
         off = _as_int(offset, "storage offset")
         sz = _as_int_tuple(size, "size")
         st = _as_int_tuple(stride, "stride")
         if len(sz) != len(st):
             raise CheckpointError(f"tensor size {sz} and stride {st} differ in length")
         if off < 0 or any(d < 0 for d in sz) or any(s < 0 for s in st):
-            raise CheckpointError(
-                f"negative offset/size/stride in tensor (offset={off}, size={sz}, stride={st})"
-            )
+            raise CheckpointError(f"negative offset/size/stride in tensor (offset={off}, size={sz}, stride={st})")
         object.__setattr__(self, "storage", storage)
         object.__setattr__(self, "offset", off)
         object.__setattr__(self, "size", sz)
@@ -220,9 +215,7 @@ def _as_int(value: Any, what: str) -> int:
     try:
         return operator.index(value)
     except TypeError:
-        raise CheckpointError(
-            f"tensor {what} must be an integer, got {type(value).__name__}"
-        ) from None
+        raise CheckpointError(f"tensor {what} must be an integer, got {type(value).__name__}") from None
 
 
 def _as_int_tuple(value: Any, what: str) -> tuple[int, ...]:
@@ -277,9 +270,7 @@ def _rebuild_parameter(data: Any, requires_grad: Any, backward_hooks: Any) -> _T
     return data
 
 
-def _rebuild_parameter_with_state(
-    data: Any, requires_grad: Any, backward_hooks: Any, state: Any
-) -> _TensorRef:
+def _rebuild_parameter_with_state(data: Any, requires_grad: Any, backward_hooks: Any, state: Any) -> _TensorRef:
     return _rebuild_parameter(data, requires_grad, backward_hooks)
 
 
@@ -292,15 +283,9 @@ def _torch_size(dims: Any = ()) -> tuple[int, ...]:
 _SAFE_GLOBALS: Final[dict[tuple[str, str], Any]] = {
     # A C type whose attributes cannot be rebound; building one runs no user code.
     ("collections", "OrderedDict"): collections.OrderedDict,
-    ("torch._utils", "_rebuild_tensor_v2"): _SafeCallable(
-        "torch._utils._rebuild_tensor_v2", _rebuild_tensor_v2
-    ),
-    ("torch._utils", "_rebuild_tensor"): _SafeCallable(
-        "torch._utils._rebuild_tensor", _rebuild_tensor
-    ),
-    ("torch._utils", "_rebuild_parameter"): _SafeCallable(
-        "torch._utils._rebuild_parameter", _rebuild_parameter
-    ),
+    ("torch._utils", "_rebuild_tensor_v2"): _SafeCallable("torch._utils._rebuild_tensor_v2", _rebuild_tensor_v2),
+    ("torch._utils", "_rebuild_tensor"): _SafeCallable("torch._utils._rebuild_tensor", _rebuild_tensor),
+    ("torch._utils", "_rebuild_parameter"): _SafeCallable("torch._utils._rebuild_parameter", _rebuild_parameter),
     ("torch._utils", "_rebuild_parameter_with_state"): _SafeCallable(
         "torch._utils._rebuild_parameter_with_state", _rebuild_parameter_with_state
     ),
@@ -349,9 +334,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
             raise CheckpointError(f"malformed persistent id {pid!r}")
         kind = _ascii(pid[0])
         if kind == "module":
-            raise CheckpointError(
-                "checkpoint contains a pickled nn.Module (torch.save(model)); " + _RESAVE_HINT
-            )
+            raise CheckpointError("checkpoint contains a pickled nn.Module (torch.save(model)); " + _RESAVE_HINT)
         if kind != "storage":
             raise CheckpointError(f"unknown persistent id type {kind!r}")
         return self._load_storage(pid)

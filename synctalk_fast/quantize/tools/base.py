@@ -144,8 +144,15 @@ def build(tool: Tool, job: Job, target_psnr: float | None) -> Candidate:
     """``tool``'s candidate: calibrate, search the blocks to keep in floating
     point for ``target_psnr``, write the model."""
     model = tool.calibrate(job)
-    found = keep_float_blocks(tool.label, model.methods[model.method], model.score, blocks=job.blocks,
-                              keep_fp32=job.keep_fp32, target_psnr=target_psnr, say=job.say)
+    found = keep_float_blocks(
+        tool.label,
+        model.methods[model.method],
+        model.score,
+        blocks=job.blocks,
+        keep_fp32=job.keep_fp32,
+        target_psnr=target_psnr,
+        say=job.say,
+    )
     path = job.work / f"{tool.name}_int8.onnx"
     model.write(found.float_blocks, path)
     return Candidate(path, tool.name, model.runtime, model.precision, model.method, model.methods, found)

@@ -46,8 +46,10 @@ def problem() -> str | None:
         import nncf  # noqa: F401
         import openvino  # noqa: F401
     except ImportError as exc:
-        return (f"NNCF int8 needs the openvino and nncf packages ({exc.name or 'one'} is missing): "
-                "pip install 'synctalk-fast[openvino]'")
+        return (
+            f"NNCF int8 needs the openvino and nncf packages ({exc.name or 'one'} is missing): "
+            "pip install 'synctalk-fast[openvino]'"
+        )
     except Exception as exc:  # an install that breaks on import
         return f"NNCF int8 needs the openvino and nncf packages, and importing them failed: {reason(exc)}"
     return None
@@ -77,11 +79,17 @@ def _nncf_quantize(src: Path, cal: Feeds) -> Any:
     from nncf.onnx.quantization.backend_parameters import BackendParameters
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
 
-    params = AdvancedQuantizationParameters(disable_bias_correction=True,
-                                            backend_params={BackendParameters.COMPRESS_WEIGHTS: False})
+    params = AdvancedQuantizationParameters(
+        disable_bias_correction=True, backend_params={BackendParameters.COMPRESS_WEIGHTS: False}
+    )
     with _quiet():
-        return nncf.quantize(onnx.load(str(src)), nncf.Dataset(range(len(cal)), cal.batch), subset_size=len(cal),
-                             target_device=nncf.TargetDevice.CPU, advanced_parameters=params)
+        return nncf.quantize(
+            onnx.load(str(src)),
+            nncf.Dataset(range(len(cal)), cal.batch),
+            subset_size=len(cal),
+            target_device=nncf.TargetDevice.CPU,
+            advanced_parameters=params,
+        )
 
 
 def _ov_predict(core: Any, model: bytes, feeds: Feeds, precision: str, threads: int) -> np.ndarray:
@@ -91,9 +99,17 @@ def _ov_predict(core: Any, model: bytes, feeds: Feeds, precision: str, threads: 
     net = core.read_model(io.BytesIO(model))
     batch = feeds.batch(0, len(feeds))
     net.reshape({name: list(a.shape) for name, a in batch.items()})
-    compiled = core.compile_model(net, "CPU", {"INFERENCE_PRECISION_HINT": PRECISION_HINTS[precision],
-                                               "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
-                                               "INFERENCE_NUM_THREADS": threads, "ENABLE_CPU_PINNING": False})
+    compiled = core.compile_model(
+        net,
+        "CPU",
+        {
+            "INFERENCE_PRECISION_HINT": PRECISION_HINTS[precision],
+            "PERFORMANCE_HINT": "LATENCY",
+            "NUM_STREAMS": 1,
+            "INFERENCE_NUM_THREADS": threads,
+            "ENABLE_CPU_PINNING": False,
+        },
+    )
     return np.array(compiled(batch)[compiled.output(0)], dtype=np.float32)
 
 
@@ -115,8 +131,13 @@ class _Calibrated:
         job = self.job
         back = [b for b in job.blocks if b != only] if only is not None else float_blocks
         with failure(job.model, "while running the NNCF int8 model in OpenVINO", job.work):
-            pred = _ov_predict(self.core, graph.float_blocks(self.every, back).SerializeToString(), job.validation,
-                               self.precision, self.threads)
+            pred = _ov_predict(
+                self.core,
+                graph.float_blocks(self.every, back).SerializeToString(),
+                job.validation,
+                self.precision,
+                self.threads,
+            )
         return job.validation_psnr(pred)
 
     def write(self, float_blocks: Sequence[str], path: Path) -> None:

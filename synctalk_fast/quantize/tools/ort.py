@@ -74,28 +74,49 @@ def calibrate(src: Path, method: str, feeds: Feeds, cache: Path, work: Path) -> 
 
     options = {"percentile": 99.999} if method == "Percentile" else {}
     with _quiet_logging(), contextlib.redirect_stdout(io.StringIO()):  # its histogram collector prints
-        cal = create_calibrator(src, _op_types(), augmented_model_path=str(work / f"augmented_{method}.onnx"),
-                                calibrate_method=getattr(CalibrationMethod, method), extra_options=options)
+        cal = create_calibrator(
+            src,
+            _op_types(),
+            augmented_model_path=str(work / f"augmented_{method}.onnx"),
+            calibrate_method=getattr(CalibrationMethod, method),
+            extra_options=options,
+        )
         skip = uncalibrated_tensors(cal.model)
         if getattr(cal, "tensors_to_calibrate", None) is not None:  # what the histogram methods collect
             cal.tensors_to_calibrate = set(cal.tensors_to_calibrate) - skip
         for i in range(len(feeds)):
             cal.collect_data(_reader(feeds, i))
         data = cal.compute_data()
-        save_tensors_data(TensorsData(data.calibration_method, {k: v for k, v in data.items() if k not in skip}),
-                          cache)
+        save_tensors_data(TensorsData(data.calibration_method, {k: v for k, v in data.items() if k not in skip}), cache)
     del cal
 
 
-def _quantize_file(src: Path, dst: Path, method: str, cache: Path, exclude: Sequence[str] = (),
-                   include: Sequence[str] | None = None, *, per_channel: bool = True) -> None:
+def _quantize_file(
+    src: Path,
+    dst: Path,
+    method: str,
+    cache: Path,
+    exclude: Sequence[str] = (),
+    include: Sequence[str] | None = None,
+    *,
+    per_channel: bool = True,
+) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     with _quiet_logging():
-        quantize_static(str(src), str(dst), None, quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=getattr(CalibrationMethod, method), nodes_to_quantize=list(include or []),
-                        nodes_to_exclude=list(exclude), calibration_cache_path=str(cache))
+        quantize_static(
+            str(src),
+            str(dst),
+            None,
+            quant_format=QuantFormat.QDQ,
+            per_channel=per_channel,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=getattr(CalibrationMethod, method),
+            nodes_to_quantize=list(include or []),
+            nodes_to_exclude=list(exclude),
+            calibration_cache_path=str(cache),
+        )
 
 
 class _Calibrated:
@@ -109,12 +130,20 @@ class _Calibrated:
         self.methods: dict[str, float] = {}
         self.method = ""
 
-    def _quantized(self, dst: Path, method: str, exclude: Sequence[str] = (),
-                   include: Sequence[str] | None = None) -> None:
+    def _quantized(
+        self, dst: Path, method: str, exclude: Sequence[str] = (), include: Sequence[str] | None = None
+    ) -> None:
         job = self.job
         with failure(job.model, f"in ONNX Runtime's quantizer ({method})", job.work):
-            _quantize_file(job.src, dst, method, job.work / f"{method}.json", exclude=exclude, include=include,
-                           per_channel=job.per_channel)
+            _quantize_file(
+                job.src,
+                dst,
+                method,
+                job.work / f"{method}.json",
+                exclude=exclude,
+                include=include,
+                per_channel=job.per_channel,
+            )
 
     def _score(self, method: str, float_blocks: Sequence[str] = (), only: str | None = None) -> float:
         job = self.job
