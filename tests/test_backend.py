@@ -13,10 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import AVAILABLE
 
 import synctalk_fast as stf
 from synctalk_fast import _backend
+
+AVAILABLE = _backend.available()  # as conftest's backend fixture sees them
 
 # Subprocesses start outside the checkout: `python -c` puts the working
 # directory first on sys.path, where the source tree (no _core) would shadow
