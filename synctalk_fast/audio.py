@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 
@@ -30,7 +30,8 @@ __all__ = [
 ]
 
 #: What the API accepts as speech: a sound file, or samples (see :func:`load_audio`).
-AudioSource = str | os.PathLike[str] | np.ndarray
+AudioLike: TypeAlias = str | os.PathLike[str] | np.ndarray
+AudioSource = AudioLike  # the name this module used first
 
 
 def _to_mono(y: np.ndarray) -> np.ndarray:

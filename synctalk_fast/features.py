@@ -11,6 +11,7 @@ import json
 import os
 import struct
 from pathlib import Path
+from typing import TypeAlias
 
 import numpy as np
 
@@ -18,6 +19,7 @@ from .errors import FeatureError
 from .shapes import CONTEXT, FPS, MODE_TABLE, MODES
 
 __all__ = [
+    "FeaturesLike",
     "MODES",
     "FPS",
     "pad_embeddings",
@@ -270,3 +272,7 @@ def save_features(
     }
     (folder / "metadata.json").write_text(json.dumps(meta, indent=2))
     return folder
+
+
+#: Precomputed features the API accepts: an array, or a file / folder :func:`load_features` reads.
+FeaturesLike: TypeAlias = np.ndarray | str | os.PathLike[str]

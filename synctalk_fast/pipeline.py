@@ -17,39 +17,32 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import os
 import queue
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeAlias, cast
+from typing import Any, cast
 
 import numpy as np
 
 from ._filters import SAMPLE_RATE
 from ._util.progress import StageTimer, progress_bar
 from ._util.stages import run_stages
-from .audio import AudioSource, load_audio
+from .audio import AudioLike, load_audio
 from .engine import Engine, EngineOptions, StepBatch
 from .engine.options import OPTION_NAMES
 from .errors import FeatureError, ModelError
-from .features import feature_windows, load_features
-from .models.session import ModelSession
+from .features import FeaturesLike, feature_windows, load_features
+from .models.session import ModelLike, ModelSession
 from .shapes import FPS, IMAGE_SHAPE, MODES
 from .sinks import DEFAULT_ENCODER, DEFAULT_PRESET, VIDEO_SUFFIXES, OutputLike, Sink, open_sink
 from .stream import Stream
-from .stream.core import TemplateLike
-from .template import Template
+from .template import Template, TemplateLike
 
 __all__ = ["Pipeline", "GenerateResult", "generate", "audio_features", "VIDEO_SUFFIXES"]
 
 log = logging.getLogger(__name__)
-
-#: A network: an ONNX file, or an open session.
-ModelLike: TypeAlias = str | os.PathLike[str] | ModelSession
-#: Precomputed features: an array, or a file / folder :func:`~synctalk_fast.load_features` reads.
-FeaturesLike: TypeAlias = np.ndarray | str | os.PathLike[str]
 
 
 @dataclass
@@ -204,7 +197,7 @@ class Pipeline:
         return self._template
 
     # -- audio -> features ------------------------------------------------
-    def audio_features(self, audio: AudioSource, *, progress: bool = False) -> np.ndarray:
+    def audio_features(self, audio: AudioLike, *, progress: bool = False) -> np.ndarray:
         """Per-frame audio features of speech (numerics §1): float32 ``[n + 2, 512]``.
 
         See :meth:`Engine.audio_features`; needs an ave U-Net and the audio encoder.
@@ -314,7 +307,7 @@ class Pipeline:
     # -- frames -> video --------------------------------------------------
     def generate(
         self,
-        audio: AudioSource | None = None,
+        audio: AudioLike | None = None,
         *,
         template: TemplateLike,
         output: OutputLike | Sequence[OutputLike],
@@ -400,7 +393,7 @@ class Pipeline:
         return result
 
     def _speech(
-        self, audio: AudioSource | None, features: FeaturesLike | None, *, timer: StageTimer, progress: bool
+        self, audio: AudioLike | None, features: FeaturesLike | None, *, timer: StageTimer, progress: bool
     ) -> tuple[np.ndarray | None, FeaturesLike]:
         """The samples of ``audio`` (None without audio) and the features (computed from them if not given)."""
         samples = None
@@ -469,7 +462,7 @@ _GENERATE_KEYWORDS = frozenset(
 ) - {"template", "output", "features"}
 
 
-def audio_features(audio: AudioSource, *, audio_encoder: ModelLike | Engine, progress: bool = False) -> np.ndarray:
+def audio_features(audio: AudioLike, *, audio_encoder: ModelLike | Engine, progress: bool = False) -> np.ndarray:
     """Per-frame AVE audio features of speech (numerics §1.1-1.8).
 
     Parameters
@@ -490,7 +483,7 @@ def audio_features(audio: AudioSource, *, audio_encoder: ModelLike | Engine, pro
 
 
 def generate(
-    audio: AudioSource | None = None,
+    audio: AudioLike | None = None,
     *,
     template: TemplateLike,
     output: OutputLike | Sequence[OutputLike],

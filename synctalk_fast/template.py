@@ -13,6 +13,7 @@ import struct
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypeAlias
 
 import cv2
 import numpy as np
@@ -21,7 +22,7 @@ from ._util.system import available_memory
 from .errors import BoxError, TemplateError
 from .frames import Box, crop_box, load_landmarks
 
-__all__ = ["Template", "FrameCache", "ping_pong", "LANDMARKS", "available_memory"]
+__all__ = ["Template", "TemplateLike", "FrameCache", "ping_pong", "LANDMARKS", "available_memory"]
 
 LANDMARKS = 110  # points per .lms file
 _IMAGE_EXTS = (".jpg", ".jpeg", ".png")
@@ -256,3 +257,7 @@ class Template:
         """(template index, decoded frame) for each output frame, in order."""
         for k in self.order(n_frames, start=start):
             yield int(k), self.frame(int(k))
+
+
+#: What the API accepts as a template: a :class:`Template`, or its folder.
+TemplateLike: TypeAlias = Template | str | os.PathLike[str]

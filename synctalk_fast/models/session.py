@@ -21,6 +21,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeAlias
 
 import numpy as np
 
@@ -42,6 +43,7 @@ from ..runtime import (
 from ..shapes import AUDIO_SHAPES, IMAGE_SHAPE, MEL_SHAPE
 
 __all__ = [
+    "ModelLike",
     "ModelSession",
     "ResolvedModel",
     "load_session",
@@ -443,3 +445,7 @@ def load_session(
         spinning=spinning,
         device_id=device_id,
     )
+
+
+#: A network the API accepts: an ONNX file (any exporter), or an open session.
+ModelLike: TypeAlias = str | os.PathLike[str] | ModelSession

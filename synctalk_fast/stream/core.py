@@ -51,7 +51,7 @@ from ..engine import Engine, EngineOptions, StepItem
 from ..errors import AudioError, FeatureError
 from ..features import FPS
 from ..models.session import ModelSession
-from ..template import Template
+from ..template import Template, TemplateLike
 from .convert import AudioChunk, ChunkConverter
 from .emit import END, Emitter
 from .features import FeatureThread
@@ -74,8 +74,6 @@ class EngineHolder(Protocol):
 
 #: What :class:`Stream` runs on: an engine, a pipeline, or a U-Net ONNX file to build an engine from.
 EngineLike: TypeAlias = Engine | EngineHolder | str | os.PathLike[str]
-#: A template, or its folder.
-TemplateLike: TypeAlias = Template | str | os.PathLike[str]
 
 
 def _engine_and_template(
