@@ -30,7 +30,8 @@ elif kind == "wheel":
     if not any(n.startswith("synctalk_fast/_core") and n.endswith((".so", ".pyd")) for n in names):
         fail("the compiled core synctalk_fast/_core is missing")
     for need in ("synctalk_fast/_core.pyi", "synctalk_fast/py.typed", "synctalk_fast/reference/torch_nets.py",
-                 "synctalk_fast/engine.py", "synctalk_fast/runtime/ort.py", "synctalk_fast/models/session.py"):
+                 "synctalk_fast/engine/core.py", "synctalk_fast/engine/options.py", "synctalk_fast/runtime/ort.py",
+                 "synctalk_fast/models/session.py", "synctalk_fast/serve/static/index.html"):
         if need not in names:
             fail(f"missing {need}")
 else:
