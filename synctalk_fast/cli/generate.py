@@ -9,7 +9,7 @@ import soundfile as sf
 
 from .. import models, pipeline
 from .._filters import SAMPLE_RATE
-from ..demo import synthetic_speech, synthetic_template
+from ..demo import DEMO_ENCODER_SEED, DEMO_SPEECH_SEED, DEMO_UNET, synthetic_speech, synthetic_template
 from ..engine import Engine, EngineOptions
 from ..engine.options import add_arguments
 from ..features import save_features
@@ -86,32 +86,29 @@ def features(args: argparse.Namespace) -> int:
 
 
 def demo(args: argparse.Namespace) -> int:
-    """Demo models, a drawn template and synthetic speech -> ``demo.mp4``."""
+    """The demo U-Net, a drawn template and synthetic speech -> ``demo.mp4``."""
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    models_dir = out / "models"
-    for kind, name in (("unet", "unet_328.onnx"), ("audio_encoder", "audio_encoder.onnx")):
-        if not (models_dir / name).is_file():
-            models.export_onnx(models.random_state_dict(kind), models_dir / name, kind=kind)
+    encoder = out / "models" / "audio_encoder.onnx"
+    if not encoder.is_file():
+        models.export_onnx(models.random_state_dict("audio_encoder", seed=DEMO_ENCODER_SEED), encoder)
     template = synthetic_template(out / "template")
     speech = out / "speech.wav"
-    sf.write(speech, synthetic_speech(args.seconds), SAMPLE_RATE, subtype="PCM_16")
+    sf.write(speech, synthetic_speech(args.seconds, seed=DEMO_SPEECH_SEED), SAMPLE_RATE, subtype="PCM_16")
     result = pipeline.generate(
         speech,
         template=template,
         output=out / "demo.mp4",
-        unet=models_dir / "unet_328.onnx",
-        audio_encoder=models_dir / "audio_encoder.onnx",
+        unet=DEMO_UNET,
+        audio_encoder=encoder,
         progress=not args.quiet,
     )
     print(result)
-    print(
-        f"demo models: {models_dir}/ (fixed random weights: the mouth changes with the audio, "
-        "but it is not a trained face)"
-    )
-    print(f"template:    {template}/ (a drawn face, 50 frames)")
-    print(f"audio:       {speech}")
-    print(f"video:       {result.output}")
+    print(f"U-Net:         {DEMO_UNET} (int8; trained on drawn faces by tools/train_demo_unet.py)")
+    print(f"audio encoder: {encoder} (fixed random weights, seed {DEMO_ENCODER_SEED}: what the U-Net learned to hear)")
+    print(f"template:      {template}/ (a drawn face, 50 frames, mouth closed)")
+    print(f"audio:         {speech} (synthetic speech the U-Net never heard in training)")
+    print(f"video:         {result.output}")
     return 0
 
 
@@ -177,9 +174,10 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
     """Add the ``demo`` command to ``sub``."""
     p = sub.add_parser(
         "demo",
-        help="see the whole pipeline work: demo models, a drawn template, synthetic speech -> demo.mp4",
-        description="Write demo models (fixed random weights), a synthetic template and speech-like audio "
-        "into a folder, then render demo.mp4 from them.",
+        help="see the whole pipeline work: a drawn face speaks synthetic speech -> demo.mp4",
+        description="Render demo.mp4: the package's demo U-Net (trained on drawn faces whose mouth opens with "
+        "the loudness of speech) makes a drawn face speak synthetic speech it never heard in training. "
+        "The template, the speech and the audio encoder are written into the folder beside the video.",
     )
     p.add_argument("-o", "--output", default="synctalk_demo", help="folder (default: ./synctalk_demo)")
     p.add_argument("--seconds", type=float, default=4.0, help="length of the synthetic speech (default: 4)")
