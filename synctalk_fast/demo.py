@@ -19,6 +19,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .frames import clip_box, crop_box
+
 __all__ = [
     "synthetic_template",
     "synthetic_speech",
@@ -163,8 +165,6 @@ def mouth_darkness(frame: np.ndarray, landmarks: np.ndarray) -> float:
     the dark of an open mouth (every channel below 70), the box placed by
     ``landmarks`` (``[110, 2]``) as the pipeline places it: how open the drawn
     face's mouth is."""
-    from .frames import clip_box, crop_box
-
     pts = np.asarray(landmarks, dtype=np.float32).astype(np.int32)
     x0, y0, x1, y1 = clip_box(crop_box(pts), frame_shape=frame.shape)
     region = frame[y0:y1, x0:x1]

@@ -59,8 +59,8 @@ __all__ = [
 ]
 
 N_FFT_HALF = 400  # centred STFT: frame t covers samples 200 t - 400 .. 200 t + 399
-LOOKAHEAD = 6  # frame i needs window i + 6 (feature row i + 7)
-MIN_SAMPLES = (MEL_WINDOW - 1) * HOP  # 16 mel frames (1 + n // 200 >= 16): one encoder window
+LOOKAHEAD = 6  #: frame i needs window i + 6 (feature row i + 7)
+MIN_SAMPLES = (MEL_WINDOW - 1) * HOP  #: 16 mel frames (1 + n // 200 >= 16): one encoder window
 _MEL_MARGIN = 3  # hops a mel slice starts before its first new frame
 
 

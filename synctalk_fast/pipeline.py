@@ -8,7 +8,7 @@ not grow with the audio's length.
 How the engine runs is one :class:`~synctalk_fast.engine.EngineOptions`
 (``options=``, or its fields as keywords); nothing here restates them.
 Threads: :meth:`Pipeline.frames` and :meth:`Pipeline.generate` run their
-stages in worker threads of their own (see :mod:`synctalk_fast._util.stages`)
+stages in worker threads of their own (see ``synctalk_fast._util.stages``)
 and join them before returning; a Pipeline serves one call at a time.
 """
 
@@ -252,7 +252,7 @@ class Pipeline:
         """Run batches (:class:`~synctalk_fast.engine.StepBatch`) in order;
         each function of ``then`` is applied to them in a further stage. The
         prepare stage and ``then`` run at background priority on CPU (see
-        :mod:`synctalk_fast._util.stages`)."""
+        ``synctalk_fast._util.stages``)."""
         engine = self.engine
         rows, windowed = self._unet_audio(features)
         tpl = self.template(template)

@@ -30,7 +30,7 @@ from .manifest import BatchJob
 from .resume import file_digest
 from .worker import Event, JobRunner, one_line, pin
 
-__all__ = ["RayPool", "RayWorker", "import_ray", "connect_ray", "SHIPPED_DIR"]
+__all__ = ["RayPool", "RayWorker", "import_ray", "connect_ray", "SHIPPED_DIR", "Shipped"]
 
 #: Where a Ray worker unpacks shipped inputs: node-local, shared by the
 #: actors of a node, one folder per input content.

@@ -10,7 +10,7 @@
 - :func:`discard_parts`: the partial output a dead worker left.
 
 Everything here runs in the parent process, the only writer of these
-files; the digest cache (:data:`_file_digests`) is the parent's.
+files; the digest cache (``_file_digests``) is the parent's.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ one process, on the real template when it is found (``--data`` /
 template, with fixed random weights (no trained weights are needed):
 
 - ``naive``: one frame at a time, cv2 + numpy + ONNX Runtime exactly as
-  numerics §3 (:mod:`synctalk_fast.reference`): the way the Go ports run; no video;
+  numerics §3 (``synctalk_fast.reference``): the way the Go ports run; no video;
 - ``torch``: the same loop with the PyTorch networks (when torch is installed);
 - ``unet``: the U-Net alone on prepared inputs, per session layout and batch size;
 - ``frames``: :meth:`Pipeline.frames` to memory, cold and warm template cache;

@@ -24,7 +24,7 @@ from ..reference import (
 )
 from ..runtime import SessionRequest, default_threads, get_runtime
 
-__all__ = ["Loop", "reference_loop", "naive_loop", "torch_loop"]
+__all__ = ["Loop", "UNetCall", "reference_loop", "naive_loop", "torch_loop"]
 
 #: ``loop(n)``: render ``n`` frames.
 Loop = Callable[[int], None]

@@ -17,7 +17,7 @@ front end derives from it instead of repeating it:
 Precedence is one rule, :meth:`EngineOptions.replace` applied in order:
 defaults, then a config file or a manifest row, then the command line.
 
-A new option is one field below (with its :func:`_option` metadata).
+A new option is one field below (with its ``_option`` metadata).
 """
 
 from __future__ import annotations
@@ -113,7 +113,8 @@ class EngineOptions:
     precision : {"fp32", "fp16", "bf16"}
     batch_size, sessions, threads : int, optional
     cache_mb : float, optional
-        See each field's help (:func:`describe`).
+        See each field's ``help`` (its metadata), which :func:`add_arguments` makes
+        the commands' ``--help``.
 
     Raises
     ------

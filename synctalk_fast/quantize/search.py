@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 
 __all__ = ["HEADROOM", "Found", "search_fp32_blocks", "keep_float_blocks"]
 
-# The search aims this far above target_psnr on the validation frames: a few
-# frames misjudge the PSNR over the whole template (the face U-Net, NNCF, 3
-# blocks in bf16: 40.7 dB on 8 validation frames, 40.2 dB on 247 other
-# frames, 39.7 dB on the 32 held-out ones; one more block: 41.5 dB on the 247).
+#: The search aims this far above target_psnr on the validation frames: a few
+#: frames misjudge the PSNR over the whole template (the face U-Net, NNCF, 3
+#: blocks in bf16: 40.7 dB on 8 validation frames, 40.2 dB on 247 other
+#: frames, 39.7 dB on the 32 held-out ones; one more block: 41.5 dB on the 247).
 HEADROOM = 1.0
 
 #: ``score(float_blocks, only)`` -> validation mouth PSNR (dB).

@@ -37,8 +37,9 @@ __all__ = [
     "capabilities",
 ]
 
-# Batch: as ONNX Runtime's CPU provider (throughput is flat in the batch on
-# a CPU); an Intel GPU needs batches to fill it.
+#: OpenVINO's devices this package knows: name -> its :class:`~synctalk_fast.runtime.base.Provider` row.
+#: Batch: as ONNX Runtime's CPU provider (throughput is flat in the batch on
+#: a CPU); an Intel GPU needs batches to fill it.
 DEVICES: Mapping[str, Provider] = {
     p.name: p
     for p in (

@@ -91,9 +91,10 @@ def _cuda_options(req: SessionRequest) -> dict:
     return {"cudnn_conv_algo_search": "EXHAUSTIVE", "do_copy_in_default_stream": True}
 
 
-# Batch: on CPUs throughput is flat in the batch, so it stays small (less
-# latency and memory, finer overlap with the other stages); GPUs need
-# batches to fill them.
+#: ONNX Runtime's execution providers this package knows: name -> its :class:`~synctalk_fast.runtime.base.Provider` row.
+#: Batch: on CPUs throughput is flat in the batch, so it stays small (less
+#: latency and memory, finer overlap with the other stages); GPUs need
+#: batches to fill them.
 PROVIDERS: Mapping[str, Provider] = {
     p.name: p
     for p in (

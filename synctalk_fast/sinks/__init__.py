@@ -15,7 +15,7 @@ inherited:
 :func:`open_sink` (:mod:`.factory`) is the one place that turns an
 ``output`` argument (a path, a callable or a sink) into a sink; the
 pipeline and the command line use it. The protocol and the never-partial
-invariant of the file sinks are in :mod:`.base`.
+invariant of the file sinks are in :mod:`~synctalk_fast.sinks.base`.
 """
 
 from __future__ import annotations

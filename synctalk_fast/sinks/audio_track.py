@@ -1,7 +1,7 @@
 """The sound that feeds an MP4's AAC track: a whole track, or samples arriving with the frames.
 
 Both sources hand out mono float32 samples at the track's sample rate in
-blocks (:meth:`take`), resampling (soxr, HQ) block by block as they go, so a
+blocks (``take()``), resampling (soxr, HQ) block by block as they go, so a
 long track never exists at the output rate in memory. Not thread-safe: one
 sink owns each source.
 """
@@ -18,8 +18,8 @@ __all__ = ["AAC_SAMPLE_RATES", "TRACK_SAMPLE_RATE", "WholeTrack", "LiveTrack", "
 
 # Sample rates the AAC bitstream can signal (ISO 14496-3 sampling_frequency_index).
 AAC_SAMPLE_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350)
-# Sample rate of the stored sound track of an Mp4Sink: AAC's 1024-sample
-# blocks are then 21 ms, so the decoded sound ends within one video frame of the input.
+#: Sample rate of the stored sound track of an Mp4Sink: AAC's 1024-sample
+#: blocks are then 21 ms, so the decoded sound ends within one video frame of the input.
 TRACK_SAMPLE_RATE = 48000
 
 

@@ -5,7 +5,7 @@ closed (the output is complete) or aborted (nothing is left at the output
 path). Any object with these three methods is a sink; nothing has to be
 inherited.
 
-File sinks (:class:`_Writer` subclasses) never leave partial output: they
+File sinks (subclasses of ``_Writer``) never leave partial output: they
 build it beside the destination (a hidden ``.<name>.<random>.part`` file or
 folder in the same directory) and move it into place only when ``close``
 succeeds. An exception, ``abort``, a ``KeyboardInterrupt`` inside a ``with``
@@ -30,8 +30,8 @@ from ..errors import OutputError
 
 __all__ = ["Sink", "VIDEO_SUFFIXES"]
 
-# Suffixes (any case) that make open_sink write a video file; the container
-# is MP4 whatever the suffix.
+#: Suffixes (any case) that make open_sink write a video file; the container
+#: is MP4 whatever the suffix.
 VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".mkv")
 
 

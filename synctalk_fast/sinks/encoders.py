@@ -20,14 +20,15 @@ from ..errors import OutputError
 
 __all__ = ["X264_PRESETS", "DEFAULT_PRESET", "ENCODERS", "DEFAULT_ENCODER", "encoder_problem", "resolve_encoder"]
 
-# Default libx264 preset, chosen by measurement (README, "Encoder preset"; 720p
-# talking-head frames at CRF 20, one encoder thread): superfast costs 6.7 ms
-# of CPU per frame (veryfast 10.4, medium 23.8) at 2.4 Mbit/s (veryfast 1.55,
-# medium 1.64) and 47.1 dB PSNR (45.6, 47.8). On 2 cores every ms of encoding
-# is taken from the U-Net: with superfast the MP4 pipeline keeps up with the
-# naive loop that writes no video at all; with medium it runs at ~0.74 x the
-# U-Net's own speed. Smaller files: preset="veryfast" (or "medium").
+#: Default libx264 preset, chosen by measurement (README, "Encoder preset"; 720p
+#: talking-head frames at CRF 20, one encoder thread): superfast costs 6.7 ms
+#: of CPU per frame (veryfast 10.4, medium 23.8) at 2.4 Mbit/s (veryfast 1.55,
+#: medium 1.64) and 47.1 dB PSNR (45.6, 47.8). On 2 cores every ms of encoding
+#: is taken from the U-Net: with superfast the MP4 pipeline keeps up with the
+#: naive loop that writes no video at all; with medium it runs at ~0.74 x the
+#: U-Net's own speed. Smaller files: preset="veryfast" (or "medium").
 DEFAULT_PRESET = "superfast"
+#: libx264's speed presets, fastest first.
 X264_PRESETS = (
     "ultrafast",
     "superfast",
@@ -40,11 +41,12 @@ X264_PRESETS = (
     "veryslow",
     "placebo",
 )
-# The H.264 encoders a writer can use, hardware first: "auto" takes the first
-# that opens here. libx264 is the default everywhere (the same bits on every
-# machine); NVENC exists only on NVIDIA GPUs that have the encoder block
-# (not A100 / H100 / H200).
+#: The H.264 encoders a writer can use, hardware first: "auto" takes the first
+#: that opens here. libx264 is the default everywhere (the same bits on every
+#: machine); NVENC exists only on NVIDIA GPUs that have the encoder block
+#: (not A100 / H100 / H200).
 ENCODERS = ("h264_nvenc", "libx264")
+#: The encoder used unless another is asked for.
 DEFAULT_ENCODER = "libx264"
 # x264 speed presets -> NVENC's p1 (fastest) .. p7 (best).
 _NVENC_PRESETS = {

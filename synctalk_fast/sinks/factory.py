@@ -46,7 +46,7 @@ def open_sink(
     - a path whose suffix is one of :data:`VIDEO_SUFFIXES` (any case): an
       :class:`Mp4Sink` with ``fps``, ``crf``, ``preset`` and the sound of
       ``audio`` (16 kHz, the whole track) or of the frames
-      (``frame_audio=True``), stored at :data:`TRACK_SAMPLE_RATE`.
+      (``frame_audio=True``), stored at :data:`~synctalk_fast.sinks.TRACK_SAMPLE_RATE`.
     - an existing directory, or a path without a suffix: a
       :class:`FrameFolderSink` of ``image_format`` images.
 

@@ -2,7 +2,7 @@
 
 :class:`FrameFolderSink` writes into a hidden sibling folder and moves the
 images into the destination only when :meth:`FrameFolderSink.close`
-succeeds (see :mod:`.base` for the no-partial-output invariant). Not
+succeeds (see :mod:`~synctalk_fast.sinks.base` for the no-partial-output invariant). Not
 thread-safe.
 """
 

@@ -5,7 +5,7 @@ replay and the benchmark all write through it). Frames are encoded as they
 arrive (nothing is held in memory); the sound (a whole track, or samples
 arriving with the frames: :mod:`.audio_track`) is encoded alongside, so
 audio and video packets are interleaved in time order. The file appears at
-its path only when :meth:`Mp4Sink.close` succeeds (see :mod:`.base` for the
+its path only when :meth:`Mp4Sink.close` succeeds (see :mod:`~synctalk_fast.sinks.base` for the
 no-partial-output invariant). Not thread-safe.
 """
 

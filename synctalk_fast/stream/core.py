@@ -7,7 +7,7 @@ ties together, around one :class:`~.state.StreamState`:
 
 - the caller's :meth:`Stream.push_audio`, through the chunk converter
   (:mod:`.convert`), into the open utterance (:mod:`.utterance`);
-- the feature thread (:mod:`.features`): features -> jobs;
+- the feature thread (:mod:`~synctalk_fast.stream.features`): features -> jobs;
 - the engine's workers, through the stream's work source (:mod:`.work`);
 - the consumer, through the emitter (:mod:`.emit`): :meth:`Stream.frames`
   in a thread, or ``async for f in stream`` on an event loop.

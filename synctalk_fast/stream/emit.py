@@ -44,6 +44,7 @@ class _End:
         return "END"
 
 
+#: What :meth:`Emitter.poll` and :meth:`Emitter.next` return when no frame is to come.
 END = _End()
 
 

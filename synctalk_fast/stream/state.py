@@ -10,12 +10,12 @@ Invariants:
   chunk converter's) is always taken before it, never after; the engine's
   scheduler lock may be taken under it (:meth:`Engine.wake`), never the
   other way round;
-- every change another party may wait for goes through :meth:`notify`
+- every change another party may wait for goes through :meth:`StreamState.notify`
   (under the lock): it bumps ``changes``, wakes the threads waiting on
   ``cond`` and calls the one-shot asyncio waiters once each (they resolve
   a future on their loop with ``call_soon_threadsafe``: nothing waits in a
   thread for an async consumer);
-- results carry the generation ``gen`` they were made in; :meth:`drop_all`
+- results carry the generation ``gen`` they were made in; :meth:`StreamState.drop_all`
   (an interrupt) bumps it, and results of an older one are dropped;
 - at most ``max_ready`` frames are in compute (``inflight``) or waiting for
   the consumer (``done``), so memory stays flat whatever the consumer's pace.
