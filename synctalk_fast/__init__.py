@@ -4,9 +4,11 @@ The signal and image core is flat (``audio``, ``features``,
 ``live_features``, ``frames``, ``template``, ``shapes``); each application
 is a folder: ``runtime/``, ``models/``, ``engine/`` (with
 :class:`EngineOptions`, every engine option once), ``sinks/``, ``stream/``,
-``pipeline``, ``quantize/``, ``batch/``, ``serve/``, ``benchmark/``,
-``cli/``. Data flows one way through them; which module may import which is
-stated once, by ``tests/test_imports.py``.
+``pipeline``, ``quantize/``, ``batch/``, ``serve/``, ``integrations/`` (the
+Pipecat and LiveKit Agents plug-ins, imported only on demand: their
+frameworks are optional), ``benchmark/``, ``cli/``. Data flows one way
+through them; which module may import which is stated once, by
+``tests/test_imports.py``.
 """
 
 from . import _backend

@@ -196,6 +196,7 @@ LAYERS: list[set[str]] = [
     {"stream"},
     {"pipeline", "replay", "reference", "_config", "types"},  # replay: a shim of stream.replay
     {"quantize", "quantization", "batch", "serve", "server", "webrtc"},  # quantization, server, webrtc: shims
+    {"integrations"},  # voice-agent plug-ins (Pipecat, LiveKit): applications on the stream
     {"benchmark"},
     {"cli", "__main__", ""},
 ]
