@@ -59,6 +59,7 @@ log = logging.getLogger(__name__)
 _VIDEO_CLOCK = 90000  # RTP clock of video
 _AUDIO_RATE = 16000  # the stream's audio, sent back with each frame
 _STATES_DONE = ("failed", "closed")
+_TELL_SECONDS = 1.0  # at most this long for a refusal to leave before the association is aborted
 
 
 def available() -> bool:
@@ -277,21 +278,31 @@ class WebRtcSession:
         except Refusal as exc:
             self.refusal = exc
             self.conversation.seat.refused(exc.code)
-            self._tell(exc)
+            await self._tell(exc)
         except Exception as exc:  # noqa: BLE001 - this session only
             log.exception("WebRTC session on %s failed", self.conversation.name)
-            self._tell(Refusal.internal(exc))
+            await self._tell(Refusal.internal(exc))
         finally:
             await self.close()
 
-    def _tell(self, refusal: Refusal) -> None:
-        """The refusal's error message over the data channel, if it is open."""
+    async def _tell(self, refusal: Refusal) -> None:
+        """The refusal's error message over the data channel, if it is open.
+
+        Returns once the message has left for the network (the channel's
+        ``bufferedAmount`` is back to 0), or after ``_TELL_SECONDS``: closing
+        the peer connection aborts the SCTP association, which drops whatever
+        is still queued.
+        """
         channel = self._channel
-        if channel is not None and channel.readyState == "open":
-            try:
-                channel.send(json.dumps(refusal.to_message()))
-            except Exception:  # noqa: BLE001 - the peer is gone already
-                pass
+        if channel is None or channel.readyState != "open":
+            return
+        try:
+            channel.send(json.dumps(refusal.to_message()))
+        except Exception:  # noqa: BLE001 - the peer is gone already
+            return
+        deadline = time.monotonic() + _TELL_SECONDS
+        while channel.bufferedAmount > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
 
     async def _listen(self) -> None:
         """Microphone frames -> the conversation's limits -> voice gate -> the stream."""

@@ -148,7 +148,10 @@ async def one_limited_session(base: str, server: AvatarServer, wav: Path | None,
     status, answer = await peer.connect(f"{base}/v1/avatars/ann/webrtc")
     assert status == 200, answer
     session = next(iter(server.webrtc_sessions))
-    ended = await until(lambda: server.active_sessions == 0, 20)
+    # Ended: its seat released and the session itself closed (its peer connection too).
+    ended = await until(lambda: server.active_sessions == 0 and not server.webrtc_sessions, 20)
+    # The refusal left before the server closed; the peer's stack may still be delivering it.
+    await until(lambda: any(m.get("type") == "error" for m in peer.messages), 5)
     out = {
         "ended": ended,
         "seconds": round(time.monotonic() - t0, 2),
