@@ -22,13 +22,10 @@ Without ``--unet`` it runs the package's demo: the demo U-Net, a drawn face and 
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import tempfile
 from pathlib import Path
 
+import _offline_agent as offline_agent  # examples/_offline_agent.py, beside this file
 import numpy as np
-import soundfile as sf
 from pipecat.frames.frames import (
     EndFrame,
     Frame,
@@ -44,8 +41,6 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.workers.runner import WorkerRunner
 
 import synctalk_fast as stf
-from synctalk_fast import models
-from synctalk_fast.demo import DEMO_ENCODER_SEED, DEMO_UNET, synthetic_speech, synthetic_template
 from synctalk_fast.integrations.pipecat import SyncTalkVideoService
 
 
@@ -62,8 +57,7 @@ class ScriptedTTS(FrameProcessor):
         if not (isinstance(frame, TextFrame) and self._wavs):
             await self.push_frame(frame, direction)
             return
-        pcm, rate = sf.read(self._wavs.pop(0), dtype="int16", always_2d=True)  # [n, channels]
-        step = rate // 50
+        pcm, rate, step = offline_agent.read_reply(self._wavs.pop(0))
         await self.push_frame(TTSStartedFrame())
         for i in range(0, len(pcm), step):
             chunk = pcm[i : i + step]
@@ -101,26 +95,12 @@ class Mp4Recorder(FrameProcessor):
                 self._sink = stf.Mp4Sink(self._path, fps=25, frame_audio=True, sample_rate=self._rate)
             if frame.sample_rate != self._rate:
                 raise ValueError(f"TTS audio at {frame.sample_rate} Hz after {self._rate} Hz")
-            pcm = np.frombuffer(frame.audio, "<i2").reshape(-1, frame.num_channels)
-            self._write(pcm.mean(axis=1, dtype=np.float32) / 32768.0)
+            self._write(offline_agent.mono(frame.audio, frame.num_channels))
         elif isinstance(frame, EndFrame) and self._sink is not None:
             if self._image is not None:
                 self._write(None)
             self._sink.close()
         await self.push_frame(frame, direction)
-
-
-def demo_material(folder: Path) -> tuple[Path, Path, Path, list[Path]]:
-    """The demo U-Net, its audio encoder, a drawn face, and two replies at 24 kHz, mono and stereo."""
-    encoder = folder / "audio_encoder.onnx"
-    models.export_onnx(models.random_state_dict("audio_encoder", seed=DEMO_ENCODER_SEED), encoder)
-    template = synthetic_template(folder / "template")
-    wavs = []
-    for k, channels in enumerate([1, 2]):
-        speech = synthetic_speech(1.2, sample_rate=24000, seed=k)
-        wavs.append(folder / f"reply{k}.wav")
-        sf.write(wavs[-1], np.stack([speech] * channels, axis=1), 24000, subtype="PCM_16")
-    return DEMO_UNET, encoder, template, wavs
 
 
 async def run(engine: stf.Engine, template: Path, wavs: list[Path], output: Path) -> int:
@@ -135,26 +115,7 @@ async def run(engine: stf.Engine, template: Path, wavs: list[Path], output: Path
 
 
 def main(argv: list[str] | None = None) -> Path:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("-o", "--output", type=Path, default=Path("avatar.mp4"))
-    ap.add_argument("--unet", type=Path, help="U-Net ONNX (default: the demo's)")
-    ap.add_argument("--audio-encoder", type=Path, help="audio encoder ONNX (with --unet)")
-    ap.add_argument("--template", type=Path, help="template folder (with --unet)")
-    ap.add_argument("--wav", type=Path, action="append", help="a reply the TTS speaks (repeat for more)")
-    args = ap.parse_args(argv)
-    with tempfile.TemporaryDirectory() as tmp:
-        unet, encoder, template, wavs = demo_material(Path(tmp)) if args.unet is None else (None, None, None, [])
-        unet, encoder = args.unet or unet, args.audio_encoder or encoder
-        template, wavs = args.template or template, args.wav or wavs
-        if encoder is None or template is None or not wavs:
-            ap.error("--unet needs --audio-encoder, --template and at least one --wav")
-        engine = stf.Engine(unet, encoder)
-        try:
-            frames = asyncio.run(run(engine, template, wavs, args.output))
-        finally:
-            engine.close()
-    print(f"{args.output}: {frames} frames ({frames / 25:.2f} s) from {len(wavs)} replies")
-    return args.output
+    return offline_agent.main(__doc__.split("\n")[0], run, argv)
 
 
 if __name__ == "__main__":

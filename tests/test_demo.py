@@ -10,7 +10,6 @@ import pytest
 
 from synctalk_fast import Pipeline, load_landmarks, models
 from synctalk_fast.demo import (
-    DEMO_ENCODER_SEED,
     DEMO_SPEECH_SEED,
     DEMO_UNET,
     draw_face,
@@ -29,8 +28,7 @@ TEMPLATE_FRAMES = 50  # synthetic_template's default, what `synctalk-fast demo` 
 def demo_run(tmp_path_factory):
     """The demo's own case through the ordinary pipeline: frames, their template frames and landmarks, the speech."""
     tmp = tmp_path_factory.mktemp("demo")
-    encoder = tmp / "audio_encoder.onnx"
-    models.export_onnx(models.random_state_dict("audio_encoder", seed=DEMO_ENCODER_SEED), encoder)
+    encoder = models.demo_audio_encoder(tmp / "audio_encoder.onnx")
     template = synthetic_template(tmp / "template")
     speech = synthetic_speech(4.0, seed=DEMO_SPEECH_SEED)
     pipe = Pipeline(unet=DEMO_UNET, audio_encoder=encoder)

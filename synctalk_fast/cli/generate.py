@@ -89,9 +89,7 @@ def demo(args: argparse.Namespace) -> int:
     """The demo U-Net, a drawn template and synthetic speech -> ``demo.mp4``."""
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    encoder = out / "models" / "audio_encoder.onnx"
-    if not encoder.is_file():
-        models.export_onnx(models.random_state_dict("audio_encoder", seed=DEMO_ENCODER_SEED), encoder)
+    encoder = models.demo_audio_encoder(out / "models" / "audio_encoder.onnx")
     template = synthetic_template(out / "template")
     speech = out / "speech.wav"
     sf.write(speech, synthetic_speech(args.seconds, seed=DEMO_SPEECH_SEED), SAMPLE_RATE, subtype="PCM_16")

@@ -8,7 +8,8 @@
 - :func:`load_session` opens any U-Net / encoder ONNX file, binding inputs by
   shape and making a fixed batch of 1 dynamic (:func:`resolve_model` does the
   file work once, :class:`ModelSession` opens a session on it).
-- :func:`random_state_dict` makes fixed-seed weights for tests and demos.
+- :func:`random_state_dict` makes fixed-seed weights for tests and demos;
+  :func:`demo_audio_encoder` writes the demo's audio encoder.
 
 int8 quantization drives the template and frame stages through the engine,
 so it lives above this package: :func:`synctalk_fast.quantize`.
@@ -22,7 +23,7 @@ from ..errors import CheckpointError, ModelError
 from ..runtime import default_batch_size, default_providers, default_threads, session_plan
 from ..shapes import AUDIO_SHAPES
 from .checkpoint import load_state_dict
-from .export import ExportSummary, check_state_dict, export_onnx, infer_kind, infer_mode, save_model
+from .export import ExportSummary, check_state_dict, demo_audio_encoder, export_onnx, infer_kind, infer_mode, save_model
 from .networks import OPSET, build, build_audio_encoder, build_unet, state_dict_spec
 from .random_weights import random_state_dict
 from .session import ModelSession, ResolvedModel, load_session, resolve_model
@@ -39,6 +40,7 @@ __all__ = [
     "build_audio_encoder",
     "build_unet",
     "check_state_dict",
+    "demo_audio_encoder",
     "cache_dir",
     "default_batch_size",
     "default_providers",

@@ -11,12 +11,22 @@ from pathlib import Path
 import numpy as np
 
 from .._util.atomic import write_atomic
+from ..demo import DEMO_ENCODER_SEED
 from ..errors import ModelError
 from ..runtime import cpu_session
 from ..shapes import AUDIO_SHAPES, EMBEDDING, IMAGE_SHAPE, MEL_SHAPE, PRED_SHAPE
 from .networks import build, state_dict_spec
+from .random_weights import random_state_dict
 
-__all__ = ["ExportSummary", "infer_kind", "infer_mode", "check_state_dict", "export_onnx", "save_model"]
+__all__ = [
+    "ExportSummary",
+    "infer_kind",
+    "infer_mode",
+    "check_state_dict",
+    "demo_audio_encoder",
+    "export_onnx",
+    "save_model",
+]
 
 _ENCODER_KEY = "0.conv_block.0.weight"
 _UNET_KEY = "inc.inconv.0.conv.0.weight"
@@ -158,3 +168,24 @@ def export_onnx(
     return ExportSummary(
         out, kind, mode, guessed, params, inputs, outputs, seconds, (float(result.min()), float(result.max()))
     )
+
+
+def demo_audio_encoder(path: str | os.PathLike) -> Path:
+    """Write the demo's audio encoder: fixed random weights (seed
+    :data:`~synctalk_fast.demo.DEMO_ENCODER_SEED`), what the demo U-Net learned to hear.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The ONNX file to write (its folder is made); an existing file is kept as it is.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+    """
+    out = Path(path)
+    if not out.is_file():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        export_onnx(random_state_dict("audio_encoder", seed=DEMO_ENCODER_SEED), out)
+    return out

@@ -11,7 +11,6 @@ import asyncio
 import inspect
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -402,29 +401,3 @@ def test_bad_arguments(engine, tpl, model_dir, tmp_path):
         SyncTalkVideoService(engine, template=tmp_path / "nobody")
     with pytest.raises(stf.FeatureError, match="audio encoder"):
         SyncTalkVideoService(stf.Engine(model_dir / "unet_328.onnx"), template=tpl)
-
-
-# --- the offline example ----------------------------------------------------------------------
-
-
-@pytest.mark.slow
-def test_offline_example_writes_the_agents_video(tmp_path):
-    """examples/pipecat_avatar_offline.py: scripted TTS -> avatar -> MP4, with the demo's material."""
-    import importlib.util
-
-    import av
-
-    path = Path(__file__).resolve().parents[2] / "examples" / "pipecat_avatar_offline.py"
-    if not path.is_file():
-        pytest.skip(f"no {path} in this tree")
-    spec = importlib.util.spec_from_file_location("pipecat_avatar_offline", path)
-    assert spec is not None and spec.loader is not None
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
-    out = example.main(["-o", str(tmp_path / "agent.mp4")])
-    with av.open(str(out)) as container:
-        video, audio = container.streams.video[0], container.streams.audio[0]
-        frames = sum(1 for _ in container.decode(video=0))
-        assert audio.codec_context.name == "aac"
-    # two replies of 1.2 s: 29 frames each (n + 2 for n encoder windows), all shown
-    assert frames == 2 * 29 and (video.width, video.height) == (640, 480)
