@@ -92,6 +92,9 @@ _NO_INVENTORY = (
     "ray",
     "torch",
     "tqdm",
+    "pipecat",
+    "livekit",
+    "rtc",  # livekit.rtc, as the plug-ins' docstrings name it
     # the standard library
     "pathlib",
     "os",
