@@ -11,7 +11,6 @@ import pytest
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("framework, module", [("pipecat", "pipecat"), ("livekit", "livekit.agents")])
 def test_offline_example_writes_the_agents_video(framework, module, tmp_path, monkeypatch):
     av = pytest.importorskip("av")
