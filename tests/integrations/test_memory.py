@@ -1,4 +1,4 @@
-"""Memory stays flat over 100 utterances, through each framework's own machinery.
+"""Memory and threads stay flat over 100 utterances, through each framework's own machinery.
 
 Each plug-in runs 100 short replies one after the other on the shared test engine, with
 ``max_lag=0`` (every frame goes the stream's whole way, features, jobs, engine workers, delivery,
@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -37,8 +38,12 @@ def pcm_of(seed: int) -> bytes:
     return np.round(np.clip(speech, -1, 1) * 32767).astype("<i2").tobytes()
 
 
-def assert_flat(sizes: list[int]) -> None:
-    assert len(sizes) == REPLIES
+def assert_flat(sizes: list[int], threads: list[int]) -> None:
+    """RSS and thread count after each reply: flat from reply ``FIRST`` on."""
+    assert len(sizes) == len(threads) == REPLIES
+    assert threads[-1] == threads[FIRST - 1], (
+        f"threads: {threads[FIRST - 1]} after reply {FIRST}, {threads[-1]} after {REPLIES}"
+    )
     grown = sizes[-1] - sizes[FIRST - 1]
     print(f"RSS: {sizes[FIRST - 1] / 2**20:.1f} MiB after reply {FIRST}, {sizes[-1] / 2**20:.1f} MiB after {REPLIES}")
     assert grown <= GROWTH, f"RSS grew {grown / 2**20:.1f} MiB from reply {FIRST} to reply {REPLIES}"
@@ -67,6 +72,7 @@ def test_pipecat_service_memory_is_flat(engine, tpl):
         def __init__(self):
             super().__init__()
             self.sizes: list[int] = []
+            self.threads: list[int] = []
             self.images = 0
             self.stopped = asyncio.Event()
 
@@ -79,6 +85,7 @@ def test_pipecat_service_memory_is_flat(engine, tpl):
                 return
             if isinstance(frame, TTSStoppedFrame):
                 self.sizes.append(rss())
+                self.threads.append(threading.active_count())
                 self.stopped.set()
             await self.push_frame(frame, direction)
 
@@ -103,7 +110,7 @@ def test_pipecat_service_memory_is_flat(engine, tpl):
 
     drain = asyncio.run(main())
     assert drain.images == REPLIES * 6
-    assert_flat(drain.sizes)
+    assert_flat(drain.sizes, drain.threads)
 
 
 def test_livekit_generator_memory_is_flat(engine, tpl):
@@ -113,9 +120,9 @@ def test_livekit_generator_memory_is_flat(engine, tpl):
 
     from synctalk_fast.integrations.livekit import SyncTalkVideoGenerator
 
-    async def main() -> tuple[list[int], int]:
+    async def main() -> tuple[list[int], list[int], int]:
         gen = await asyncio.to_thread(SyncTalkVideoGenerator, engine, template=tpl, idle=False, max_lag=0.0)
-        items, sizes, videos = aiter(gen), [], 0
+        items, sizes, threads, videos = aiter(gen), [], [], 0
         try:
             for k in range(REPLIES):
                 pcm = pcm_of(k)
@@ -125,11 +132,12 @@ def test_livekit_generator_memory_is_flat(engine, tpl):
                 while not isinstance(item := await asyncio.wait_for(anext(items), TIMEOUT), AudioSegmentEnd):
                     videos += isinstance(item, rtc.VideoFrame)
                 sizes.append(rss())
+                threads.append(threading.active_count())
         finally:
             await gen.aclose()
             await items.aclose()
-        return sizes, videos
+        return sizes, threads, videos
 
-    sizes, videos = asyncio.run(main())
+    sizes, threads, videos = asyncio.run(main())
     assert videos == REPLIES * 6
-    assert_flat(sizes)
+    assert_flat(sizes, threads)
