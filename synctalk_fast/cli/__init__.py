@@ -2,7 +2,7 @@
 
 One module per command group builds its sub-parsers and runs its command
 (:mod:`.info`, :mod:`.models`, :mod:`.generate`, :mod:`.stream`,
-:mod:`.serve`, :mod:`.batch`, :mod:`.quantize`, :mod:`.bench`); the server,
+:mod:`.serve`, :mod:`.loadtest`, :mod:`.batch`, :mod:`.quantize`, :mod:`.bench`); the server,
 the batch pool, the quantizer and the benchmark are imported only when their
 command runs, so ``synctalk-fast info`` stays light. Engine flags come from
 :func:`synctalk_fast.engine.options.add_arguments` and are read back with
@@ -23,7 +23,7 @@ import traceback
 
 from .._version import __version__
 from ..errors import Error
-from . import batch, bench, generate, info, models, quantize, serve, stream
+from . import batch, bench, generate, info, loadtest, models, quantize, serve, stream
 
 __all__ = ["main", "build_parser", "go_spellings"]
 
@@ -36,6 +36,7 @@ _COMMANDS = (
     generate.add_features,
     stream.add_parser,
     serve.add_parser,
+    loadtest.add_parser,
     batch.add_parser,
     quantize.add_parser,
     generate.add_demo,

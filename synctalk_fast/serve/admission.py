@@ -39,10 +39,11 @@ class Metrics:
     """The server's Prometheus metrics, in a registry of its own."""
 
     def __init__(self) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
         self.registry = CollectorRegistry()
         r = self.registry
+        ProcessCollector(registry=r)  # process_resident_memory_bytes, process_cpu_seconds_total (Linux)
         self.active = Gauge("synctalk_sessions_active", "Sessions now open", ["avatar"], registry=r)
         self.sessions = Counter("synctalk_sessions", "Sessions by outcome", ["avatar", "outcome"], registry=r)
         self.frames = Counter("synctalk_frames_sent", "Frames sent", ["avatar"], registry=r)
