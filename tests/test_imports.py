@@ -35,6 +35,8 @@ LAZY_ALLOWED: set[tuple[str, str]] = {
     ("synctalk_fast.cli.batch", "synctalk_fast.batch"),
     ("synctalk_fast.cli.quantize", "synctalk_fast.quantize"),
     ("synctalk_fast.cli.bench", "synctalk_fast.benchmark"),
+    ("synctalk_fast.cli.loadtest", "synctalk_fast.loadtest"),
+    ("synctalk_fast.cli.loadtest", "synctalk_fast.loadtest.report"),
 }
 
 

@@ -8,16 +8,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
+
+from ..audio import load_audio
+from ..demo import DEMO_SPEECH_SEED, synthetic_speech
+
 __all__ = ["add_parser", "run"]
 
 
-def _speech(path: str | None):
+def _speech(path: str | None) -> np.ndarray:
     """int16 mono PCM at 16 kHz: the file's, or 20 s of the demo's synthetic speech."""
-    import numpy as np
-
-    from ..audio import load_audio
-    from ..demo import DEMO_SPEECH_SEED, synthetic_speech
-
     samples = load_audio(path) if path else synthetic_speech(20.0, seed=DEMO_SPEECH_SEED)
     return np.round(np.clip(samples, -1.0, 1.0) * 32767).astype(np.int16)
 
