@@ -7,8 +7,9 @@ path that the WebSocket and the WebRTC transports both take.
 - a :class:`Seat` is one admitted session's hold on the capacity and its
   metrics (frames sent, dropped, skipped); releasing it is idempotent;
 - :func:`measure_capacity` is the number of sessions an engine sustains
-  at real time (the package's one U-Net timer and real-time margin,
-  :mod:`synctalk_fast.models.timing`).
+  at real time along a session's whole path (features, encoder, U-Net,
+  paste, image encoding), bounded by the U-Net alone (the package's one
+  timer and real-time margin, :mod:`synctalk_fast.models.timing`).
 
 Threads: :class:`Admission` and :class:`Seat` may be used from any thread
 (one lock guards the count); the metrics are Prometheus' own thread-safe
@@ -24,13 +25,15 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 
+from ..demo import synthetic_speech
 from ..engine import Engine
 from ..models.timing import frames_per_second, realtime_streams, unet_feeds
 from ..shapes import FPS
-from ..stream import StreamFrame
-from .protocol import Refusal
+from ..stream import Stream, StreamFrame
+from ..template import Template
+from .protocol import Refusal, encode_image
 
-__all__ = ["Metrics", "Admission", "Seat", "measure_capacity"]
+__all__ = ["Metrics", "Admission", "Seat", "measure_capacity", "session_frames_per_second", "unet_capacity"]
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +69,16 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-def measure_capacity(engine: Engine, seconds: float = 2.0) -> int:
-    """Sessions ``engine`` sustains at real time: its U-Net frames/s with every
-    session busy on full batches (:func:`~synctalk_fast.models.timing.frames_per_second`),
-    over the frame rate with the real-time margin
-    (:func:`~synctalk_fast.models.timing.realtime_streams`); at least 1."""
+def unet_capacity(engine: Engine, seconds: float = 2.0) -> tuple[int, float]:
+    """Sessions the U-Net alone sustains at real time: its frames/s with every session busy on
+    full batches (:func:`~synctalk_fast.models.timing.frames_per_second`) over the frame rate
+    with the real-time margin (:func:`~synctalk_fast.models.timing.realtime_streams`); at least 1.
+
+    Returns
+    -------
+    (int, float)
+        The sessions, and the U-Net's frames/s.
+    """
     batch = engine.batch_size
 
     def run(k: int) -> Callable[[], int]:
@@ -83,8 +91,81 @@ def measure_capacity(engine: Engine, seconds: float = 2.0) -> int:
         return once
 
     fps = frames_per_second([run(k) for k in range(len(engine.sessions))], seconds=seconds)
-    capacity = realtime_streams(fps, FPS["ave"])
-    log.info("capacity: the U-Net makes %.1f frames/s here: %d session(s) at real time", fps, capacity)
+    return realtime_streams(fps, FPS["ave"]), fps
+
+
+def session_frames_per_second(
+    engine: Engine, template: Template, sessions: int, *, seconds: float = 2.0, image_format: str = "jpeg"
+) -> float:
+    """Frames/s ``sessions`` conversations make together along a session's whole path: each a
+    :class:`~synctalk_fast.Stream` on ``engine`` (features, audio encoder, the U-Net batched as
+    the sessions' frames meet, paste) whose frames are encoded as a client asked
+    (:func:`~.protocol.encode_image`), each in a thread of its own as the server's sessions are.
+
+    The streams are fed speech faster than real time, so the engine is never idle; frames are
+    counted from the first one of any stream (start-up excluded) for ``seconds``.
+    """
+    speech = synthetic_speech(max(4.0, 3 * seconds), seed=0)
+    streams = [Stream(engine, template=template, start=7 * k) for k in range(sessions)]
+    counts = [0] * sessions
+    first = threading.Event()
+    window: list[float] = []  # [start, end] of the counting window
+    lock = threading.Lock()
+
+    def consume(k: int) -> None:
+        stream = streams[k]
+        for _ in range(100):  # bounded: far more utterances than the window needs
+            stream.push_audio(speech)
+            stream.flush()
+            for f in stream.frames():
+                encode_image(f.image, image_format)
+                with lock:
+                    if not first.is_set():
+                        first.set()
+                        window.extend([time.perf_counter(), time.perf_counter() + seconds])
+                    elif time.perf_counter() < window[1]:
+                        counts[k] += 1
+                    else:
+                        return
+
+    threads = [threading.Thread(target=consume, args=(k,), name=f"synctalk-capacity-{k}") for k in range(sessions)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        for stream in streams:
+            stream.close(drain=False)
+    return sum(counts) / seconds
+
+
+def measure_capacity(
+    engine: Engine, template: Template | None = None, seconds: float = 2.0, *, image_format: str = "jpeg"
+) -> int:
+    """Sessions ``engine`` sustains at real time, at least 1.
+
+    With a ``template``, the whole per-session cost is measured: the U-Net alone bounds the
+    answer (:func:`unet_capacity`), and that many sessions run their whole path at once
+    (:func:`session_frames_per_second`: features, encoder, the U-Net at the batches they form,
+    paste, image encoding); their frames/s over the frame rate with the real-time margin is
+    the capacity. Without one, the U-Net alone.
+    """
+    bound, unet_fps = unet_capacity(engine, seconds)
+    if template is None:
+        log.info("capacity: the U-Net makes %.1f frames/s here: %d session(s) at real time", unet_fps, bound)
+        return bound
+    fps = session_frames_per_second(engine, template, bound, seconds=seconds, image_format=image_format)
+    capacity = min(bound, realtime_streams(fps, FPS["ave"]))
+    log.info(
+        "capacity: the U-Net alone makes %.1f frames/s (%d session(s)); %d session(s) along their whole path "
+        "make %.1f frames/s: %d session(s) at real time",
+        unet_fps,
+        bound,
+        bound,
+        fps,
+        capacity,
+    )
     return capacity
 
 

@@ -162,9 +162,10 @@ class AvatarServer:
 
     # -- capacity and admission -------------------------------------------------------
     def measure_capacity(self, seconds: float = 2.0) -> int:
-        """Sessions the first avatar's engine sustains at real time (see
-        :func:`~.admission.measure_capacity`)."""
-        return measure_capacity(next(iter(self.avatars.values())).engine, seconds)
+        """Sessions the first avatar sustains at real time, along a session's whole path with
+        JPEG frames (see :func:`~.admission.measure_capacity`)."""
+        avatar = next(iter(self.avatars.values()))
+        return measure_capacity(avatar.engine, avatar.template, seconds)
 
     @property
     def capacity(self) -> int:

@@ -453,6 +453,36 @@ def test_auto_capacity_is_measured_and_at_least_one(server):
     assert isinstance(capacity, int) and capacity >= 1
 
 
+def test_sessions_whole_path_is_measured_with_real_streams(server):
+    """Two streams on the avatar's engine, frames encoded as JPEG: frames counted, threads gone."""
+    import threading
+
+    from synctalk_fast.serve.admission import session_frames_per_second
+
+    avatar = server.avatars["ann"]
+    fps = session_frames_per_second(avatar.engine, avatar.template, 2, seconds=0.5)
+    assert fps > 0
+    assert not [t for t in threading.enumerate() if t.name.startswith("synctalk-capacity")]
+
+
+def test_auto_capacity_is_the_whole_paths_within_the_unets(server, monkeypatch):
+    """The U-Net alone bounds it; the sessions' whole path decides it (with the real-time margin)."""
+    from synctalk_fast.models.timing import realtime_streams
+    from synctalk_fast.serve import admission
+
+    asked = []
+    monkeypatch.setattr(admission, "unet_capacity", lambda engine, seconds: (4, 200.0))
+
+    def whole(engine, template, sessions, **kwargs):
+        asked.append(sessions)
+        return 60.0
+
+    monkeypatch.setattr(admission, "session_frames_per_second", whole)
+    assert server.measure_capacity(seconds=0.1) == min(4, realtime_streams(60.0, 25)) and asked == [4]
+    monkeypatch.setattr(admission, "session_frames_per_second", lambda *a, **k: 1000.0)
+    assert server.measure_capacity(seconds=0.1) == 4
+
+
 def _rss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
