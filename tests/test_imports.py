@@ -197,7 +197,8 @@ LAYERS: list[set[str]] = [
     {"video"},  # a shim re-exporting sinks names
     {"stream"},
     {"pipeline", "replay", "reference", "_config", "types"},  # replay: a shim of stream.replay
-    {"quantize", "quantization", "batch", "serve", "server", "webrtc", "loadtest"},  # quantization, server, webrtc: shims
+    # quantization, server, webrtc: shims
+    {"quantize", "quantization", "batch", "serve", "server", "webrtc", "loadtest"},
     {"integrations"},  # voice-agent plug-ins (Pipecat, LiveKit): applications on the stream
     {"benchmark"},
     {"cli", "__main__", ""},

@@ -8,7 +8,9 @@ each frame's delay and wait, skipped, dropped and missing frames and ended utter
 server's memory and CPU from its ``/metrics`` (:mod:`~synctalk_fast.loadtest.run`). ``--ramp``
 raises N until a level no longer holds and reports the largest that did
 (:func:`~synctalk_fast.loadtest.run.ramp`); results go out as text, JSON and a chart
-(:mod:`~synctalk_fast.loadtest.report`).
+(:mod:`~synctalk_fast.loadtest.report`). :func:`~synctalk_fast.loadtest.faults.soak` runs
+well-behaved clients beside misbehaving ones (:data:`~synctalk_fast.loadtest.faults.FAULTS`)
+and reports the server's state afterwards.
 
 It is a client only: it imports nothing of :mod:`synctalk_fast.serve`, so it measures what
 users get. It needs the ``websockets`` and ``prometheus-client`` packages (the ``serve``
@@ -16,20 +18,25 @@ extra). By default it loads only a server on this machine (``--remote`` for anot
 """
 
 from .client import FLOOR, SessionResult, run_session
+from .faults import FAULTS, SoakResult, slot_free_seconds, soak
 from .plan import PlannedUtterance, speech_plan
 from .run import MARGIN, LoadResult, RampResult, endpoints, ramp, run_load, server_sample
 
 __all__ = [
+    "FAULTS",
     "FLOOR",
     "MARGIN",
     "LoadResult",
     "PlannedUtterance",
     "RampResult",
     "SessionResult",
+    "SoakResult",
     "endpoints",
     "ramp",
     "run_load",
     "run_session",
     "server_sample",
+    "slot_free_seconds",
+    "soak",
     "speech_plan",
 ]

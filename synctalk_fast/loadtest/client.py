@@ -59,6 +59,8 @@ class SessionResult:
         From the first audio sent to the socket's close.
     bytes_received : int
         Image bytes received.
+    images : list of (dict, bytes), optional
+        Each frame's header and image, when the session was asked to keep them.
     """
 
     session: int
@@ -78,6 +80,7 @@ class SessionResult:
     close_code: int | None = None
     seconds: float = 0.0
     bytes_received: int = 0
+    images: list[tuple[dict[str, Any], bytes]] | None = None
 
     @property
     def fps(self) -> float:
@@ -123,6 +126,8 @@ async def _send(ws: Any, plan: list[PlannedUtterance], sent: _Sent, result: Sess
 def _on_frame(header: dict[str, Any], image: bytes, sent: _Sent, seen: dict[int, int], result: SessionResult) -> None:
     now = time.monotonic()
     result.bytes_received += len(image)
+    if result.images is not None:
+        result.images.append((header, image))
     result.skipped += bool(header.get("skipped"))
     if header.get("idle"):
         result.idle_frames += 1
@@ -173,6 +178,7 @@ async def run_session(
     max_lag: float | None = None,
     token: str | None = None,
     timeout: float = 60.0,
+    keep_images: bool = False,
 ) -> SessionResult:
     """Hold one conversation with a server and time its frames.
 
@@ -192,6 +198,8 @@ async def run_session(
         The server's token (sent as a bearer header).
     timeout : float, keyword-only
         Seconds the session may take beyond its plan's length (connection, the last frames).
+    keep_images : bool, keyword-only
+        Keep every frame's header and image (:attr:`SessionResult.images`).
 
     Returns
     -------
@@ -202,7 +210,7 @@ async def run_session(
     from websockets.asyncio.client import connect
     from websockets.exceptions import ConnectionClosed
 
-    result, sent = SessionResult(session), _Sent(plan)
+    result, sent = SessionResult(session, images=[] if keep_images else None), _Sent(plan)
     start: dict[str, Any] = {"type": "start", "sample_rate": RATE, "channels": 1, "format": image_format}
     if max_lag is not None:
         start["max_lag"] = max_lag

@@ -86,12 +86,14 @@ def _get(url: str, token: str | None, timeout: float = 5.0) -> bytes:
 
 
 def server_sample(base: str, token: str | None) -> dict[str, float]:
-    """The server's resident memory (bytes), CPU time (seconds) and open sessions, from ``/metrics``.
+    """The server's resident memory (bytes), CPU time (seconds), open sessions, threads and event
+    loop tasks, from ``/metrics``.
 
     Returns
     -------
     dict
-        ``rss``, ``cpu``, ``sessions``; a figure the server does not export is absent.
+        ``rss``, ``cpu``, ``sessions``, ``threads``, ``tasks``; a figure the server does not export
+        is absent.
     """
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -100,6 +102,8 @@ def server_sample(base: str, token: str | None) -> dict[str, float]:
         "process_cpu_seconds_total": "cpu",
         "process_cpu_seconds": "cpu",
         "synctalk_sessions_active": "sessions",
+        "synctalk_threads": "threads",
+        "synctalk_event_loop_tasks": "tasks",
     }
     out: dict[str, float] = {}
     text = _get(f"{base}/metrics", token).decode("utf-8", "replace")

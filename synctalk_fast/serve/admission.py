@@ -61,11 +61,20 @@ class Metrics:
             registry=r,
         )
         self.capacity = Gauge("synctalk_capacity_sessions", "Sessions admitted at most", registry=r)
+        self.threads = Gauge("synctalk_threads", "Threads of the server process", registry=r)
+        self.threads.set_function(threading.active_count)
+        self.tasks = Gauge("synctalk_event_loop_tasks", "Tasks of the server's event loop", registry=r)
 
     def render(self) -> bytes:
-        """The metrics in Prometheus' text format."""
+        """The metrics in Prometheus' text format (called on the event loop: it counts its tasks)."""
+        import asyncio
+
         from prometheus_client import generate_latest
 
+        try:
+            self.tasks.set(len(asyncio.all_tasks()))
+        except RuntimeError:  # no running loop (a caller outside the server)
+            pass
         return generate_latest(self.registry)
 
 

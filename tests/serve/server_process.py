@@ -1,7 +1,8 @@
 """An AvatarServer in a process of its own (for measurements of the server
 alone, e.g. its memory): ``server_process.py MODEL_DIR TEMPLATE_DIR
-[LIMITS_JSON]`` serves the avatar ``ann`` on 127.0.0.1 at a free port, prints
-one JSON line ``{"port", "pid"}`` and serves until its stdin closes."""
+[LIMITS_JSON [MAX_CLIENTS]]`` serves the avatar ``ann`` on 127.0.0.1 at a free port
+(one client at a time unless told), prints one JSON line ``{"port", "pid"}`` and
+serves until its stdin closes."""
 
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ from _server_fixtures import Running, make_server  # noqa: E402
 from synctalk_fast.serve import Limits  # noqa: E402
 
 
-def main(model_dir: Path, tpl: Path, limits: dict) -> None:
-    server = make_server(model_dir, tpl, max_clients=1, limits=Limits(**limits))
+def main(model_dir: Path, tpl: Path, limits: dict, max_clients: int = 1) -> None:
+    server = make_server(model_dir, tpl, max_clients=max_clients, limits=Limits(**limits))
     running = Running(server)
     print(json.dumps({"port": running.port, "pid": os.getpid()}), flush=True)
     done = threading.Event()
@@ -29,5 +30,6 @@ def main(model_dir: Path, tpl: Path, limits: dict) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]), json.loads(sys.argv[3]) if len(sys.argv) > 3 else {})
+    limits = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
+    main(Path(sys.argv[1]), Path(sys.argv[2]), limits, int(sys.argv[4]) if len(sys.argv) > 4 else 1)
     os._exit(0)  # daemon threads (engine workers) end with the process

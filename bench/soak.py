@@ -1,0 +1,119 @@
+"""The soak under faults, ten minutes at capacity (``tests/serve/test_soak.py`` runs one minute in CI).
+
+Starts ``synctalk-fast serve`` on 127.0.0.1 (``--max-clients auto``: the capacity it measures),
+then keeps ``--good`` well-behaved clients (png frames) and as many fault clients as there are
+misbehaviours (disconnect mid-utterance, interrupt at random, malformed then oversized messages,
+stop reading, reconnect at once) going for ``--seconds``, and prints what the server looks like
+afterwards: the well-behaved clients' completeness, the server's memory growth after warm-up,
+threads, event-loop tasks and sessions once everyone has left, and how soon a freed slot admits
+the next client. Exactness of the frames is checked by the CI test (against offline generation).
+
+Usage: ``python bench/soak.py [--seconds 600] [--good 1] [--data ../shared/data] [--json OUT]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+_root = Path(__file__).resolve().parents[1]
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _root]  # measure the installed package
+
+from synctalk_fast import load_audio, models  # noqa: E402
+from synctalk_fast._util.system import cpu_cores, cpu_name  # noqa: E402
+from synctalk_fast.demo import synthetic_speech, synthetic_template  # noqa: E402
+from synctalk_fast.loadtest import FAULTS, soak  # noqa: E402
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seconds", type=float, default=600.0)
+    p.add_argument("--good", type=int, default=1, help="well-behaved clients")
+    p.add_argument("--data", default=str(_root.parent / "shared" / "data"))
+    p.add_argument("--json", help="write the figures here")
+    args = p.parse_args()
+    print(f"machine: {cpu_name()}, {cpu_cores()} cores", flush=True)
+    data = Path(args.data)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        face, template, talk = data / "models" / "face_unet.pth", data / "sanders", data / "audio" / "talk_hb.wav"
+        if face.is_file() and (template / "landmarks").is_dir() and talk.is_file():
+            models.export_onnx(models.load_state_dict(face), work / "unet.onnx")
+            speech = load_audio(talk)
+        else:
+            models.export_onnx(models.random_state_dict("unet", seed=0), work / "unet.onnx", kind="unet")
+            template, speech = (
+                synthetic_template(work / "tpl", frames=100, width=1280, height=720),
+                synthetic_speech(30),
+            )
+        encoder = models.demo_audio_encoder(work / "enc.onnx")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        cmd = [sys.executable, "-m", "synctalk_fast", "serve", "--avatar", f"a={template}:{work / 'unet.onnx'}"]
+        log = (work / "server.log").open("w")
+        server = subprocess.Popen([*cmd, "--audio-encoder", str(encoder), "--port", str(port)], stdout=log, stderr=log)
+        try:
+            deadline = time.monotonic() + 300
+            while True:
+                try:
+                    health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2).read())
+                    break
+                except OSError:
+                    if server.poll() is not None or time.monotonic() > deadline:
+                        sys.exit("the server did not start")
+                    time.sleep(0.5)
+            print(
+                f"server: capacity {health['capacity']} (auto); {args.good} good + {len(FAULTS)} fault clients, "
+                f"{args.seconds:g} s",
+                flush=True,
+            )
+            pcm = np.round(np.clip(speech, -1, 1) * 32767).astype(np.int16)
+            result = soak(
+                f"http://127.0.0.1:{port}",
+                avatar="a",
+                seconds=args.seconds,
+                good=args.good,
+                faulty=len(FAULTS),
+                speech=pcm,
+            )
+        finally:
+            server.send_signal(signal.SIGINT)
+            try:
+                server.wait(30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+            log.close()
+    for g in result.good:
+        print(
+            f"good client {g.session}: {g.frames} frames, {g.completed}/{g.flushed} utterances ended, "
+            f"{g.missing} missing, {g.dropped} dropped, errors {g.errors}, close {g.close_code}"
+        )
+    for f in result.faults:
+        print(f"fault {f['name']}: {f['rounds']} rounds, {f['refused']} refused, closes {f['closes']}")
+    srv = result.server
+    print(
+        f"server: RSS {srv['rss_warm'] / 2**20:.0f} MiB after warm-up, {srv['rss_end'] / 2**20:.0f} MiB at the end "
+        f"({srv['rss_growth'] / 2**20:+.1f} MiB); threads {srv['threads_start']:.0f} -> {srv['threads']:.0f}, "
+        f"tasks {srv['tasks_start']:.0f} -> {srv['tasks']:.0f}, sessions {srv['sessions']:.0f}; "
+        f"a freed slot admits after {1000 * srv['slot_free_seconds']:.0f} ms"
+    )
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps({"machine": cpu_name(), "server": srv, "faults": result.faults}, indent=2)
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
