@@ -50,10 +50,11 @@ try:
 except ImportError:
     sys.exit('bench_agents.py needs Pipecat: pip install "synctalk-fast[pipecat]"')
 
+from _material import material  # noqa: E402
+
 import synctalk_fast as stf  # noqa: E402
-from synctalk_fast import models  # noqa: E402
 from synctalk_fast._util.system import cpu_cores, cpu_name  # noqa: E402
-from synctalk_fast.demo import synthetic_speech, synthetic_template  # noqa: E402
+from synctalk_fast.demo import synthetic_speech  # noqa: E402
 from synctalk_fast.integrations.pipecat import SyncTalkVideoService  # noqa: E402
 
 RATE = 24000  # the TTS's sample rate
@@ -163,19 +164,6 @@ def offline_frames_per_second(engine, template, seconds: float, work: Path) -> f
     return n / (time.perf_counter() - t0)
 
 
-def material(data: Path, work: Path) -> tuple[Path, Path, str]:
-    face, template = data / "models" / "face_unet.pth", data / "sanders"
-    if face.is_file() and (template / "landmarks").is_dir():
-        models.export_onnx(models.load_state_dict(face), work / "unet.onnx")
-        what = "the face U-Net and the shared template"
-    else:
-        models.export_onnx(models.random_state_dict("unet", seed=0), work / "unet.onnx", kind="unet")
-        template = synthetic_template(work / "tpl", frames=100, width=1280, height=720)
-        what = "random weights and a synthetic template"
-    models.export_onnx(models.random_state_dict("audio_encoder", seed=0), work / "enc.onnx", kind="audio_encoder")
-    return template, work / "unet.onnx", what
-
-
 def precisions() -> list[dict[str, str]]:
     rows = [{"runtime": "onnxruntime", "precision": "fp32"}]
     try:
@@ -197,12 +185,12 @@ def main() -> int:
     print(f"machine: {cpu_name()}, {cpu_cores()} cores; synctalk-fast {stf.__version__}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        template_dir, unet, what = material(Path(args.data), work)
+        template_dir, unet, encoder, _, what = material(Path(args.data), work)
         template = stf.Template(template_dir)
         width, height = template.size
         print(f"{what}: {len(template)} frames of {width}x{height}; TTS audio 24 kHz mono", flush=True)
         for opts in precisions():
-            engine = stf.Engine(unet, work / "enc.onnx", **opts)  # type: ignore[arg-type]
+            engine = stf.Engine(unet, encoder, **opts)  # type: ignore[arg-type]
             label = f"{opts['precision']} ({opts['runtime']}, batch {engine.options.batch_size or 'auto'})"
             try:
                 for real_time in (False, True):

@@ -32,9 +32,10 @@ from pathlib import Path
 _root = Path(__file__).resolve().parents[1]
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _root]  # measure the installed package
 
-from synctalk_fast import models  # noqa: E402
+from _material import material  # noqa: E402
+
 from synctalk_fast._util.system import cpu_cores, cpu_name  # noqa: E402
-from synctalk_fast.demo import DEMO_UNET, synthetic_template  # noqa: E402
+from synctalk_fast.demo import DEMO_UNET  # noqa: E402
 
 CLI = [sys.executable, "-m", "synctalk_fast"]
 
@@ -89,16 +90,11 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        face, template = data / "models" / "face_unet.pth", data / "sanders"
-        if face.is_file() and (template / "landmarks").is_dir():
-            models.export_onnx(models.load_state_dict(face), work / "unet.onnx")
-        else:
-            models.export_onnx(models.random_state_dict("unet", seed=0), work / "unet.onnx", kind="unet")
-            template = synthetic_template(work / "tpl", frames=100, width=1280, height=720)
-        encoder = models.demo_audio_encoder(work / "enc.onnx")
+        template, unet, encoder, _, what = material(data, work)
+        print(what, flush=True)
         configs = [
-            ("fp32, ONNX Runtime", work / "unet.onnx", []),
-            ("bf16, OpenVINO", work / "unet.onnx", ["--runtime", "openvino", "--precision", "bf16"]),
+            ("fp32, ONNX Runtime", unet, []),
+            ("bf16, OpenVINO", unet, ["--runtime", "openvino", "--precision", "bf16"]),
             ("int8 (every block), ONNX Runtime", DEMO_UNET, []),
         ]
         for label, unet, options in configs:

@@ -29,9 +29,9 @@ import numpy as np
 _root = Path(__file__).resolve().parents[1]
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _root]  # measure the installed package
 
-from synctalk_fast import load_audio, models  # noqa: E402
+from _material import material  # noqa: E402
+
 from synctalk_fast._util.system import cpu_cores, cpu_name  # noqa: E402
-from synctalk_fast.demo import synthetic_speech, synthetic_template  # noqa: E402
 from synctalk_fast.loadtest import FAULTS, soak  # noqa: E402
 
 
@@ -46,21 +46,12 @@ def main() -> int:
     data = Path(args.data)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        face, template, talk = data / "models" / "face_unet.pth", data / "sanders", data / "audio" / "talk_hb.wav"
-        if face.is_file() and (template / "landmarks").is_dir() and talk.is_file():
-            models.export_onnx(models.load_state_dict(face), work / "unet.onnx")
-            speech = load_audio(talk)
-        else:
-            models.export_onnx(models.random_state_dict("unet", seed=0), work / "unet.onnx", kind="unet")
-            template, speech = (
-                synthetic_template(work / "tpl", frames=100, width=1280, height=720),
-                synthetic_speech(30),
-            )
-        encoder = models.demo_audio_encoder(work / "enc.onnx")
+        template, unet, encoder, speech, what = material(data, work)
+        print(what, flush=True)
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        cmd = [sys.executable, "-m", "synctalk_fast", "serve", "--avatar", f"a={template}:{work / 'unet.onnx'}"]
+        cmd = [sys.executable, "-m", "synctalk_fast", "serve", "--avatar", f"a={template}:{unet}"]
         log = (work / "server.log").open("w")
         server = subprocess.Popen([*cmd, "--audio-encoder", str(encoder), "--port", str(port)], stdout=log, stderr=log)
         try:

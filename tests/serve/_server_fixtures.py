@@ -6,8 +6,14 @@ scripts they run in a network namespace): one avatar ``ann`` (a synthetic
 
 from __future__ import annotations
 
+import contextlib
+import json
+import subprocess
+import sys
 import threading
 import time
+import types
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,3 +54,26 @@ def make_server(model_dir: Path, tpl: Path, **options: Any) -> AvatarServer:
     return AvatarServer(
         [AvatarSpec("ann", tpl, model_dir / "unet_328.onnx")], model_dir / "audio_encoder.onnx", **options
     )
+
+
+@contextlib.contextmanager
+def in_process(model_dir: Path, tpl: Path, limits: dict | None = None, max_clients: int = 1) -> Iterator[Any]:
+    """The server in a process of its own (server_process.py, for figures of the server alone,
+    e.g. its memory): an object with ``base``, ``port`` and ``pid``; stopped on leaving."""
+    script = Path(__file__).with_name("server_process.py")
+    args = [sys.executable, str(script), str(model_dir), str(tpl), json.dumps(limits or {}), str(max_clients)]
+    proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # the server prints its port once it listens (bounded by the kill below)
+        assert line, f"the server process ended: {proc.wait(10)}"
+        info = json.loads(line)
+        yield types.SimpleNamespace(base=f"127.0.0.1:{info['port']}", port=info["port"], pid=info["pid"])
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)

@@ -14,7 +14,7 @@ import urllib.request
 import cv2
 import numpy as np
 import pytest
-from _server_fixtures import RATE
+from _server_fixtures import RATE, in_process
 
 websockets_sync = pytest.importorskip("websockets.sync.client")
 
@@ -490,33 +490,9 @@ def _rss_mb(pid: int) -> float:
 
 @pytest.fixture
 def server_process(model_dir, tpl_dir):
-    """The server in a process of its own (tests/serve/server_process.py): a ``Running``-like
-    object with ``base``, ``port`` and ``pid``."""
-    import subprocess
-    import sys
-    import types
-    from pathlib import Path
-
-    limits = json.dumps({"max_audio_rate": 8.0, "audio_burst": 30.0})
-    script = Path(__file__).with_name("server_process.py")
-    proc = subprocess.Popen(
-        [sys.executable, str(script), str(model_dir), str(tpl_dir), limits],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        line = proc.stdout.readline()  # the server prints its port once it listens (bounded by the kill below)
-        assert line, f"the server process ended: {proc.wait(10)}"
-        info = json.loads(line)
-        yield types.SimpleNamespace(base=f"127.0.0.1:{info['port']}", port=info["port"], pid=info["pid"])
-    finally:
-        proc.stdin.close()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+    """The server in a process of its own, one client at a time (``_server_fixtures.in_process``)."""
+    with in_process(model_dir, tpl_dir, {"max_audio_rate": 8.0, "audio_burst": 30.0}) as running:
+        yield running
 
 
 @pytest.mark.slow

@@ -13,16 +13,12 @@ U-Nets at real time, and the faults are about the server's session handling.
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
-import types
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from _server_fixtures import in_process
 from helpers import sweep_frames
 
 import synctalk_fast as stf
@@ -41,25 +37,8 @@ SPEECH = np.round(synthetic_speech(12.0, seed=4) * 32767).astype(np.int16)
 @pytest.fixture
 def server3(model_dir, tpl_dir):
     """The test avatar ``ann`` in a process of its own, three clients at a time."""
-    script = Path(__file__).with_name("server_process.py")
-    proc = subprocess.Popen(
-        [sys.executable, str(script), str(model_dir), str(tpl_dir), "{}", "3"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        line = proc.stdout.readline()
-        assert line, f"the server process ended: {proc.wait(10)}"
-        info = json.loads(line)
-        yield types.SimpleNamespace(base=f"127.0.0.1:{info['port']}", pid=info["pid"])
-    finally:
-        proc.stdin.close()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+    with in_process(model_dir, tpl_dir, max_clients=3) as running:
+        yield running
 
 
 @pytest.mark.slow
