@@ -1,7 +1,7 @@
 """:func:`quantize`: an int8 U-Net calibrated on the user's template and
 speech, written with a fidelity report. The recipe only: each step lives in
 its module (:mod:`.data`, :mod:`.model`, :mod:`.tools`, :mod:`.search`,
-:mod:`.evaluate`, :mod:`.report`).
+:mod:`~synctalk_fast.quantize.evaluate`, :mod:`~synctalk_fast.quantize.report`).
 
 Every file written lives in a temporary folder (deleted on exit, on error
 too), except the output, which only appears complete (atomically), after it
