@@ -20,62 +20,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 _root = Path(__file__).resolve().parents[1]
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _root]  # measure the installed package
 
-from _material import material  # noqa: E402
+from _material import CLI, Server, material  # noqa: E402
 
 from synctalk_fast._util.system import cpu_cores, cpu_name  # noqa: E402
 from synctalk_fast.demo import DEMO_UNET  # noqa: E402
-
-CLI = [sys.executable, "-m", "synctalk_fast"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """``synctalk-fast serve`` in a process of its own, on 127.0.0.1."""
-
-    def __init__(self, avatar: str, encoder: Path, max_clients: str, options: list[str], log: Path):
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        args = [*CLI, "serve", "--avatar", avatar, "--audio-encoder", str(encoder), "--port", str(self.port)]
-        self.log = log.open("w")
-        self.proc = subprocess.Popen(
-            [*args, "--max-clients", max_clients, *options], stdout=self.log, stderr=subprocess.STDOUT
-        )
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                self.health = json.loads(urllib.request.urlopen(f"{self.base}/healthz", timeout=2).read())
-                return
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    sys.exit(f"the server did not start: see {log}")
-                time.sleep(0.5)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self.log.close()
 
 
 def main() -> int:

@@ -1,6 +1,8 @@
-"""The soak under faults, ten minutes at capacity (``tests/serve/test_soak.py`` runs one minute in CI).
+"""The soak under faults, ten minutes with every slot in use (``tests/serve/test_soak.py`` runs one minute in CI).
 
-Starts ``synctalk-fast serve`` on 127.0.0.1 (``--max-clients auto``: the capacity it measures),
+Starts ``synctalk-fast serve`` on 127.0.0.1 admitting ``--good`` + 2 clients (so that fault
+clients get in beside the well-behaved ones; they ask ``--fault-max-lag``, 0 by default: their
+frames skip the U-Net, so that a small machine keeps the well-behaved clients at real time),
 then keeps ``--good`` well-behaved clients (png frames) and as many fault clients as there are
 misbehaviours (disconnect mid-utterance, interrupt at random, malformed then oversized messages,
 stop reading, reconnect at once) going for ``--seconds``, and prints what the server looks like
@@ -15,13 +17,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +26,7 @@ import numpy as np
 _root = Path(__file__).resolve().parents[1]
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _root]  # measure the installed package
 
-from _material import material  # noqa: E402
+from _material import Server, material  # noqa: E402
 
 from synctalk_fast._util.system import cpu_cores, cpu_name  # noqa: E402
 from synctalk_fast.loadtest import FAULTS, soak  # noqa: E402
@@ -39,6 +36,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=float, default=600.0)
     p.add_argument("--good", type=int, default=1, help="well-behaved clients")
+    p.add_argument("--fault-max-lag", type=float, default=0.0, help="max_lag the fault clients ask (-1: none)")
     p.add_argument("--data", default=str(_root.parent / "shared" / "data"))
     p.add_argument("--json", help="write the figures here")
     args = p.parse_args()
@@ -48,43 +46,25 @@ def main() -> int:
         work = Path(tmp)
         template, unet, encoder, speech, what = material(data, work)
         print(what, flush=True)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        cmd = [sys.executable, "-m", "synctalk_fast", "serve", "--avatar", f"a={template}:{unet}"]
-        log = (work / "server.log").open("w")
-        server = subprocess.Popen([*cmd, "--audio-encoder", str(encoder), "--port", str(port)], stdout=log, stderr=log)
+        server = Server(f"a={template}:{unet}", encoder, str(args.good + 2), [], work / "server.log")
         try:
-            deadline = time.monotonic() + 300
-            while True:
-                try:
-                    health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2).read())
-                    break
-                except OSError:
-                    if server.poll() is not None or time.monotonic() > deadline:
-                        sys.exit("the server did not start")
-                    time.sleep(0.5)
             print(
-                f"server: capacity {health['capacity']} (auto); {args.good} good + {len(FAULTS)} fault clients, "
-                f"{args.seconds:g} s",
+                f"server: {server.health['capacity']} clients at once; {args.good} good + {len(FAULTS)} fault "
+                f"clients, {args.seconds:g} s",
                 flush=True,
             )
             pcm = np.round(np.clip(speech, -1, 1) * 32767).astype(np.int16)
             result = soak(
-                f"http://127.0.0.1:{port}",
+                server.base,
                 avatar="a",
                 seconds=args.seconds,
                 good=args.good,
                 faulty=len(FAULTS),
                 speech=pcm,
+                fault_max_lag=None if args.fault_max_lag < 0 else args.fault_max_lag,
             )
         finally:
-            server.send_signal(signal.SIGINT)
-            try:
-                server.wait(30)
-            except subprocess.TimeoutExpired:
-                server.kill()
-            log.close()
+            server.stop()
     for g in result.good:
         print(
             f"good client {g.session}: {g.frames} frames, {g.completed}/{g.flushed} utterances ended, "

@@ -146,7 +146,8 @@ async def _fault_client(
             if ws is not None:
                 if ws.close_code is None:
                     await ws.close()
-                out.closes[ws.close_code or 0] = out.closes.get(ws.close_code or 0, 0) + 1
+                code = int(ws.close_code or 0)  # a plain int (JSON), 0 for none
+                out.closes[code] = out.closes.get(code, 0) + 1
                 out.refused += ws.close_code == 1013
         if name != "reconnect_at_once":
             await asyncio.sleep(float(rng.uniform(0.05, 0.3)))
