@@ -17,9 +17,8 @@ __all__ = ["add_parser", "run"]
 
 
 def _speech(path: str | None) -> np.ndarray:
-    """int16 mono PCM at 16 kHz: the file's, or 20 s of the demo's synthetic speech."""
-    samples = load_audio(path) if path else synthetic_speech(20.0, seed=DEMO_SPEECH_SEED)
-    return np.round(np.clip(samples, -1.0, 1.0) * 32767).astype(np.int16)
+    """Float samples at 16 kHz: the file's, or 20 s of the demo's synthetic speech."""
+    return load_audio(path) if path else synthetic_speech(20.0, seed=DEMO_SPEECH_SEED)
 
 
 def run(args: argparse.Namespace) -> int:

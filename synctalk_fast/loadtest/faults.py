@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from .client import SessionResult, run_session
-from .plan import CHUNK, RATE, speech_plan
+from .plan import CHUNK, RATE, pcm16, speech_plan
 from .run import _get, endpoints, server_sample
 
 __all__ = ["FAULTS", "SoakResult", "soak", "slot_free_seconds"]
@@ -233,6 +233,7 @@ async def _soak(
     fault_max_lag: float | None,
     good_plan: dict[str, Any],
 ) -> SoakResult:
+    speech = pcm16(speech)
     start = await asyncio.to_thread(server_sample, base, token)
     deadline = time.monotonic() + seconds
     plans = [speech_plan(speech, seconds=seconds, seed=k, **good_plan, interrupt_share=0.0) for k in range(good)]
@@ -303,7 +304,7 @@ def soak(
     good, faulty : int, keyword-only
         Clients of each kind.
     speech : np.ndarray, keyword-only
-        int16 mono PCM at 16 kHz.
+        Mono speech at 16 kHz (int16, or float in [-1, 1]).
     token : str, optional, keyword-only
     fault_max_lag : float, optional, keyword-only
         ``max_lag`` the fault clients ask (0: their frames skip the U-Net, so that a small

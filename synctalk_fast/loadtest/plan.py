@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["CHUNK", "RATE", "PlannedUtterance", "speech_plan"]
+__all__ = ["CHUNK", "RATE", "PlannedUtterance", "pcm16", "speech_plan"]
 
 RATE = 16000  #: the sample rate the clients announce (the protocol's default)
 CHUNK = RATE // 50  #: samples per message: 20 ms, as a live source sends
@@ -40,6 +40,14 @@ class PlannedUtterance:
         return len(self.samples) if self.interrupt_at is None else self.interrupt_at
 
 
+def pcm16(speech: np.ndarray) -> np.ndarray:
+    """Speech as the clients send it: int16 PCM as it is; float samples in [-1, 1] (as
+    :func:`~synctalk_fast.load_audio` gives them) rounded to int16."""
+    if speech.dtype == np.int16:
+        return speech
+    return np.round(np.clip(speech, -1.0, 1.0) * 32767).astype(np.int16)
+
+
 def speech_plan(
     speech: np.ndarray,
     *,
@@ -54,7 +62,8 @@ def speech_plan(
     Parameters
     ----------
     speech : np.ndarray
-        int16 mono PCM at :data:`RATE`, ``[n]``, at least one chunk long.
+        Mono speech at :data:`RATE`, ``[n]``, at least one chunk long: int16 PCM, or float
+        samples in [-1, 1] (:func:`pcm16`).
     seconds : float, keyword-only
         Wall time the plan fills (speech and pauses), at least; its last utterance may end later.
     seed : int, keyword-only
@@ -71,6 +80,7 @@ def speech_plan(
     """
     if speech.ndim != 1 or len(speech) < CHUNK:
         raise ValueError(f"the speech must be mono and at least {CHUNK / RATE:.2f} s long")
+    speech = pcm16(speech)
     rng = np.random.default_rng(seed)
     plan: list[PlannedUtterance] = []
     at, total = int(rng.integers(0, len(speech))), 0.0
@@ -79,7 +89,7 @@ def speech_plan(
         take = np.take(speech, np.arange(at, at + n), mode="wrap")
         at = (at + n) % len(speech)
         cut = int(n * rng.uniform(0.3, 0.8)) if rng.random() < interrupt_share else None
-        utt = PlannedUtterance(take.astype(np.int16), cut, float(rng.uniform(*pause)))
+        utt = PlannedUtterance(take, cut, float(rng.uniform(*pause)))
         plan.append(utt)
         total += utt.sent / RATE + utt.pause
     return plan

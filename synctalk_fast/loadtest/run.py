@@ -272,7 +272,7 @@ def run_load(
     seconds : float, keyword-only
         Each client's plan fills this much time (:func:`~synctalk_fast.loadtest.plan.speech_plan`).
     speech : np.ndarray, keyword-only
-        int16 mono PCM at 16 kHz the utterances are cut from.
+        Mono speech at 16 kHz the utterances are cut from (int16, or float in [-1, 1]).
     image_format, max_lag, token : keyword-only
         See :func:`~synctalk_fast.loadtest.client.run_session`.
     seed : int, keyword-only

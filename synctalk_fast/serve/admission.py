@@ -117,8 +117,7 @@ def session_frames_per_second(
     speech = synthetic_speech(max(4.0, 3 * seconds), seed=0)
     streams = [Stream(engine, template=template, start=7 * k) for k in range(sessions)]
     counts = [0] * sessions
-    first = threading.Event()
-    window: list[float] = []  # [start, end] of the counting window
+    end: list[float] = []  # the counting window's end, set by the first frame of any stream
     lock = threading.Lock()
 
     def consume(k: int) -> None:
@@ -129,10 +128,9 @@ def session_frames_per_second(
             for f in stream.frames():
                 encode_image(f.image, image_format)
                 with lock:
-                    if not first.is_set():
-                        first.set()
-                        window.extend([time.perf_counter(), time.perf_counter() + seconds])
-                    elif time.perf_counter() < window[1]:
+                    if not end:
+                        end.append(time.perf_counter() + seconds)
+                    elif time.perf_counter() < end[0]:
                         counts[k] += 1
                     else:
                         return
